@@ -1,1 +1,16 @@
-//! Starling broker library.
+//! Starling: a clustered MQTT broker. This crate is the broker itself; the
+//! `starling` binary is a thin wrapper around [`run`].
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod session;
+
+pub use broker::Broker;
+pub use config::Config;
+pub use server::run;

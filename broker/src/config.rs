@@ -1,0 +1,368 @@
+//! Broker configuration: command-line flags, `STARLING_*` environment
+//! variables and a TOML file, merged with that precedence over the defaults.
+//!
+//! Every setting is an `Option` in both the CLI and the file layer so that
+//! "not given" can be told apart from "given the default value"; [`Config`]
+//! holds the merged, validated result.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// What a full session queue does with one more message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropPolicy {
+    /// Drop the oldest queued message to make room (fresh data wins).
+    Oldest,
+    /// Drop the message that does not fit (what was queued first wins).
+    Newest,
+}
+
+/// The merged configuration the broker runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub max_connections: usize,
+    pub max_packet_size: u32,
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub queue_qos0: bool,
+    pub queue_drop_policy: DropPolicy,
+    pub max_keep_alive: u16,
+    pub max_session_expiry: u32,
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    pub max_subscriptions_per_client: usize,
+    pub topic_alias_maximum: u16,
+    pub max_awaiting_rel: usize,
+    pub connect_timeout_secs: u64,
+    pub shutdown_timeout_secs: u64,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            max_connections: 100_000,
+            max_packet_size: 1024 * 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            queue_qos0: true,
+            queue_drop_policy: DropPolicy::Oldest,
+            max_keep_alive: 65_535,
+            max_session_expiry: 7200,
+            max_topic_length: 65_535,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 0,
+            topic_alias_maximum: 1024,
+            max_awaiting_rel: 100,
+            connect_timeout_secs: 10,
+            shutdown_timeout_secs: 10,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the key and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// The settings that can appear in the TOML file, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct FileConfig {
+    pub listen: Option<Vec<SocketAddr>>,
+    pub max_connections: Option<usize>,
+    pub max_packet_size: Option<u32>,
+    pub max_inflight: Option<u16>,
+    pub max_queued_messages: Option<usize>,
+    pub queue_qos0: Option<bool>,
+    pub queue_drop_policy: Option<DropPolicy>,
+    pub max_keep_alive: Option<u16>,
+    pub max_session_expiry: Option<u32>,
+    pub max_topic_length: Option<usize>,
+    pub max_topic_levels: Option<usize>,
+    pub max_subscriptions_per_client: Option<usize>,
+    pub topic_alias_maximum: Option<u16>,
+    pub max_awaiting_rel: Option<usize>,
+    pub connect_timeout_secs: Option<u64>,
+    pub shutdown_timeout_secs: Option<u64>,
+    pub log_level: Option<String>,
+}
+
+/// Command-line flags; each also reads a `STARLING_*` environment variable.
+#[derive(Debug, Default, Parser)]
+#[command(name = "starling", version, about = "Starling MQTT broker")]
+pub struct Cli {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, env = "STARLING_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// MQTT TCP listener address; repeat for several. Default 0.0.0.0:1883.
+    #[arg(
+        long,
+        env = "STARLING_LISTEN",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<SocketAddr>,
+    /// Most simultaneous client connections.
+    #[arg(long, env = "STARLING_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Largest packet accepted from a client, in bytes (announced to v5 clients).
+    #[arg(long, env = "STARLING_MAX_PACKET_SIZE", value_name = "BYTES")]
+    pub max_packet_size: Option<u32>,
+    /// Receive Maximum: unacknowledged QoS 1/2 messages in flight per direction.
+    #[arg(long, env = "STARLING_MAX_INFLIGHT", value_name = "N")]
+    pub max_inflight: Option<u16>,
+    /// Most messages queued per session beyond the inflight window.
+    #[arg(long, env = "STARLING_MAX_QUEUED_MESSAGES", value_name = "N")]
+    pub max_queued_messages: Option<usize>,
+    /// Queue QoS 0 messages for disconnected persistent sessions.
+    #[arg(long, env = "STARLING_QUEUE_QOS0", value_name = "BOOL")]
+    pub queue_qos0: Option<bool>,
+    /// Which message a full session queue drops.
+    #[arg(long, env = "STARLING_QUEUE_DROP_POLICY", value_name = "POLICY")]
+    pub queue_drop_policy: Option<DropPolicy>,
+    /// Largest keep-alive granted, in seconds (v5 Server Keep Alive).
+    #[arg(long, env = "STARLING_MAX_KEEP_ALIVE", value_name = "SECS")]
+    pub max_keep_alive: Option<u16>,
+    /// Longest session expiry granted, in seconds; also the expiry of 3.1.1
+    /// persistent sessions.
+    #[arg(long, env = "STARLING_MAX_SESSION_EXPIRY", value_name = "SECS")]
+    pub max_session_expiry: Option<u32>,
+    /// Longest topic name or filter, in bytes.
+    #[arg(long, env = "STARLING_MAX_TOPIC_LENGTH", value_name = "N")]
+    pub max_topic_length: Option<usize>,
+    /// Most levels in a topic name or filter.
+    #[arg(long, env = "STARLING_MAX_TOPIC_LEVELS", value_name = "N")]
+    pub max_topic_levels: Option<usize>,
+    /// Most subscriptions per client (0: unlimited).
+    #[arg(long, env = "STARLING_MAX_SUBSCRIPTIONS_PER_CLIENT", value_name = "N")]
+    pub max_subscriptions_per_client: Option<usize>,
+    /// Topic Alias Maximum announced to v5 clients (0 disables aliases).
+    #[arg(long, env = "STARLING_TOPIC_ALIAS_MAXIMUM", value_name = "N")]
+    pub topic_alias_maximum: Option<u16>,
+    /// Most incoming QoS 2 messages awaiting PUBREL per session.
+    #[arg(long, env = "STARLING_MAX_AWAITING_REL", value_name = "N")]
+    pub max_awaiting_rel: Option<usize>,
+    /// Seconds a new connection has to send CONNECT.
+    #[arg(long, env = "STARLING_CONNECT_TIMEOUT_SECS", value_name = "SECS")]
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds graceful shutdown waits for connections to close.
+    #[arg(long, env = "STARLING_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, env = "STARLING_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl Config {
+    /// Merges flags/env over the file over the defaults, then validates.
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(cli, file)
+    }
+
+    pub fn merge(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let listen = if !cli.listen.is_empty() {
+            cli.listen
+        } else {
+            file.listen.unwrap_or(d.listen)
+        };
+        let config = Config {
+            listen,
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            max_packet_size: cli
+                .max_packet_size
+                .or(file.max_packet_size)
+                .unwrap_or(d.max_packet_size),
+            max_inflight: cli
+                .max_inflight
+                .or(file.max_inflight)
+                .unwrap_or(d.max_inflight),
+            max_queued_messages: cli
+                .max_queued_messages
+                .or(file.max_queued_messages)
+                .unwrap_or(d.max_queued_messages),
+            queue_qos0: cli.queue_qos0.or(file.queue_qos0).unwrap_or(d.queue_qos0),
+            queue_drop_policy: cli
+                .queue_drop_policy
+                .or(file.queue_drop_policy)
+                .unwrap_or(d.queue_drop_policy),
+            max_keep_alive: cli
+                .max_keep_alive
+                .or(file.max_keep_alive)
+                .unwrap_or(d.max_keep_alive),
+            max_session_expiry: cli
+                .max_session_expiry
+                .or(file.max_session_expiry)
+                .unwrap_or(d.max_session_expiry),
+            max_topic_length: cli
+                .max_topic_length
+                .or(file.max_topic_length)
+                .unwrap_or(d.max_topic_length),
+            max_topic_levels: cli
+                .max_topic_levels
+                .or(file.max_topic_levels)
+                .unwrap_or(d.max_topic_levels),
+            max_subscriptions_per_client: cli
+                .max_subscriptions_per_client
+                .or(file.max_subscriptions_per_client)
+                .unwrap_or(d.max_subscriptions_per_client),
+            topic_alias_maximum: cli
+                .topic_alias_maximum
+                .or(file.topic_alias_maximum)
+                .unwrap_or(d.topic_alias_maximum),
+            max_awaiting_rel: cli
+                .max_awaiting_rel
+                .or(file.max_awaiting_rel)
+                .unwrap_or(d.max_awaiting_rel),
+            connect_timeout_secs: cli
+                .connect_timeout_secs
+                .or(file.connect_timeout_secs)
+                .unwrap_or(d.connect_timeout_secs),
+            shutdown_timeout_secs: cli
+                .shutdown_timeout_secs
+                .or(file.shutdown_timeout_secs)
+                .unwrap_or(d.shutdown_timeout_secs),
+            log_level: cli.log_level.or(file.log_level).unwrap_or(d.log_level),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, problem: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_string(),
+            })
+        }
+        if self.listen.is_empty() {
+            return invalid("listen", "at least one address is needed");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
+        }
+        // A PUBLISH with a one-byte topic needs 5 bytes; anything below 16
+        // cannot carry a useful packet and is certainly a mistake.
+        if self.max_packet_size < 16 || self.max_packet_size > 268_435_460 {
+            return invalid("max_packet_size", "must be between 16 and 268435460 bytes");
+        }
+        if self.max_inflight == 0 {
+            return invalid(
+                "max_inflight",
+                "must be at least 1 (MQTT 5 forbids a Receive Maximum of 0)",
+            );
+        }
+        if self.max_queued_messages == 0 {
+            return invalid("max_queued_messages", "must be at least 1");
+        }
+        if self.max_topic_length == 0 || self.max_topic_length > 65_535 {
+            return invalid("max_topic_length", "must be between 1 and 65535");
+        }
+        if self.max_topic_levels == 0 {
+            return invalid("max_topic_levels", "must be at least 1");
+        }
+        if self.max_awaiting_rel == 0 {
+            return invalid("max_awaiting_rel", "must be at least 1");
+        }
+        if self.connect_timeout_secs == 0 {
+            return invalid("connect_timeout_secs", "must be at least 1");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return invalid("log_level", "not a level or tracing filter directive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_file(text: &str) -> Result<FileConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let file = parse_file("max_inflight = 10\nmax_queued_messages = 5\n").unwrap();
+        let cli = Cli::try_parse_from(["starling", "--max-inflight", "20"]).unwrap();
+        let config = Config::merge(cli, file).unwrap();
+        assert_eq!(config.max_inflight, 20);
+        assert_eq!(config.max_queued_messages, 5);
+        assert_eq!(config.max_packet_size, Config::default().max_packet_size);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let err = parse_file("max_inflihgt = 3\n").unwrap_err().to_string();
+        assert!(err.contains("max_inflihgt"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = parse_file("max_inflight = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let cli = Cli::try_parse_from(["starling", "--max-inflight", "0"]).unwrap();
+        let err = Config::merge(cli, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn listen_is_repeatable() {
+        let cli = Cli::try_parse_from([
+            "starling",
+            "--listen",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:2",
+        ])
+        .unwrap();
+        let config = Config::merge(cli, FileConfig::default()).unwrap();
+        assert_eq!(config.listen.len(), 2);
+    }
+}

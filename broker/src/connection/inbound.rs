@@ -1,0 +1,318 @@
+//! Packets from the client (MQTT 5.0 §3.3-§3.15, 3.1.1 §3.3-§3.14).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use starling_codec::topic::parse_filter;
+use starling_codec::{
+    ByteString, Packet, PubAck, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use tracing::debug;
+
+use super::{Connection, Ending};
+use crate::message::{Delivery, Message};
+use crate::metrics::Metrics;
+use crate::router::trie::Subscriber;
+use crate::session::state::{OutboundPhase, StoredSubscription};
+
+/// Closes with a protocol error (MQTT 5.0 §4.13.1).
+fn protocol_error(why: &'static str) -> Ending {
+    debug!(why, "protocol error");
+    Ending::ServerClose(ReasonCode::PROTOCOL_ERROR)
+}
+
+impl Connection {
+    pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Ending> {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish),
+            Packet::PubAck(ack) => {
+                self.session
+                    .complete(ack.packet_id, OutboundPhase::AwaitingPubAck);
+                Ok(())
+            }
+            Packet::PubRec(rec) => {
+                self.on_pubrec(rec);
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                self.session
+                    .complete(comp.packet_id, OutboundPhase::AwaitingPubComp);
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                let mut comp = PubAck::new(rel.packet_id);
+                if !self.session.awaiting_rel.remove(&rel.packet_id) {
+                    comp.code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.send(&Packet::PubComp(comp));
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => {
+                self.on_unsubscribe(unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => {
+                if let Some(expiry) = disconnect.properties.session_expiry_interval {
+                    // MQTT-3.14.2-2: a session that ends with its connection
+                    // cannot be given an expiry at DISCONNECT.
+                    if self.n.session_expiry == 0 && expiry != 0 {
+                        return Err(protocol_error(
+                            "session expiry set at DISCONNECT after 0 at CONNECT",
+                        ));
+                    }
+                    self.expiry = expiry.min(self.broker.config.max_session_expiry);
+                }
+                Err(Ending::ClientDisconnect {
+                    with_will: disconnect.code == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+                })
+            }
+            // MQTT-3.1.0-2: a second CONNECT is a protocol error.
+            Packet::Connect(_) => Err(protocol_error("second CONNECT")),
+            // No authentication method was agreed, so AUTH is unexpected.
+            Packet::Auth(_) => Err(protocol_error("AUTH without an authentication method")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(protocol_error("server-to-client packet sent by a client"))
+            }
+        }
+    }
+
+    fn on_publish(&mut self, publish: Publish) -> Result<(), Ending> {
+        let topic = self.resolve_topic(&publish)?;
+        let config = &self.broker.config;
+        if topic.len() > config.max_topic_length
+            || topic.split('/').count() > config.max_topic_levels
+        {
+            return Err(Ending::ServerClose(ReasonCode::TOPIC_NAME_INVALID));
+        }
+
+        let qos = publish.qos;
+        if qos == QoS::ExactlyOnce {
+            if self.session.awaiting_rel.contains(&publish.packet_id) {
+                // A retransmission (MQTT 5.0 §4.3.3): acknowledge, don't route.
+                self.send(&Packet::PubRec(PubAck::new(publish.packet_id)));
+                return Ok(());
+            }
+            // Receive Maximum (MQTT-3.3.4-7) and the awaiting-PUBREL bound.
+            let limit = if self.n.version.is_v5() {
+                usize::from(config.max_inflight).min(config.max_awaiting_rel)
+            } else {
+                config.max_awaiting_rel
+            };
+            if self.session.awaiting_rel.len() >= limit {
+                return Err(Ending::ServerClose(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+            }
+        }
+
+        Metrics::inc(&self.broker.metrics.messages_received);
+        let retain = publish.retain;
+        let packet_id = publish.packet_id;
+        let message = Arc::new(Message::new(
+            topic,
+            publish.payload,
+            qos,
+            retain,
+            publish.properties,
+            Some(self.session.id),
+        ));
+        if retain {
+            // The retained copy may live for days: don't let it pin the whole
+            // read buffer its payload was sliced from.
+            let stored = Message {
+                payload: Bytes::copy_from_slice(&message.payload),
+                topic: message.topic.clone(),
+                qos: message.qos,
+                retain: true,
+                properties: message.properties.clone(),
+                publisher: message.publisher,
+                expires_at: message.expires_at,
+            };
+            self.broker.router.retain(Arc::new(stored));
+        }
+        let delivered = self.broker.router.route(&message);
+        let code = if delivered == 0 && self.n.version.is_v5() {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let mut ack = PubAck::new(packet_id);
+                ack.code = code;
+                self.send(&Packet::PubAck(ack));
+            }
+            QoS::ExactlyOnce => {
+                self.session.awaiting_rel.insert(packet_id);
+                let mut rec = PubAck::new(packet_id);
+                rec.code = code;
+                self.send(&Packet::PubRec(rec));
+            }
+        }
+        Ok(())
+    }
+
+    /// The topic of a PUBLISH after Topic Alias processing (MQTT 5.0
+    /// §3.3.2.3.4).
+    fn resolve_topic(&mut self, publish: &Publish) -> Result<ByteString, Ending> {
+        let Some(alias) = publish.properties.topic_alias else {
+            return Ok(publish.topic.clone());
+        };
+        if alias == 0 || alias > self.broker.config.topic_alias_maximum {
+            return Err(Ending::ServerClose(ReasonCode::TOPIC_ALIAS_INVALID));
+        }
+        if publish.topic.is_empty() {
+            match self.aliases_in.get(&alias) {
+                Some(topic) => Ok(topic.clone()),
+                None => Err(protocol_error("unknown topic alias")),
+            }
+        } else {
+            self.aliases_in.insert(alias, publish.topic.clone());
+            Ok(publish.topic.clone())
+        }
+    }
+
+    fn on_pubrec(&mut self, rec: PubAck) {
+        if rec.code.is_success() {
+            let mut rel = PubAck::new(rec.packet_id);
+            if !self.session.released(rec.packet_id) {
+                rel.code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+            }
+            self.send(&Packet::PubRel(rel));
+        } else {
+            // The receiver refused the message; the flow ends here
+            // (MQTT 5.0 §4.3.3).
+            self.session
+                .complete(rec.packet_id, OutboundPhase::AwaitingPubRec);
+        }
+    }
+
+    fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Ending> {
+        let v5 = self.n.version.is_v5();
+        let identifier = subscribe.properties.subscription_identifier;
+        let config = &self.broker.config;
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained: Vec<Delivery> = Vec::new();
+        for request in &subscribe.filters {
+            let full = &request.filter;
+            let parsed = match parse_filter(full) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    debug!(filter = %full, %error, "subscription refused");
+                    codes.push(refusal(v5, ReasonCode::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+            };
+            if parsed.share_group.is_some() && request.options.no_local {
+                // MQTT-3.8.3-4.
+                return Err(protocol_error("No Local on a shared subscription"));
+            }
+            if full.len() > config.max_topic_length
+                || parsed.filter.split('/').count() > config.max_topic_levels
+            {
+                codes.push(refusal(v5, ReasonCode::TOPIC_FILTER_INVALID));
+                continue;
+            }
+            let is_new = !self.session.subscriptions.contains_key(full);
+            if is_new
+                && config.max_subscriptions_per_client > 0
+                && self.session.subscriptions.len() >= config.max_subscriptions_per_client
+            {
+                codes.push(refusal(v5, ReasonCode::QUOTA_EXCEEDED));
+                continue;
+            }
+            let subscriber = Subscriber {
+                mailbox: self.mailbox.clone(),
+                options: request.options,
+                identifier,
+            };
+            let existed = self
+                .broker
+                .router
+                .subscribe(&parsed, self.session.id, subscriber);
+            self.session.subscriptions.insert(
+                full.clone(),
+                StoredSubscription {
+                    options: request.options,
+                    identifier,
+                },
+            );
+            codes.push(ReasonCode(request.options.qos.as_u8()));
+
+            // Retained messages at subscribe (MQTT 5.0 §3.3.1.3, §3.8.3.1);
+            // never for shared subscriptions (MQTT-3.8.4-?/§4.8.2).
+            let send_retained = parsed.share_group.is_none()
+                && match request.options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                let mut messages = Vec::new();
+                self.broker
+                    .router
+                    .retained_matching(parsed.filter, &mut messages);
+                retained.extend(messages.into_iter().map(|message| Delivery {
+                    qos: message.qos.min(request.options.qos),
+                    retain: true,
+                    subscription_ids: identifier.into_iter().collect(),
+                    share: None,
+                    message,
+                }));
+            }
+        }
+        let mut ack = SubAck {
+            packet_id: subscribe.packet_id,
+            codes,
+            ..SubAck::default()
+        };
+        // MQTT-3.1.2-29: reason strings only when the client did not opt out.
+        if v5 && self.n.request_problem_information && ack.codes.iter().any(|c| !c.is_success()) {
+            ack.properties.reason_string = Some(ByteString::from_static(
+                "one or more filters were refused (invalid filter, limit, or quota)",
+            ));
+        }
+        self.send(&Packet::SubAck(ack));
+        // After the SUBACK, through the mailbox so that the inflight window
+        // and queue bounds apply to retained messages too.
+        for delivery in retained {
+            self.mailbox.push(delivery);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let mut codes = Vec::with_capacity(unsubscribe.filters.len());
+        for full in &unsubscribe.filters {
+            let code = match parse_filter(full) {
+                Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+                Ok(parsed) => {
+                    let removed = self.session.subscriptions.remove(full).is_some();
+                    let existed = self.broker.router.unsubscribe(&parsed, self.session.id);
+                    if removed || existed {
+                        ReasonCode::SUCCESS
+                    } else {
+                        ReasonCode::NO_SUBSCRIPTION_EXISTED
+                    }
+                }
+            };
+            codes.push(code);
+        }
+        let ack = UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            codes,
+            ..UnsubAck::default()
+        };
+        self.send(&Packet::UnsubAck(ack));
+    }
+}
+
+/// A failed subscription's code: the v5 reason, or 3.1.1's 0x80.
+fn refusal(v5: bool, code: ReasonCode) -> ReasonCode {
+    if v5 { code } else { ReasonCode(0x80) }
+}

@@ -1,0 +1,372 @@
+//! One task per client connection: it reads and decodes packets, runs the
+//! session's protocol flows, and writes what the session's mailbox holds.
+//!
+//! The task owns its socket without splitting it: readiness for reading and
+//! writing are awaited in one `select!`, reads go through `try_read_buf` and
+//! writes through `try_write`, so an idle connection holds no read or write
+//! buffer at all (they are released once empty) — only the task, the socket
+//! and the session state.
+
+mod handshake;
+mod inbound;
+mod outbound;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use starling_codec::{ByteString, DecodeError, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, trace};
+
+use crate::broker::Broker;
+use crate::message::Delivery;
+use crate::metrics::Metrics;
+use crate::session::lifecycle::{self, Closing};
+use crate::session::mailbox::Mailbox;
+use crate::session::registry::{Kick, Slot};
+use crate::session::state::SessionState;
+use handshake::Negotiated;
+
+/// Stop taking from the mailbox while this much is waiting to be written:
+/// a slow reader backs up into its (bounded) session queue, not into memory.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading from a client that does not read its acknowledgements.
+const WRITE_STOP_READING: usize = 4 * WRITE_HIGH_WATER;
+/// Smallest read; a read that fills the buffer doubles it up to `READ_MAX`.
+const READ_MIN: usize = 2 * 1024;
+const READ_MAX: usize = 64 * 1024;
+/// Deliveries taken from the mailbox per lock.
+const BATCH: usize = 64;
+/// How long a closing connection may take to flush its last packets.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Why the connection loop stopped.
+#[derive(Debug)]
+enum Ending {
+    /// DISCONNECT from the client; `with_will` for v5 reason 0x04.
+    ClientDisconnect { with_will: bool },
+    /// The socket closed or failed without DISCONNECT.
+    Lost,
+    /// We closed it, telling a v5 client why.
+    ServerClose(ReasonCode),
+}
+
+pub(crate) struct Connection {
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    n: Negotiated,
+    rbuf: BytesMut,
+    read_size: usize,
+    wbuf: BytesMut,
+    session: SessionState,
+    mailbox: Arc<Mailbox>,
+    /// Client-to-server topic aliases (MQTT 5.0 §3.3.2.3.4).
+    aliases_in: HashMap<u16, ByteString>,
+    /// Server-to-client topic aliases we assigned.
+    aliases_out: HashMap<ByteString, u16>,
+    /// Deliveries taken from the mailbox, reused between batches.
+    scratch: Vec<Delivery>,
+    /// Session expiry, possibly changed by DISCONNECT.
+    expiry: u32,
+}
+
+/// Serves one accepted TCP connection to its end.
+pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    let mut rbuf = BytesMut::new();
+    let connect = match handshake::read_connect(&stream, &mut rbuf, &broker.config).await {
+        Ok(Some(connect)) => connect,
+        Ok(None) => return,
+        Err(error) => {
+            if let DecodeError::UnsupportedProtocolVersion(level) = error {
+                // MQTT-3.1.2-2: answer with return code 1, then close.
+                let ack = handshake::refused(
+                    ProtocolVersion::V3_1_1,
+                    ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                    "",
+                    false,
+                );
+                write_and_close(&stream, &Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
+                debug!(%peer, level, "unsupported protocol level");
+            } else {
+                debug!(%peer, %error, "bad CONNECT");
+            }
+            Metrics::inc(&broker.metrics.connects_refused);
+            return;
+        }
+    };
+    let version = connect.protocol;
+    let problem_info = connect
+        .properties
+        .request_problem_information
+        .unwrap_or(true);
+
+    let refuse = |code: ReasonCode, reason: &'static str| {
+        Metrics::inc(&broker.metrics.connects_refused);
+        debug!(%peer, client_id = %connect.client_id, %code, reason, "CONNECT refused");
+        Packet::ConnAck(handshake::refused(version, code, reason, problem_info))
+    };
+    if broker.shutdown.is_cancelled() {
+        let ack = refuse(ReasonCode::SERVER_UNAVAILABLE, "server is shutting down");
+        write_and_close(&stream, &ack, version).await;
+        return;
+    }
+    if broker
+        .metrics
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= broker.config.max_connections as u64
+    {
+        let ack = refuse(ReasonCode::QUOTA_EXCEEDED, "connection limit reached");
+        write_and_close(&stream, &ack, version).await;
+        return;
+    }
+    let n = match handshake::negotiate(&connect, &broker.config, new_client_id) {
+        Ok(n) => n,
+        Err(refusal) => {
+            let ack = refuse(refusal.code, refusal.reason);
+            write_and_close(&stream, &ack, version).await;
+            return;
+        }
+    };
+
+    let opened = lifecycle::open(
+        &broker,
+        n.client_id.clone(),
+        n.clean_start,
+        n.session_expiry,
+    )
+    .await;
+    Metrics::inc(&broker.metrics.connections);
+    let mut session = opened.state;
+    session.will = connect.will.clone();
+    drop(connect);
+
+    let mut connection = Connection {
+        broker: broker.clone(),
+        stream,
+        peer,
+        expiry: n.session_expiry,
+        n,
+        rbuf,
+        read_size: READ_MIN,
+        wbuf: BytesMut::new(),
+        session,
+        mailbox: opened.mailbox,
+        aliases_in: HashMap::new(),
+        aliases_out: HashMap::new(),
+        scratch: Vec::new(),
+    };
+    let ack = handshake::accepted(&connection.n, &broker.config, opened.session_present);
+    connection.send(&Packet::ConnAck(ack));
+    if opened.session_present {
+        connection.resend_inflight();
+    }
+    debug!(%peer, client_id = %connection.n.client_id, version = ?connection.n.version, "connected");
+
+    let ending = connection.run(opened.kick).await;
+    connection
+        .finish(ending, &opened.slot, opened.conn_id)
+        .await;
+    Metrics::dec(&broker.metrics.connections);
+}
+
+fn new_client_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!(
+        "auto-{:x}-{:x}",
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Best-effort write of one packet before closing a connection that never
+/// got going.
+async fn write_and_close(stream: &TcpStream, packet: &Packet, version: ProtocolVersion) {
+    let mut buf = BytesMut::new();
+    if starling_codec::encode(packet, version, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(CLOSE_FLUSH, write_all(stream, &mut buf)).await;
+    }
+}
+
+async fn write_all(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(n) => buf.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Connection {
+    async fn run(&mut self, mut kick: oneshot::Receiver<Kick>) -> Ending {
+        let keep_alive = (self.n.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(self.n.keep_alive) * 1500));
+        let mut keep_alive_timer: Pin<Box<Sleep>> =
+            Box::pin(tokio::time::sleep(keep_alive.unwrap_or(Duration::MAX / 4)));
+        let shutdown = self.broker.shutdown.clone();
+        let mailbox = self.mailbox.clone();
+        self.deliver();
+        loop {
+            if let Err(ending) = self.flush_now() {
+                return ending;
+            }
+            let take_mail = self.wbuf.len() < WRITE_HIGH_WATER;
+            let read = self.wbuf.len() < WRITE_STOP_READING;
+            tokio::select! {
+                biased;
+                kicked = &mut kick => {
+                    if kicked.is_ok() {
+                        return Ending::ServerClose(ReasonCode::SESSION_TAKEN_OVER);
+                    }
+                }
+                _ = shutdown.cancelled() => return Ending::ServerClose(ReasonCode::SERVER_SHUTTING_DOWN),
+                ready = self.stream.readable(), if read => {
+                    if ready.is_err() {
+                        return Ending::Lost;
+                    }
+                    match self.read_and_handle() {
+                        Ok(true) => {
+                            if let Some(ka) = keep_alive {
+                                keep_alive_timer.as_mut().reset(Instant::now() + ka);
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(ending) => return ending,
+                    }
+                    self.deliver();
+                }
+                _ = mailbox.notified(), if take_mail => self.deliver(),
+                ready = self.stream.writable(), if !self.wbuf.is_empty() => {
+                    if ready.is_err() {
+                        return Ending::Lost;
+                    }
+                }
+                _ = &mut keep_alive_timer, if keep_alive.is_some() => {
+                    debug!(peer = %self.peer, client_id = %self.n.client_id, "keep-alive timeout");
+                    return Ending::ServerClose(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has and handles every complete packet.
+    /// `Ok(true)` when at least one byte arrived.
+    fn read_and_handle(&mut self) -> Result<bool, Ending> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+            self.rbuf.reserve(self.read_size);
+        }
+        let before = self.rbuf.len();
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => return Err(Ending::Lost),
+            Ok(n) => {
+                if before + n == self.rbuf.capacity() && self.read_size < READ_MAX {
+                    self.read_size *= 2;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(_) => return Err(Ending::Lost),
+        }
+        let max = self.broker.config.max_packet_size as usize;
+        loop {
+            match starling_codec::decode(&mut self.rbuf, self.n.version, max) {
+                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(None) => break,
+                Err(error) => {
+                    Metrics::inc(&self.broker.metrics.protocol_errors);
+                    debug!(peer = %self.peer, client_id = %self.n.client_id, %error, "closing connection");
+                    return Err(Ending::ServerClose(error.reason_code()));
+                }
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Give the buffer back while idle; packets already decoded keep
+            // their own slices of it alive.
+            self.rbuf = BytesMut::new();
+        }
+        Ok(true)
+    }
+
+    /// Encodes a packet into the write buffer.
+    fn send(&mut self, packet: &Packet) {
+        if let Err(error) = starling_codec::encode(packet, self.n.version, &mut self.wbuf) {
+            debug!(peer = %self.peer, %error, packet = packet.name(), "cannot encode");
+        }
+    }
+
+    /// Writes as much of the write buffer as the socket takes right now.
+    fn flush_now(&mut self) -> Result<(), Ending> {
+        while !self.wbuf.is_empty() {
+            match self.stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(Ending::Lost),
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(Ending::Lost),
+            }
+        }
+        if self.wbuf.capacity() > READ_MAX {
+            self.wbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Says goodbye, closes the socket and hands the session back.
+    async fn finish(mut self, ending: Ending, slot: &Arc<Slot>, conn_id: u64) {
+        trace!(peer = %self.peer, ?ending, "connection ending");
+        if let Ending::ServerClose(code) = ending {
+            // MQTT 5.0 §4.13: tell a v5 client why. 3.1.1 has no such packet.
+            if self.n.version.is_v5() && code != ReasonCode::SUCCESS {
+                let mut disconnect = Disconnect::new(code);
+                // DISCONNECT may carry a reason string whatever Request
+                // Problem Information says (MQTT 5.0 §3.1.2.11.7).
+                disconnect.properties.reason_string =
+                    reason_text(code).map(ByteString::from_static);
+                self.send(&Packet::Disconnect(disconnect));
+            }
+        }
+        let mut wbuf = std::mem::take(&mut self.wbuf);
+        let _ = tokio::time::timeout(CLOSE_FLUSH, write_all(&self.stream, &mut wbuf)).await;
+        drop(self.stream);
+
+        let will = match ending {
+            Ending::ClientDisconnect { with_will: false } => None,
+            _ => self.session.will.take(),
+        };
+        let closing = Closing {
+            will,
+            expiry: self.expiry,
+        };
+        lifecycle::close(
+            &self.broker,
+            slot,
+            conn_id,
+            self.session,
+            self.mailbox,
+            closing,
+        );
+        debug!(peer = %self.peer, client_id = %self.n.client_id, "disconnected");
+    }
+}
+
+fn reason_text(code: ReasonCode) -> Option<&'static str> {
+    Some(match code {
+        ReasonCode::SESSION_TAKEN_OVER => "session taken over by another connection",
+        ReasonCode::SERVER_SHUTTING_DOWN => "server shutting down",
+        ReasonCode::KEEP_ALIVE_TIMEOUT => "keep-alive timeout",
+        _ => return None,
+    })
+}

@@ -1,0 +1,140 @@
+//! Messages to the client: taking deliveries from the mailbox within the
+//! inflight window, Topic Alias assignment, Maximum Packet Size, expiry,
+//! and redelivery of unacknowledged messages on reconnect.
+
+use std::time::Instant;
+
+use starling_codec::{ByteString, Packet, PubAck, Publish, QoS};
+use tracing::trace;
+
+use super::{BATCH, Connection, WRITE_HIGH_WATER};
+use crate::message::Delivery;
+use crate::metrics::Metrics;
+use crate::session::state::{Outbound, OutboundPhase, SessionState};
+
+impl Connection {
+    /// Moves deliveries from the mailbox to the socket buffer while the
+    /// inflight window and the write buffer have room.
+    pub(super) fn deliver(&mut self) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while self.wbuf.len() < WRITE_HIGH_WATER {
+            let room = self
+                .n
+                .outbound_window
+                .saturating_sub(self.session.inflight());
+            self.mailbox.pop_batch(&mut scratch, BATCH, room);
+            if scratch.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            let full = scratch.len() == BATCH;
+            for delivery in scratch.drain(..) {
+                self.send_delivery(delivery, now);
+            }
+            if !full {
+                break;
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    fn send_delivery(&mut self, delivery: Delivery, now: Instant) {
+        let message = &delivery.message;
+        if message.is_expired(now) {
+            Metrics::inc(&self.broker.metrics.dropped_expired);
+            return;
+        }
+        let mut properties = message.properties.clone();
+        properties.message_expiry_interval = message.remaining_expiry(now);
+        properties.subscription_identifiers = delivery.subscription_ids.to_vec();
+        let mut publish = Publish {
+            dup: false,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: message.topic.clone(),
+            packet_id: 0,
+            properties,
+            payload: message.payload.clone(),
+        };
+        let new_alias = self.apply_topic_alias(&mut publish);
+        // Both sizes are equal with or without a packet id of 0 vs n.
+        let mut packet = Packet::Publish(publish);
+        if starling_codec::encoded_len(&packet, self.n.version) > self.n.client_max_packet {
+            // MQTT-3.1.2-25: too large for this client; drop it for this
+            // client only, keep the connection.
+            Metrics::inc(&self.broker.metrics.dropped_too_large);
+            if let Some(topic) = new_alias {
+                self.aliases_out.remove(&topic);
+            }
+            trace!(client_id = %self.n.client_id, "message exceeds client maximum packet size");
+            return;
+        }
+        if delivery.qos != QoS::AtMostOnce {
+            let packet_id = self.session.next_packet_id();
+            if let Packet::Publish(publish) = &mut packet {
+                publish.packet_id = packet_id;
+            }
+            self.session.outbound.push_back(Outbound {
+                packet_id,
+                phase: SessionState::phase_for(delivery.qos),
+                delivery,
+            });
+        }
+        self.send(&packet);
+        Metrics::inc(&self.broker.metrics.messages_sent);
+    }
+
+    /// Replaces the topic by an alias when the client accepts aliases
+    /// (MQTT 5.0 §3.3.2.3.4). Returns the topic if a new alias was made.
+    fn apply_topic_alias(&mut self, publish: &mut Publish) -> Option<ByteString> {
+        let max = self.n.client_topic_alias_max;
+        if max == 0 || !self.n.version.is_v5() {
+            return None;
+        }
+        if let Some(&alias) = self.aliases_out.get(&publish.topic) {
+            publish.properties.topic_alias = Some(alias);
+            publish.topic = ByteString::new();
+            return None;
+        }
+        let next = self.aliases_out.len() + 1;
+        if next > usize::from(max) {
+            return None;
+        }
+        let alias = next as u16;
+        self.aliases_out.insert(publish.topic.clone(), alias);
+        publish.properties.topic_alias = Some(alias);
+        Some(publish.topic.clone())
+    }
+
+    /// Resends every unacknowledged message of a resumed session, in order:
+    /// PUBLISH with DUP for those not yet received, PUBREL for those
+    /// received but not completed (MQTT-4.4.0-1).
+    pub(super) fn resend_inflight(&mut self) {
+        let now = Instant::now();
+        let version = self.n.version;
+        let mut buf = std::mem::take(&mut self.wbuf);
+        for outbound in &self.session.outbound {
+            let packet = match outbound.phase {
+                OutboundPhase::AwaitingPubComp => Packet::PubRel(PubAck::new(outbound.packet_id)),
+                _ => {
+                    let message = &outbound.delivery.message;
+                    let mut properties = message.properties.clone();
+                    properties.message_expiry_interval = message.remaining_expiry(now);
+                    properties.subscription_identifiers =
+                        outbound.delivery.subscription_ids.to_vec();
+                    Packet::Publish(Publish {
+                        dup: true,
+                        qos: outbound.delivery.qos,
+                        retain: outbound.delivery.retain,
+                        topic: message.topic.clone(),
+                        packet_id: outbound.packet_id,
+                        properties,
+                        payload: message.payload.clone(),
+                    })
+                }
+            };
+            let _ = starling_codec::encode(&packet, version, &mut buf);
+        }
+        self.wbuf = buf;
+    }
+}

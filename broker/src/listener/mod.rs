@@ -1,0 +1,3 @@
+//! Network listeners. Each accepted connection gets its own task.
+
+pub mod tcp;

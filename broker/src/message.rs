@@ -1,0 +1,119 @@
+//! The message as it travels through the broker.
+//!
+//! A PUBLISH becomes one [`Message`] behind an `Arc`; every subscriber gets a
+//! [`Delivery`] that points at it, so the payload and properties are shared,
+//! never copied per subscriber.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use starling_codec::{ByteString, LastWill, PublishProperties, QoS};
+
+/// Identifies one session incarnation inside this broker (No Local and
+/// duplicate suppression compare these, not client ids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+/// An application message after it was accepted from a publisher.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// As published, minus Topic Alias and Subscription Identifiers, which
+    /// belong to a single hop.
+    pub properties: PublishProperties,
+    /// The publishing session, for No Local. `None` for wills and
+    /// messages that came from elsewhere.
+    pub publisher: Option<SessionId>,
+    /// When the Message Expiry Interval runs out.
+    #[serde(skip)]
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    pub fn new(
+        topic: ByteString,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        mut properties: PublishProperties,
+        publisher: Option<SessionId>,
+    ) -> Message {
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            publisher,
+            expires_at,
+        }
+    }
+
+    /// The message a will turns into when it is published.
+    pub fn from_will(will: &LastWill) -> Message {
+        let p = &will.properties;
+        let properties = PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            ..PublishProperties::default()
+        };
+        Message::new(
+            will.topic.clone(),
+            will.payload.clone(),
+            will.qos,
+            will.retain,
+            properties,
+            None,
+        )
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Seconds of expiry left, for the Message Expiry Interval sent onwards
+    /// (MQTT 5.0 §3.3.2.3.3: the receiver gets the remaining lifetime).
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            // Round up so a message with 0.4 s left is not sent as "0 s".
+            u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+/// The shared subscription a delivery was chosen through, so that it can be
+/// given to another member if its session goes away unacknowledged.
+#[derive(Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ShareKey {
+    pub group: Box<str>,
+    pub filter: Box<str>,
+}
+
+/// One message on its way to one session.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(publish QoS, subscription QoS).
+    pub qos: QoS,
+    /// The RETAIN flag to send (retained-at-subscribe, or Retain As Published).
+    pub retain: bool,
+    /// Every matching subscription's identifier (MQTT 5.0 §3.3.4).
+    pub subscription_ids: SmallVec<[u32; 1]>,
+    pub share: Option<Arc<ShareKey>>,
+}

@@ -1,0 +1,68 @@
+//! Broker-wide counters. Plain atomics: they are bumped on the publish path
+//! and read rarely (admin API, $SYS, tests).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of every counter.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct MetricsSnapshot {
+            $(pub $name: u64,)*
+        }
+
+        impl Metrics {
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Client connections currently open (after CONNACK).
+    connections,
+    /// Sessions known to the broker, connected or not.
+    sessions,
+    /// PUBLISH packets accepted from clients.
+    messages_received,
+    /// PUBLISH packets written to clients.
+    messages_sent,
+    /// Deliveries queued to sessions.
+    deliveries,
+    /// Messages dropped because a session queue was full.
+    dropped_queue_full,
+    /// QoS 0 messages not queued for offline sessions.
+    dropped_offline_qos0,
+    /// Messages dropped because they exceeded a client's Maximum Packet Size.
+    dropped_too_large,
+    /// Messages dropped because their Message Expiry Interval ran out.
+    dropped_expired,
+    /// Publishes that matched no subscriber.
+    dropped_no_subscribers,
+    /// Connections closed for a protocol violation or malformed packet.
+    protocol_errors,
+    /// Connections refused at CONNECT (limits, identifiers, versions).
+    connects_refused,
+    /// Wills published.
+    wills_published,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}

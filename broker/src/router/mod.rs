@@ -1,0 +1,263 @@
+//! The router: subscription index, shared groups, retained messages, and
+//! the route store that tells the cluster what this node wants.
+//!
+//! The subscription trie is split into shards by the first topic level
+//! (plus one shard for filters that start with a wildcard), so that a
+//! publish takes two read locks that only subscribes to the same first
+//! level ever write-lock: there is no broker-wide lock on the publish path.
+
+pub mod retained;
+pub mod store;
+pub mod trie;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::RwLock;
+use smallvec::SmallVec;
+use starling_codec::QoS;
+use starling_codec::topic::ParsedFilter;
+
+use crate::message::{Delivery, Message, SessionId, ShareKey};
+use crate::metrics::Metrics;
+use crate::session::mailbox::PushOutcome;
+use retained::RetainedStore;
+use store::RouteStore;
+use trie::{Matches, Subscriber, Trie};
+
+const SHARDS: usize = 16;
+
+pub struct Router {
+    shards: Box<[RwLock<Trie>]>,
+    /// Filters whose first level is `+` or `#`: they can match any topic.
+    wildcard: RwLock<Trie>,
+    retained: RwLock<RetainedStore>,
+    store: Arc<dyn RouteStore>,
+    metrics: Arc<Metrics>,
+}
+
+/// FNV-1a: a cheap, stable hash for picking a shard from a short level.
+fn shard_of(first_level: &str) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in first_level.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % SHARDS as u64) as usize
+}
+
+fn first_level(topic: &str) -> &str {
+    topic.split('/').next().unwrap_or(topic)
+}
+
+impl Router {
+    pub fn new(store: Arc<dyn RouteStore>, metrics: Arc<Metrics>) -> Router {
+        Router {
+            shards: (0..SHARDS).map(|_| RwLock::new(Trie::default())).collect(),
+            wildcard: RwLock::new(Trie::default()),
+            retained: RwLock::new(RetainedStore::default()),
+            store,
+            metrics,
+        }
+    }
+
+    fn trie_for_filter(&self, filter: &str) -> &RwLock<Trie> {
+        match first_level(filter) {
+            "+" | "#" => &self.wildcard,
+            level => &self.shards[shard_of(level)],
+        }
+    }
+
+    /// Adds or replaces a subscription; returns whether it existed before.
+    pub fn subscribe(
+        &self,
+        filter: &ParsedFilter<'_>,
+        session: SessionId,
+        subscriber: Subscriber,
+    ) -> bool {
+        let change = self.trie_for_filter(filter.filter).write().insert(
+            filter.filter,
+            filter.share_group,
+            session,
+            subscriber,
+        );
+        if change.filter_edge {
+            self.store.add_route(filter.filter);
+        }
+        change.existed
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(&self, filter: &ParsedFilter<'_>, session: SessionId) -> bool {
+        let change = self.trie_for_filter(filter.filter).write().remove(
+            filter.filter,
+            filter.share_group,
+            session,
+        );
+        if change.filter_edge {
+            self.store.remove_route(filter.filter);
+        }
+        change.existed
+    }
+
+    /// Number of distinct filters subscribed on this node.
+    pub fn filter_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().filter_count())
+            .sum::<usize>()
+            + self.wildcard.read().filter_count()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Stores (or clears) a retained message. Called for PUBLISH with RETAIN.
+    pub fn retain(&self, message: Arc<Message>) {
+        self.retained.write().set(message);
+    }
+
+    /// Retained messages matching a (non-shared) filter.
+    pub fn retained_matching(&self, filter: &str, out: &mut Vec<Arc<Message>>) {
+        self.retained.read().matching(filter, Instant::now(), out);
+    }
+
+    pub fn purge_expired_retained(&self) -> usize {
+        self.retained.write().purge_expired(Instant::now())
+    }
+
+    /// Delivers a message to every matching local subscription: one delivery
+    /// per session however many of its filters match (carrying all their
+    /// Subscription Identifiers), one per matching shared group. Returns the
+    /// number of deliveries made.
+    pub fn route(&self, message: &Arc<Message>) -> usize {
+        let topic: &str = &message.topic;
+        let shard = self.shards[shard_of(first_level(topic))].read();
+        let wildcard = self.wildcard.read();
+        let mut matches = Matches::default();
+        shard.matches(topic, &mut matches);
+        wildcard.matches(topic, &mut matches);
+
+        let mut delivered = 0;
+        let subscribers = &mut matches.subscribers;
+        if subscribers.len() > 1 {
+            subscribers.sort_unstable_by_key(|(id, _)| *id);
+        }
+        let mut i = 0;
+        while i < subscribers.len() {
+            let session = subscribers[i].0;
+            let mut end = i + 1;
+            while end < subscribers.len() && subscribers[end].0 == session {
+                end += 1;
+            }
+            if let Some(delivery) = merge_overlapping(message, &subscribers[i..end]) {
+                delivered += self.push(&subscribers[i].1.mailbox, delivery);
+            }
+            i = end;
+        }
+        for group in &matches.groups {
+            if let Some((_, member)) = group.pick(None) {
+                let delivery = single_delivery(message, member, Some(group.key.clone()));
+                delivered += self.push(&member.mailbox, delivery);
+            }
+        }
+        if delivered == 0 {
+            Metrics::inc(&self.metrics.dropped_no_subscribers);
+        }
+        delivered
+    }
+
+    /// Gives a shared-subscription delivery to another member of its group
+    /// (its session ended with the message unacknowledged). Returns false
+    /// when the group has no other member.
+    pub fn redeliver_shared(
+        &self,
+        share: &ShareKey,
+        mut delivery: Delivery,
+        exclude: SessionId,
+    ) -> bool {
+        let trie = self.trie_for_filter(&share.filter).read();
+        let mut matches = Matches::default();
+        // The group's own filter as a topic would not match wildcard levels,
+        // so look the group up by walking the message's topic instead.
+        trie.matches(&delivery.message.topic, &mut matches);
+        let Some(group) = matches.groups.iter().find(|g| *g.key == *share) else {
+            return false;
+        };
+        let Some((id, member)) = group.pick(Some(exclude)) else {
+            return false;
+        };
+        if *id == exclude {
+            return false;
+        }
+        delivery.qos = delivery.message.qos.min(member.options.qos);
+        delivery.subscription_ids = member.identifier.into_iter().collect();
+        self.push(&member.mailbox, delivery) == 1
+    }
+
+    fn push(&self, mailbox: &crate::session::mailbox::Mailbox, delivery: Delivery) -> usize {
+        match mailbox.push(delivery) {
+            PushOutcome::Queued => {
+                Metrics::inc(&self.metrics.deliveries);
+                1
+            }
+            PushOutcome::QueuedDroppedOldest => {
+                Metrics::inc(&self.metrics.deliveries);
+                Metrics::inc(&self.metrics.dropped_queue_full);
+                1
+            }
+            PushOutcome::DroppedFull => {
+                Metrics::inc(&self.metrics.dropped_queue_full);
+                0
+            }
+            PushOutcome::DroppedOfflineQos0 => {
+                Metrics::inc(&self.metrics.dropped_offline_qos0);
+                0
+            }
+        }
+    }
+}
+
+/// Folds every subscription one session has that matched into one delivery
+/// (MQTT 5.0 §3.3.4: highest QoS, all Subscription Identifiers). A
+/// subscription with No Local set does not count for its own session's
+/// messages.
+fn merge_overlapping(
+    message: &Arc<Message>,
+    subs: &[(SessionId, &Subscriber)],
+) -> Option<Delivery> {
+    let mut qos: Option<QoS> = None;
+    let mut retain = false;
+    let mut ids: SmallVec<[u32; 1]> = SmallVec::new();
+    for (session, sub) in subs {
+        if sub.options.no_local && message.publisher == Some(*session) {
+            continue;
+        }
+        let granted = message.qos.min(sub.options.qos);
+        qos = Some(qos.map_or(granted, |q| q.max(granted)));
+        retain |= sub.options.retain_as_published && message.retain;
+        ids.extend(sub.identifier);
+    }
+    Some(Delivery {
+        message: message.clone(),
+        qos: qos?,
+        retain,
+        subscription_ids: ids,
+        share: None,
+    })
+}
+
+fn single_delivery(
+    message: &Arc<Message>,
+    sub: &Subscriber,
+    share: Option<Arc<ShareKey>>,
+) -> Delivery {
+    Delivery {
+        message: message.clone(),
+        qos: message.qos.min(sub.options.qos),
+        retain: sub.options.retain_as_published && message.retain,
+        subscription_ids: sub.identifier.into_iter().collect(),
+        share,
+    }
+}

@@ -1,0 +1,47 @@
+//! Where the cluster learns which node wants which filter.
+//!
+//! The router tells its [`RouteStore`] when a filter gains its first local
+//! subscription and loses its last, and asks it which *other* nodes want a
+//! topic. The single-node default keeps nothing remote; the cluster store
+//! (etcd-backed) implements the same trait, so there is one router and one
+//! publish path for both.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+/// A broker node's identity in the cluster.
+pub type NodeId = String;
+
+pub trait RouteStore: Send + Sync + 'static {
+    /// The first local subscription of `filter` (shared ones included) exists.
+    fn add_route(&self, filter: &str);
+    /// The last local subscription of `filter` is gone.
+    fn remove_route(&self, filter: &str);
+    /// Appends the remote nodes that have a route matching `topic`.
+    fn remote_nodes(&self, topic: &str, out: &mut Vec<NodeId>);
+    /// The filters this node currently advertises.
+    fn local_route_count(&self) -> usize;
+}
+
+/// The embedded single-node store: it only counts local routes.
+#[derive(Debug, Default)]
+pub struct LocalRouteStore {
+    routes: Mutex<HashMap<Box<str>, ()>>,
+}
+
+impl RouteStore for LocalRouteStore {
+    fn add_route(&self, filter: &str) {
+        self.routes.lock().insert(filter.into(), ());
+    }
+
+    fn remove_route(&self, filter: &str) {
+        self.routes.lock().remove(filter);
+    }
+
+    fn remote_nodes(&self, _topic: &str, _out: &mut Vec<NodeId>) {}
+
+    fn local_route_count(&self) -> usize {
+        self.routes.lock().len()
+    }
+}

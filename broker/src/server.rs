@@ -1,0 +1,102 @@
+//! Starting and stopping a broker: bind listeners, serve until a signal,
+//! then shut down gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::listener::tcp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs a broker until SIGTERM or SIGINT, then shuts it down: listeners
+/// close, v5 clients get DISCONNECT 0x8B, wills are published, and the
+/// function returns once every connection ended (or the timeout passed).
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    let broker = Broker::new(config);
+    start(&broker).await?;
+    wait_for_signal().await;
+    info!("shutting down");
+    shutdown(&broker).await;
+    Ok(())
+}
+
+/// Binds every listener and spawns its accept loop.
+pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
+    let mut listeners = Vec::new();
+    for addr in &broker.config.listen {
+        let listener = tcp::bind(*addr).await.map_err(|source| ServerError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        listeners.push(listener);
+    }
+    for listener in listeners {
+        tokio::spawn(tcp::serve(broker.clone(), listener));
+    }
+    spawn_housekeeping(broker);
+    Ok(())
+}
+
+/// Stops accepting, closes every connection and waits for them.
+pub async fn shutdown(broker: &Arc<Broker>) {
+    broker.shutdown.cancel();
+    broker.connections.close();
+    let timeout = Duration::from_secs(broker.config.shutdown_timeout_secs);
+    if tokio::time::timeout(timeout, broker.connections.wait())
+        .await
+        .is_err()
+    {
+        warn!("some connections did not close within the shutdown timeout");
+    }
+}
+
+fn spawn_housekeeping(broker: &Arc<Broker>) {
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    broker.router.purge_expired_retained();
+                }
+                _ = broker.shutdown.cancelled() => break,
+            }
+        }
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,315 @@
+//! How a session begins, changes hands, and ends.
+//!
+//! - [`open`]: a CONNECT arrives. An existing owner is kicked (takeover) and
+//!   its state awaited; clean start discards the old session.
+//! - [`close`]: a connection ended. Depending on the session expiry the
+//!   state is kept (with an expiry timer) or discarded; the will is
+//!   published now, after its delay, or never.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_codec::topic::parse_filter;
+use starling_codec::{ByteString, LastWill};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::session::mailbox::Mailbox;
+use crate::session::registry::{Kick, Owner, Slot};
+use crate::session::state::SessionState;
+
+/// How long a connect waits for the previous owner to hand the session
+/// back before taking it regardless.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// A session ready for a new connection.
+pub struct Opened {
+    pub slot: Arc<Slot>,
+    pub conn_id: u64,
+    pub state: SessionState,
+    pub mailbox: Arc<Mailbox>,
+    pub session_present: bool,
+    pub kick: oneshot::Receiver<Kick>,
+}
+
+/// Binds a session to a new connection (MQTT 5.0 §3.1.4 steps 3-4).
+pub async fn open(
+    broker: &Arc<Broker>,
+    client_id: ByteString,
+    clean_start: bool,
+    expiry: u32,
+) -> Opened {
+    let slot = broker.sessions.checkout(&client_id);
+    let connect_guard = slot.connect_lock.lock().await;
+
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    loop {
+        let kick = match &mut slot.inner.lock().owner {
+            Owner::Connected { kick, .. } => kick.take(),
+            _ => break,
+        };
+        if let Some(kick) = kick {
+            let _ = kick.send(Kick::TakenOver);
+        }
+        if tokio::time::timeout_at(deadline, slot.released.notified())
+            .await
+            .is_err()
+        {
+            warn!(client_id = %client_id, "previous connection did not release the session in time; taking it");
+            break;
+        }
+    }
+
+    let conn_id = broker.sessions.new_connection_id();
+    let (kick_tx, kick_rx) = oneshot::channel();
+    let previous = {
+        let mut inner = slot.inner.lock();
+        inner.generation += 1;
+        // A reconnect before the will delay ran out cancels the will
+        // (MQTT 5.0 §3.1.3.2.2).
+        inner.pending_will = None;
+        std::mem::replace(
+            &mut inner.owner,
+            Owner::Connected {
+                conn_id,
+                kick: Some(kick_tx),
+            },
+        )
+    };
+    drop(connect_guard);
+    broker.sessions.checkin(&slot);
+
+    let resumed = match previous {
+        Owner::Offline { state, mailbox } => Some((state, mailbox)),
+        _ => None,
+    };
+    let (mut state, mailbox, session_present) = match resumed {
+        Some((state, mailbox)) if !clean_start => (state, mailbox, true),
+        other => {
+            if let Some((old, old_mailbox)) = other {
+                discard(broker, old, &old_mailbox);
+            } else {
+                Metrics::inc(&broker.metrics.sessions);
+            }
+            let id = broker.sessions.new_session_id();
+            let mailbox = Arc::new(Mailbox::new(
+                id,
+                broker.config.max_queued_messages,
+                broker.config.queue_drop_policy,
+                broker.config.queue_qos0,
+            ));
+            (SessionState::new(id, client_id, expiry), mailbox, false)
+        }
+    };
+    state.expiry_interval = expiry;
+    mailbox.set_online(true);
+    Opened {
+        slot,
+        conn_id,
+        state,
+        mailbox,
+        session_present,
+        kick: kick_rx,
+    }
+}
+
+/// How a connection ended, as far as the session is concerned.
+pub struct Closing {
+    /// The will to publish (immediately or after its delay); `None` after a
+    /// normal DISCONNECT.
+    pub will: Option<LastWill>,
+    /// Session Expiry Interval in force when the connection ended.
+    pub expiry: u32,
+}
+
+/// Gives the session back after its connection ended.
+pub fn close(
+    broker: &Arc<Broker>,
+    slot: &Arc<Slot>,
+    conn_id: u64,
+    mut state: SessionState,
+    mailbox: Arc<Mailbox>,
+    closing: Closing,
+) {
+    mailbox.set_online(false);
+    state.expiry_interval = closing.expiry;
+    state.will = None;
+    redistribute_shared(broker, &mut state, &mailbox);
+
+    let will_delay = closing
+        .will
+        .as_ref()
+        .and_then(|w| w.properties.will_delay_interval)
+        .unwrap_or(0);
+    let mut will_now = None;
+    let mut ended = None;
+    let mut timer = None;
+    {
+        let mut inner = slot.inner.lock();
+        let still_owner =
+            matches!(inner.owner, Owner::Connected { conn_id: c, .. } if c == conn_id);
+        if !still_owner {
+            // A connect gave up waiting for us and replaced the session.
+            ended = Some((state, mailbox));
+            will_now = closing.will;
+        } else if closing.expiry == 0 {
+            inner.owner = Owner::Vacant;
+            inner.generation += 1;
+            ended = Some((state, mailbox));
+            // The session ends now, so the will cannot wait any longer.
+            will_now = closing.will;
+        } else {
+            inner.generation += 1;
+            if will_delay == 0 {
+                will_now = closing.will;
+            } else {
+                inner.pending_will = closing.will;
+            }
+            inner.owner = Owner::Offline { state, mailbox };
+            timer = Some((inner.generation, inner.pending_will.is_some()));
+        }
+    }
+    slot.released.notify_one();
+
+    if let Some(will) = will_now {
+        publish_will(broker, &will);
+    }
+    if let Some((state, mailbox)) = ended {
+        discard(broker, state, &mailbox);
+        Metrics::dec(&broker.metrics.sessions);
+        broker.sessions.remove_if_vacant(slot);
+    }
+    if let Some((generation, has_will)) = timer {
+        let will_after =
+            has_will.then(|| Duration::from_secs(u64::from(will_delay.min(closing.expiry))));
+        arm_timers(
+            broker.clone(),
+            slot.clone(),
+            generation,
+            will_after,
+            closing.expiry,
+        );
+    }
+}
+
+/// Runs the will-delay and session-expiry clocks of an offline session.
+fn arm_timers(
+    broker: Arc<Broker>,
+    slot: Arc<Slot>,
+    generation: u64,
+    will_after: Option<Duration>,
+    expiry: u32,
+) {
+    // u32::MAX means the session never expires (MQTT 5.0 §3.1.2.11.2).
+    let expire_after = (expiry != u32::MAX).then(|| Duration::from_secs(u64::from(expiry)));
+    if will_after.is_none() && expire_after.is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        if let Some(delay) = will_after {
+            tokio::select! {
+                _ = tokio::time::sleep_until(start + delay) => {}
+                _ = broker.shutdown.cancelled() => {}
+            }
+            let will = {
+                let mut inner = slot.inner.lock();
+                if inner.generation != generation {
+                    return;
+                }
+                inner.pending_will.take()
+            };
+            if let Some(will) = will {
+                publish_will(&broker, &will);
+            }
+        }
+        let Some(expire_after) = expire_after else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(start + expire_after) => {}
+            _ = broker.shutdown.cancelled() => return,
+        }
+        let ended = {
+            let mut inner = slot.inner.lock();
+            if inner.generation != generation {
+                return;
+            }
+            inner.generation += 1;
+            match std::mem::replace(&mut inner.owner, Owner::Vacant) {
+                Owner::Offline { state, mailbox } => {
+                    Some((state, mailbox, inner.pending_will.take()))
+                }
+                other => {
+                    inner.owner = other;
+                    None
+                }
+            }
+        };
+        if let Some((state, mailbox, will)) = ended {
+            debug!(client_id = %slot.client_id, "session expired");
+            if let Some(will) = will {
+                publish_will(&broker, &will);
+            }
+            discard(&broker, state, &mailbox);
+            Metrics::dec(&broker.metrics.sessions);
+            broker.sessions.remove_if_vacant(&slot);
+        }
+    });
+}
+
+/// Publishes a will message as if its client had sent it.
+pub fn publish_will(broker: &Broker, will: &LastWill) {
+    let message = Arc::new(Message::from_will(will));
+    if message.retain {
+        broker.router.retain(message.clone());
+    }
+    broker.router.route(&message);
+    Metrics::inc(&broker.metrics.wills_published);
+}
+
+/// Ends a session: its subscriptions leave the router and its
+/// shared-subscription messages go to other members of their groups.
+fn discard(broker: &Broker, mut state: SessionState, mailbox: &Arc<Mailbox>) {
+    for filter in state.subscriptions.keys() {
+        if let Ok(parsed) = parse_filter(filter) {
+            broker.router.unsubscribe(&parsed, state.id);
+        }
+    }
+    state.subscriptions.clear();
+    redistribute_shared(broker, &mut state, mailbox);
+}
+
+/// Hands unacknowledged and queued shared-subscription messages of a session
+/// whose client left to another member of the group, so the group does not
+/// lose them (the client is not coming back soon, or at all).
+fn redistribute_shared(broker: &Broker, state: &mut SessionState, mailbox: &Mailbox) {
+    let id = state.id;
+    state.outbound.retain(|o| {
+        let Some(share) = o.delivery.share.clone() else {
+            return true;
+        };
+        // PUBREL already sent: the client has the message; only the
+        // handshake is left, which the session keeps.
+        if o.phase == crate::session::state::OutboundPhase::AwaitingPubComp {
+            return true;
+        }
+        let mut delivery = o.delivery.clone();
+        delivery.share = Some(share.clone());
+        !broker.router.redeliver_shared(&share, delivery, id)
+    });
+    let queued = mailbox.take_all();
+    let mut kept = Vec::new();
+    for delivery in queued {
+        match delivery.share.clone() {
+            Some(share) if broker.router.redeliver_shared(&share, delivery.clone(), id) => {}
+            _ => kept.push(delivery),
+        }
+    }
+    if !kept.is_empty() {
+        mailbox.unpop(kept);
+    }
+}

@@ -1,0 +1,136 @@
+//! Client id → session slot. A slot is where a session lives between
+//! connections and the meeting point of a takeover: the connecting side
+//! kicks the owner and waits for it to hand the state back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use starling_codec::ByteString;
+use tokio::sync::{Notify, oneshot};
+
+use crate::message::SessionId;
+use crate::session::mailbox::Mailbox;
+use crate::session::state::SessionState;
+
+/// Why a connection is told to go away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another connection with the same client id took the session.
+    TakenOver,
+}
+
+/// Who has the session right now.
+pub enum Owner {
+    /// No session (never created, or it ended).
+    Vacant,
+    /// A connection task owns the state; `kick` asks it to leave.
+    Connected {
+        conn_id: u64,
+        kick: Option<oneshot::Sender<Kick>>,
+    },
+    /// The client is away; the session waits for it or for its expiry.
+    Offline {
+        state: SessionState,
+        mailbox: Arc<Mailbox>,
+    },
+}
+
+pub struct Slot {
+    pub client_id: ByteString,
+    /// Serializes connects for one client id.
+    pub connect_lock: tokio::sync::Mutex<()>,
+    /// Signalled whenever a connection gives the session back.
+    pub released: Notify,
+    pub inner: Mutex<SlotInner>,
+    /// Connects in progress; a slot is only removed from the map when none is.
+    pending: AtomicUsize,
+}
+
+pub struct SlotInner {
+    pub owner: Owner,
+    /// Bumped on every change of owner; a timer armed for one generation
+    /// does nothing in another.
+    pub generation: u64,
+    /// A delayed will waiting for its time (MQTT 5.0 §3.1.2.5).
+    pub pending_will: Option<starling_codec::LastWill>,
+}
+
+#[derive(Default)]
+pub struct SessionRegistry {
+    slots: Mutex<HashMap<ByteString, Arc<Slot>>>,
+    next_session: AtomicU64,
+    next_connection: AtomicU64,
+}
+
+impl SessionRegistry {
+    pub fn new_session_id(&self) -> SessionId {
+        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    pub fn new_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The slot for `client_id`, created if needed, with a connect marked
+    /// pending so that it is not removed under the caller's feet.
+    pub fn checkout(&self, client_id: &ByteString) -> Arc<Slot> {
+        let mut slots = self.slots.lock();
+        let slot = slots
+            .entry(client_id.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    client_id: client_id.clone(),
+                    connect_lock: tokio::sync::Mutex::new(()),
+                    released: Notify::new(),
+                    inner: Mutex::new(SlotInner {
+                        owner: Owner::Vacant,
+                        generation: 0,
+                        pending_will: None,
+                    }),
+                    pending: AtomicUsize::new(0),
+                })
+            })
+            .clone();
+        slot.pending.fetch_add(1, Ordering::AcqRel);
+        slot
+    }
+
+    /// Ends the pending mark taken by [`checkout`](Self::checkout).
+    pub fn checkin(&self, slot: &Arc<Slot>) {
+        slot.pending.fetch_sub(1, Ordering::AcqRel);
+        self.remove_if_vacant(slot);
+    }
+
+    /// Drops a slot from the map when it holds no session and nobody is
+    /// connecting to it.
+    pub fn remove_if_vacant(&self, slot: &Arc<Slot>) {
+        let mut slots = self.slots.lock();
+        if slot.pending.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        if !matches!(slot.inner.lock().owner, Owner::Vacant) {
+            return;
+        }
+        if slots
+            .get(&slot.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, slot))
+        {
+            slots.remove(&slot.client_id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.lock().is_empty()
+    }
+
+    /// Every slot (for shutdown and admin listings).
+    pub fn all(&self) -> Vec<Arc<Slot>> {
+        self.slots.lock().values().cloned().collect()
+    }
+}

@@ -1,0 +1,132 @@
+//! The state of one MQTT session, independent of any connection.
+//!
+//! While a client is connected its connection task owns this value; while
+//! it is away the registry keeps it. It is plain data (serde-serializable)
+//! so that it can later be handed to another node.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use starling_codec::{ByteString, LastWill, QoS, SubscriptionOptions};
+
+use crate::message::{Delivery, SessionId};
+
+/// A subscription as the session remembers it (the router holds the index).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredSubscription {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// Where an outgoing QoS 1/2 message stands (MQTT 5.0 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboundPhase {
+    /// QoS 1 PUBLISH sent, PUBACK awaited.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent, PUBREC awaited.
+    AwaitingPubRec,
+    /// PUBREL sent, PUBCOMP awaited. The message itself is delivered.
+    AwaitingPubComp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outbound {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub phase: OutboundPhase,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionState {
+    pub id: SessionId,
+    pub client_id: ByteString,
+    /// Keyed by the filter exactly as subscribed (`$share/...` included).
+    pub subscriptions: HashMap<ByteString, StoredSubscription>,
+    /// Unacknowledged outgoing QoS 1/2 messages, in the order sent.
+    pub outbound: VecDeque<Outbound>,
+    next_packet_id: u16,
+    /// Incoming QoS 2 packet ids whose PUBREL has not arrived: a PUBLISH
+    /// with one of these ids is a retransmission and is not routed again.
+    pub awaiting_rel: HashSet<u16>,
+    /// Seconds the session outlives its connection (0: ends with it).
+    pub expiry_interval: u32,
+    pub will: Option<LastWill>,
+}
+
+impl SessionState {
+    pub fn new(id: SessionId, client_id: ByteString, expiry_interval: u32) -> SessionState {
+        SessionState {
+            id,
+            client_id,
+            subscriptions: HashMap::new(),
+            outbound: VecDeque::new(),
+            next_packet_id: 1,
+            awaiting_rel: HashSet::new(),
+            expiry_interval,
+            will: None,
+        }
+    }
+
+    /// A packet identifier not used by any outgoing message in flight.
+    /// The caller guarantees the window is below 65535 entries.
+    pub fn next_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.outbound.iter().any(|o| o.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Removes the in-flight message with `packet_id` in `phase`.
+    pub fn complete(&mut self, packet_id: u16, phase: OutboundPhase) -> Option<Outbound> {
+        let index = self
+            .outbound
+            .iter()
+            .position(|o| o.packet_id == packet_id && o.phase == phase)?;
+        self.outbound.remove(index)
+    }
+
+    /// Moves a QoS 2 message from "PUBLISH sent" to "PUBREL sent".
+    pub fn released(&mut self, packet_id: u16) -> bool {
+        match self
+            .outbound
+            .iter_mut()
+            .find(|o| o.packet_id == packet_id && o.phase == OutboundPhase::AwaitingPubRec)
+        {
+            Some(o) => {
+                o.phase = OutboundPhase::AwaitingPubComp;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// In-flight messages that still count against the client's Receive
+    /// Maximum (all of them: MQTT 5.0 §4.9 counts until PUBCOMP).
+    pub fn inflight(&self) -> usize {
+        self.outbound.len()
+    }
+
+    pub fn phase_for(qos: QoS) -> OutboundPhase {
+        if qos == QoS::ExactlyOnce {
+            OutboundPhase::AwaitingPubRec
+        } else {
+            OutboundPhase::AwaitingPubAck
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let mut s = SessionState::new(SessionId(1), "c".into(), 0);
+        s.next_packet_id = u16::MAX;
+        assert_eq!(s.next_packet_id(), u16::MAX);
+        assert_eq!(s.next_packet_id(), 1, "0 is never used");
+    }
+}
