@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing: Debian packages
+# (MQTT client tools, protoc) and the Python packages of e2e/protocol.
+# Safe to run repeatedly: it only installs what is absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root (or sudo) to run: $*" >&2; return 1; fi
+}
+
+missing_debs=()
+command -v mosquitto_pub >/dev/null || missing_debs+=(mosquitto-clients)
+command -v protoc >/dev/null || missing_debs+=(protobuf-compiler)
+command -v python3 >/dev/null || missing_debs+=(python3 python3-pip)
+if [ ${#missing_debs[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing_debs[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_debs[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import paho.mqtt, pytest, pytest_timeout' 2>/dev/null; then
+    echo "installing Python packages from e2e/protocol/requirements.txt"
+    # Debian's own python3 refuses plain pip installs (PEP 668); the test
+    # packages are harmless there, so allow it explicitly on that system.
+    python3 -m pip install -q -r e2e/protocol/requirements.txt 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages -r e2e/protocol/requirements.txt
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi

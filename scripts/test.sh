@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and property tests, a
+# bounded fuzz run of the codec, and the protocol tests that drive a real
+# `starling` with paho-mqtt and mosquitto_pub/sub.
+#
+#   FUZZ_SECONDS=N   fuzz time (default 30)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+
+echo "== fmt and clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== build"
+cargo build --workspace --bins
+
+echo "== unit and property tests"
+cargo nextest run --workspace --no-fail-fast
+
+echo "== codec fuzzing"
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+
+echo "== protocol tests against a running starling"
+STARLING_BIN="$PWD/target/debug/starling" python3 -m pytest e2e/protocol -q -p no:cacheprovider
