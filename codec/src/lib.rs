@@ -17,8 +17,10 @@ mod encode;
 mod error;
 mod packet;
 mod properties;
+mod props;
 mod reason;
 pub mod topic;
+mod wire;
 
 pub use bytestring::ByteString;
 pub use decode::{decode, fixed_header_len, read_remaining_length};

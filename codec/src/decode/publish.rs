@@ -1,0 +1,137 @@
+//! PUBLISH and its acknowledgements (sections 3.3 to 3.7).
+
+use bytestring::ByteString;
+
+use crate::error::DecodeError;
+use crate::packet::{ProtocolVersion, PubAck, Publish, QoS};
+use crate::properties::PublishProperties;
+use crate::props;
+use crate::wire::Reader;
+
+use super::reasons;
+
+/// PUBLISH. `first` is the fixed header byte, already checked for QoS 3 and
+/// for DUP on QoS 0.
+pub(super) fn publish(
+    first: u8,
+    mut r: Reader,
+    version: ProtocolVersion,
+) -> Result<Publish, DecodeError> {
+    let dup = first & 0x08 != 0;
+    let qos =
+        QoS::from_u8((first >> 1) & 0x03).ok_or(DecodeError::Malformed("PUBLISH with QoS 3"))?;
+    let retain = first & 0x01 != 0;
+
+    let topic = r.binary()?;
+    // One pass for both rules: none of these bytes can occur inside a
+    // multi-byte UTF-8 sequence.
+    for &byte in topic.iter() {
+        match byte {
+            0 => return Err(DecodeError::Malformed("UTF-8 string contains U+0000")),
+            b'+' | b'#' => {
+                // 3.1.1 and 5.0 MQTT-3.3.2-2.
+                return Err(DecodeError::TopicNameInvalid(
+                    "topic name contains a wildcard",
+                ));
+            }
+            _ => {}
+        }
+    }
+    let topic = ByteString::try_from(topic)
+        .map_err(|_| DecodeError::Malformed("string is not valid UTF-8"))?;
+
+    let packet_id = if qos == QoS::AtMostOnce {
+        0
+    } else {
+        packet_id(&mut r)?
+    };
+
+    let properties: PublishProperties = if version.is_v5() {
+        props::read(&mut r)?
+    } else {
+        Default::default()
+    };
+    if topic.is_empty() && properties.topic_alias.is_none() {
+        // 3.1.1 MQTT-4.7.3-1; 5.0 section 3.3.2.1: an empty name is only a
+        // reference to a Topic Alias.
+        return Err(DecodeError::Protocol(
+            "empty topic name without a Topic Alias",
+        ));
+    }
+
+    let payload = r.rest();
+    if properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err() {
+        // 5.0 section 3.3.2.3.2.
+        return Err(DecodeError::PayloadFormatInvalid);
+    }
+
+    Ok(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id,
+        properties,
+        payload,
+    })
+}
+
+/// What tells the four acknowledgements apart on decoding: the reason
+/// codes they allow.
+pub(super) struct AckKind {
+    allowed: &'static [u8],
+    error: &'static str,
+}
+
+pub(super) const PUBACK: AckKind = AckKind {
+    allowed: reasons::PUBACK,
+    error: "reason code not allowed in PUBACK (MQTT-3.4.2-1)",
+};
+pub(super) const PUBREC: AckKind = AckKind {
+    allowed: reasons::PUBACK,
+    error: "reason code not allowed in PUBREC (MQTT-3.5.2-1)",
+};
+pub(super) const PUBREL: AckKind = AckKind {
+    allowed: reasons::PUBREL,
+    error: "reason code not allowed in PUBREL (MQTT-3.6.2-1)",
+};
+pub(super) const PUBCOMP: AckKind = AckKind {
+    allowed: reasons::PUBREL,
+    error: "reason code not allowed in PUBCOMP (MQTT-3.7.2-1)",
+};
+
+/// PUBACK, PUBREC, PUBREL and PUBCOMP. In MQTT 5 a remaining length of 2
+/// means Success without properties and 3 means no properties (3.4.2.1,
+/// 3.4.2.2.1 and the same clauses of 3.5 to 3.7).
+pub(super) fn ack(
+    mut r: Reader,
+    version: ProtocolVersion,
+    kind: &AckKind,
+) -> Result<PubAck, DecodeError> {
+    let packet_id = packet_id(&mut r)?;
+    if !version.is_v5() || r.is_empty() {
+        r.finish()?;
+        return Ok(PubAck::new(packet_id));
+    }
+    let code = reasons::check(r.u8()?, kind.allowed, kind.error)?;
+    let properties = if r.is_empty() {
+        Default::default()
+    } else {
+        props::read(&mut r)?
+    };
+    r.finish()?;
+    Ok(PubAck {
+        packet_id,
+        code,
+        properties,
+    })
+}
+
+/// A Packet Identifier, which is never 0 (3.1.1 MQTT-2.3.1-1, 5.0
+/// MQTT-2.2.1-3); acknowledgements echo one, so they cannot carry 0 either.
+pub(super) fn packet_id(r: &mut Reader) -> Result<u16, DecodeError> {
+    match r.u16()? {
+        0 => Err(DecodeError::Protocol("packet identifier 0")),
+        id => Ok(id),
+    }
+}
