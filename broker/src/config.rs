@@ -22,7 +22,7 @@ pub enum DropPolicy {
 }
 
 /// The merged configuration the broker runs with.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub max_connections: usize,
@@ -350,6 +350,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn example_file_parses_and_documents_the_defaults() {
+        let file = parse_file(include_str!("../../starling.example.toml")).unwrap();
+        let config = Config::merge(Cli::default(), file).unwrap();
+        assert_eq!(config, Config::default());
     }
 
     #[test]
