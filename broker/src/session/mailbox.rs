@@ -151,3 +151,89 @@ impl Mailbox {
         self.notify.notified().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use starling_codec::PublishProperties;
+
+    use super::*;
+    use crate::message::Message;
+
+    fn delivery(n: u8, qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message::new(
+                "t".into(),
+                Bytes::from(vec![n]),
+                qos,
+                false,
+                PublishProperties::default(),
+                None,
+            )),
+            qos,
+            retain: false,
+            subscription_ids: Default::default(),
+            share: None,
+        }
+    }
+
+    fn payloads(v: &[Delivery]) -> Vec<u8> {
+        v.iter().map(|d| d.message.payload[0]).collect()
+    }
+
+    #[test]
+    fn full_queue_drops_oldest_or_newest_per_policy() {
+        let oldest = Mailbox::new(SessionId(1), 2, DropPolicy::Oldest, true);
+        let newest = Mailbox::new(SessionId(2), 2, DropPolicy::Newest, true);
+        for n in 0..3 {
+            oldest.push(delivery(n, QoS::AtLeastOnce));
+            newest.push(delivery(n, QoS::AtLeastOnce));
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        oldest.pop_batch(&mut a, 10, 10);
+        newest.pop_batch(&mut b, 10, 10);
+        assert_eq!(payloads(&a), vec![1, 2]);
+        assert_eq!(payloads(&b), vec![0, 1]);
+    }
+
+    #[test]
+    fn offline_qos0_is_dropped_when_not_queued() {
+        let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, false);
+        assert_eq!(mailbox.push(delivery(0, QoS::AtMostOnce)), PushOutcome::DroppedOfflineQos0);
+        assert_eq!(mailbox.push(delivery(1, QoS::AtLeastOnce)), PushOutcome::Queued);
+        mailbox.set_online(true);
+        assert_eq!(mailbox.push(delivery(2, QoS::AtMostOnce)), PushOutcome::Queued);
+        assert_eq!(mailbox.len(), 2);
+    }
+
+    #[test]
+    fn batches_stop_at_the_window_without_reordering() {
+        let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
+        mailbox.push(delivery(0, QoS::AtLeastOnce));
+        mailbox.push(delivery(1, QoS::AtMostOnce));
+        mailbox.push(delivery(2, QoS::AtLeastOnce));
+        mailbox.push(delivery(3, QoS::AtMostOnce));
+        let mut out = Vec::new();
+        mailbox.pop_batch(&mut out, 10, 1);
+        assert_eq!(payloads(&out), vec![0, 1], "QoS 0 behind a blocked QoS 1 waits");
+        out.clear();
+        mailbox.pop_batch(&mut out, 10, 1);
+        assert_eq!(payloads(&out), vec![2, 3]);
+    }
+
+    #[test]
+    fn unpop_restores_order() {
+        let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
+        for n in 0..4 {
+            mailbox.push(delivery(n, QoS::AtLeastOnce));
+        }
+        let mut out = Vec::new();
+        mailbox.pop_batch(&mut out, 2, 10);
+        mailbox.unpop(out);
+        let mut all = Vec::new();
+        mailbox.pop_batch(&mut all, 10, 10);
+        assert_eq!(payloads(&all), vec![0, 1, 2, 3]);
+    }
+}
