@@ -119,7 +119,9 @@ pub fn negotiate(
             }
         }
     } else {
-        connect.client_id.clone()
+        // A copy, not a slice: the id lives as long as the session and must
+        // not pin the buffer the CONNECT was read into.
+        ByteString::from(&*connect.client_id)
     };
 
     if let Some(will) = &connect.will {

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use starling_codec::{ByteString, DecodeError, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use starling_codec::{
+    ByteString, DecodeError, Disconnect, LastWill, Packet, ProtocolVersion, ReasonCode,
+};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -78,11 +81,39 @@ pub(crate) struct Connection {
 }
 
 /// Serves one accepted TCP connection to its end.
+///
+/// The handshake and the goodbye run as boxed futures: they are large and
+/// short-lived, and an idle connection should only carry the state of
+/// [`Connection::run`].
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    let Some(Accepted {
+        mut connection,
+        kick,
+        slot,
+        conn_id,
+    }) = Box::pin(accept(broker.clone(), stream, peer)).await
+    else {
+        return;
+    };
+    let ending = connection.run(kick).await;
+    Box::pin(connection.finish(ending, &slot, conn_id)).await;
+    Metrics::dec(&broker.metrics.connections);
+}
+
+/// A connection past CONNACK.
+struct Accepted {
+    connection: Connection,
+    kick: oneshot::Receiver<Kick>,
+    slot: Arc<Slot>,
+    conn_id: u64,
+}
+
+/// Reads and checks CONNECT, binds the session and sends CONNACK.
+async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Option<Accepted> {
     let mut rbuf = BytesMut::new();
     let connect = match handshake::read_connect(&stream, &mut rbuf, &broker.config).await {
         Ok(Some(connect)) => connect,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(error) => {
             if let DecodeError::UnsupportedProtocolVersion(level) = error {
                 // MQTT-3.1.2-2: answer with return code 1, then close.
@@ -98,7 +129,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                 debug!(%peer, %error, "bad CONNECT");
             }
             Metrics::inc(&broker.metrics.connects_refused);
-            return;
+            return None;
         }
     };
     let version = connect.protocol;
@@ -112,27 +143,34 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         debug!(%peer, client_id = %connect.client_id, %code, reason, "CONNECT refused");
         Packet::ConnAck(handshake::refused(version, code, reason, problem_info))
     };
-    if broker.shutdown.is_cancelled() {
-        let ack = refuse(ReasonCode::SERVER_UNAVAILABLE, "server is shutting down");
-        write_and_close(&stream, &ack, version).await;
-        return;
-    }
-    if broker
+    let refusal = if broker.shutdown.is_cancelled() {
+        Some(refuse(
+            ReasonCode::SERVER_UNAVAILABLE,
+            "server is shutting down",
+        ))
+    } else if broker
         .metrics
         .connections
         .load(std::sync::atomic::Ordering::Relaxed)
         >= broker.config.max_connections as u64
     {
-        let ack = refuse(ReasonCode::QUOTA_EXCEEDED, "connection limit reached");
-        write_and_close(&stream, &ack, version).await;
-        return;
-    }
-    let n = match handshake::negotiate(&connect, &broker.config, new_client_id) {
+        Some(refuse(
+            ReasonCode::QUOTA_EXCEEDED,
+            "connection limit reached",
+        ))
+    } else {
+        None
+    };
+    let negotiated = match refusal {
+        Some(ack) => Err(ack),
+        None => handshake::negotiate(&connect, &broker.config, new_client_id)
+            .map_err(|r| refuse(r.code, r.reason)),
+    };
+    let n = match negotiated {
         Ok(n) => n,
-        Err(refusal) => {
-            let ack = refuse(refusal.code, refusal.reason);
+        Err(ack) => {
             write_and_close(&stream, &ack, version).await;
-            return;
+            return None;
         }
     };
 
@@ -145,8 +183,15 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     .await;
     Metrics::inc(&broker.metrics.connections);
     let mut session = opened.state;
-    session.will = connect.will.clone();
+    session.will = connect
+        .will
+        .as_ref()
+        .map(|will| Box::new(detach_will(will)));
     drop(connect);
+    if rbuf.is_empty() {
+        // The CONNECT is parsed; don't keep its buffer while idle.
+        rbuf = BytesMut::new();
+    }
 
     let mut connection = Connection {
         broker: broker.clone(),
@@ -169,12 +214,24 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         connection.resend_inflight();
     }
     debug!(%peer, client_id = %connection.n.client_id, version = ?connection.n.version, "connected");
+    Some(Accepted {
+        connection,
+        kick: opened.kick,
+        slot: opened.slot,
+        conn_id: opened.conn_id,
+    })
+}
 
-    let ending = connection.run(opened.kick).await;
-    connection
-        .finish(ending, &opened.slot, opened.conn_id)
-        .await;
-    Metrics::dec(&broker.metrics.connections);
+/// A will that owns its bytes: it may wait for days and must not keep the
+/// CONNECT's read buffer alive.
+fn detach_will(will: &LastWill) -> LastWill {
+    LastWill {
+        topic: ByteString::from(&*will.topic),
+        payload: bytes::Bytes::copy_from_slice(&will.payload),
+        qos: will.qos,
+        retain: will.retain,
+        properties: will.properties.clone(),
+    }
 }
 
 fn new_client_id() -> String {
@@ -227,6 +284,12 @@ impl Connection {
             }
             let take_mail = self.wbuf.len() < WRITE_HIGH_WATER;
             let read = self.wbuf.len() < WRITE_STOP_READING;
+            // One readiness future for both directions keeps the task small.
+            let interest = match (read, self.wbuf.is_empty()) {
+                (true, true) => Interest::READABLE,
+                (true, false) => Interest::READABLE | Interest::WRITABLE,
+                (false, _) => Interest::WRITABLE,
+            };
             tokio::select! {
                 biased;
                 kicked = &mut kick => {
@@ -235,27 +298,25 @@ impl Connection {
                     }
                 }
                 _ = shutdown.cancelled() => return Ending::ServerClose(ReasonCode::SERVER_SHUTTING_DOWN),
-                ready = self.stream.readable(), if read => {
-                    if ready.is_err() {
+                ready = self.stream.ready(interest), if read || !self.wbuf.is_empty() => {
+                    let Ok(ready) = ready else {
                         return Ending::Lost;
-                    }
-                    match self.read_and_handle() {
-                        Ok(true) => {
-                            if let Some(ka) = keep_alive {
-                                keep_alive_timer.as_mut().reset(Instant::now() + ka);
+                    };
+                    if ready.is_readable() || ready.is_read_closed() {
+                        match self.read_and_handle() {
+                            Ok(true) => {
+                                if let Some(ka) = keep_alive {
+                                    keep_alive_timer.as_mut().reset(Instant::now() + ka);
+                                }
                             }
+                            Ok(false) => {}
+                            Err(ending) => return ending,
                         }
-                        Ok(false) => {}
-                        Err(ending) => return ending,
+                        self.deliver();
                     }
-                    self.deliver();
+                    // Writable: the loop's next flush writes.
                 }
                 _ = mailbox.notified(), if take_mail => self.deliver(),
-                ready = self.stream.writable(), if !self.wbuf.is_empty() => {
-                    if ready.is_err() {
-                        return Ending::Lost;
-                    }
-                }
                 _ = &mut keep_alive_timer, if keep_alive.is_some() => {
                     debug!(peer = %self.peer, client_id = %self.n.client_id, "keep-alive timeout");
                     return Ending::ServerClose(ReasonCode::KEEP_ALIVE_TIMEOUT);
@@ -267,6 +328,17 @@ impl Connection {
     /// Reads what the socket has and handles every complete packet.
     /// `Ok(true)` when at least one byte arrived.
     fn read_and_handle(&mut self) -> Result<bool, Ending> {
+        let result = self.read_and_handle_inner();
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            // Give the buffer back while idle (readiness can be spurious, so
+            // this holds after a read that found nothing too); packets
+            // already decoded keep their own slices of it alive.
+            self.rbuf = BytesMut::new();
+        }
+        result
+    }
+
+    fn read_and_handle_inner(&mut self) -> Result<bool, Ending> {
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
             self.rbuf.reserve(self.read_size);
         }
@@ -292,11 +364,6 @@ impl Connection {
                     return Err(Ending::ServerClose(error.reason_code()));
                 }
             }
-        }
-        if self.rbuf.is_empty() {
-            // Give the buffer back while idle; packets already decoded keep
-            // their own slices of it alive.
-            self.rbuf = BytesMut::new();
         }
         Ok(true)
     }
@@ -369,4 +436,21 @@ fn reason_text(code: ReasonCode) -> Option<&'static str> {
         ReasonCode::KEEP_ALIVE_TIMEOUT => "keep-alive timeout",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection carries its task's future: keep it small. The
+    /// handshake and goodbye futures are boxed for this; a regression (say,
+    /// an inline 1 KB buffer or an unboxed handshake) shows up here first.
+    #[tokio::test]
+    async fn idle_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let broker = crate::Broker::new(crate::Config::default());
+        let future = super::serve(broker, stream, addr);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1536, "connection future grew to {size} bytes");
+    }
 }

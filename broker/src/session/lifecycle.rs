@@ -83,7 +83,7 @@ pub async fn open(
     broker.sessions.checkin(&slot);
 
     let resumed = match previous {
-        Owner::Offline { state, mailbox } => Some((state, mailbox)),
+        Owner::Offline { state, mailbox } => Some((*state, mailbox)),
         _ => None,
     };
     let (mut state, mailbox, session_present) = match resumed {
@@ -120,7 +120,7 @@ pub async fn open(
 pub struct Closing {
     /// The will to publish (immediately or after its delay); `None` after a
     /// normal DISCONNECT.
-    pub will: Option<LastWill>,
+    pub will: Option<Box<LastWill>>,
     /// Session Expiry Interval in force when the connection ended.
     pub expiry: u32,
 }
@@ -168,7 +168,10 @@ pub fn close(
             } else {
                 inner.pending_will = closing.will;
             }
-            inner.owner = Owner::Offline { state, mailbox };
+            inner.owner = Owner::Offline {
+                state: Box::new(state),
+                mailbox,
+            };
             timer = Some((inner.generation, inner.pending_will.is_some()));
         }
     }
@@ -241,7 +244,7 @@ fn arm_timers(
             inner.generation += 1;
             match std::mem::replace(&mut inner.owner, Owner::Vacant) {
                 Owner::Offline { state, mailbox } => {
-                    Some((state, mailbox, inner.pending_will.take()))
+                    Some((*state, mailbox, inner.pending_will.take()))
                 }
                 other => {
                     inner.owner = other;

@@ -201,10 +201,19 @@ mod tests {
     #[test]
     fn offline_qos0_is_dropped_when_not_queued() {
         let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, false);
-        assert_eq!(mailbox.push(delivery(0, QoS::AtMostOnce)), PushOutcome::DroppedOfflineQos0);
-        assert_eq!(mailbox.push(delivery(1, QoS::AtLeastOnce)), PushOutcome::Queued);
+        assert_eq!(
+            mailbox.push(delivery(0, QoS::AtMostOnce)),
+            PushOutcome::DroppedOfflineQos0
+        );
+        assert_eq!(
+            mailbox.push(delivery(1, QoS::AtLeastOnce)),
+            PushOutcome::Queued
+        );
         mailbox.set_online(true);
-        assert_eq!(mailbox.push(delivery(2, QoS::AtMostOnce)), PushOutcome::Queued);
+        assert_eq!(
+            mailbox.push(delivery(2, QoS::AtMostOnce)),
+            PushOutcome::Queued
+        );
         assert_eq!(mailbox.len(), 2);
     }
 
@@ -217,7 +226,11 @@ mod tests {
         mailbox.push(delivery(3, QoS::AtMostOnce));
         let mut out = Vec::new();
         mailbox.pop_batch(&mut out, 10, 1);
-        assert_eq!(payloads(&out), vec![0, 1], "QoS 0 behind a blocked QoS 1 waits");
+        assert_eq!(
+            payloads(&out),
+            vec![0, 1],
+            "QoS 0 behind a blocked QoS 1 waits"
+        );
         out.clear();
         mailbox.pop_batch(&mut out, 10, 1);
         assert_eq!(payloads(&out), vec![2, 3]);

@@ -32,7 +32,9 @@ pub enum Owner {
     },
     /// The client is away; the session waits for it or for its expiry.
     Offline {
-        state: SessionState,
+        /// Boxed so that a connected slot does not carry a state's worth of
+        /// empty space.
+        state: Box<SessionState>,
         mailbox: Arc<Mailbox>,
     },
 }
@@ -54,7 +56,7 @@ pub struct SlotInner {
     /// does nothing in another.
     pub generation: u64,
     /// A delayed will waiting for its time (MQTT 5.0 §3.1.2.5).
-    pub pending_will: Option<starling_codec::LastWill>,
+    pub pending_will: Option<Box<starling_codec::LastWill>>,
 }
 
 #[derive(Default)]

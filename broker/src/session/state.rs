@@ -50,7 +50,8 @@ pub struct SessionState {
     pub awaiting_rel: HashSet<u16>,
     /// Seconds the session outlives its connection (0: ends with it).
     pub expiry_interval: u32,
-    pub will: Option<LastWill>,
+    /// Boxed: most sessions have none, and the state is kept per client.
+    pub will: Option<Box<LastWill>>,
 }
 
 impl SessionState {
