@@ -57,9 +57,11 @@ impl Connection {
             payload: message.payload.clone(),
         };
         let new_alias = self.apply_topic_alias(&mut publish);
-        // Both sizes are equal with or without a packet id of 0 vs n.
+        // The packet id is filled in below; it does not change the size.
         let mut packet = Packet::Publish(publish);
-        if starling_codec::encoded_len(&packet, self.n.version) > self.n.client_max_packet {
+        if self.n.client_max_packet != usize::MAX
+            && starling_codec::encoded_len(&packet, self.n.version) > self.n.client_max_packet
+        {
             // MQTT-3.1.2-25: too large for this client; drop it for this
             // client only, keep the connection.
             Metrics::inc(&self.broker.metrics.dropped_too_large);

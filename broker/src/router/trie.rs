@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use smallvec::SmallVec;
 use starling_codec::SubscriptionOptions;
 
 use crate::message::{SessionId, ShareKey};
@@ -71,10 +72,11 @@ impl Node {
 }
 
 /// What a match found: plain subscribers and the shared groups to pick from.
+/// Inline capacity covers the common publishes without a heap allocation.
 #[derive(Default)]
 pub struct Matches<'a> {
-    pub subscribers: Vec<(SessionId, &'a Subscriber)>,
-    pub groups: Vec<&'a ShareGroup>,
+    pub subscribers: SmallVec<[(SessionId, &'a Subscriber); 8]>,
+    pub groups: SmallVec<[&'a ShareGroup; 2]>,
 }
 
 impl Matches<'_> {
