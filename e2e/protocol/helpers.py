@@ -159,6 +159,10 @@ class Broker:
             "allow_anonymous true",
         ]
         for name, value in opts.items():
+            if name == "max_connections" and value > 0:
+                # Mosquitto 2.0.11 admits max_connections + 1 clients (its check is
+                # "count > max"), so configure one less to get the same limit as Starling.
+                value -= 1
             if name in MOSQUITTO_LISTENER:
                 lines.append(f"{MOSQUITTO_LISTENER[name]} {_fmt(value)}")
             elif name in MOSQUITTO_GLOBAL:

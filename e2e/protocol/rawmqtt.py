@@ -217,8 +217,11 @@ def encode_props(props: Any = None) -> bytes:
     (name_or_id, value) pairs (use the list form to repeat a property, e.g.
     several UserProperty entries or a deliberately duplicated property).
     In the dict form a UserProperty / SubscriptionIdentifier value that is a
-    list is expanded into several properties.
+    list is expanded into several properties. ``bytes`` are used verbatim as an
+    already encoded property section (length prefix included) for malformed tests.
     """
+    if isinstance(props, (bytes, bytearray)):
+        return bytes(props)
     if not props:
         return vbi(0)
     items: list[tuple[int, Any]] = []
