@@ -40,10 +40,11 @@ def pytest_collection_modifyitems(config, items):
         return  # in starling mode nothing is ever skipped
     if os.environ.get("STARLING_TEST_RUN_ALL") == "1":
         return  # suite development: see how Mosquitto fails the starling_only tests
-    skip = pytest.mark.skip(reason="starling_only: not applicable to Mosquitto 2.0.11")
     for item in items:
-        if item.get_closest_marker("starling_only"):
-            item.add_marker(skip)
+        marker = item.get_closest_marker("starling_only")
+        if marker:
+            why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"starling_only: {why or 'not applicable to Mosquitto 2.0.11'}"))
 
 
 @pytest.hookimpl(hookwrapper=True)

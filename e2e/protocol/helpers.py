@@ -203,7 +203,9 @@ class Broker:
                 raise RuntimeError(f"broker not accepting connections on port {self.port} "
                                    f"after {ready_timeout}s\n{self.log_tail()}")
             # exited during startup: maybe the port was taken in the meantime; retry
-        raise RuntimeError(f"{last_error}\n{self.log_tail()}")
+        hint = (" (is the binary current? run `cargo build --bin starling`)"
+                if self.kind == "starling" else "")
+        raise RuntimeError(f"{last_error}{hint}\n{self.log_tail()}")
 
     @property
     def pid(self) -> int:
@@ -525,12 +527,13 @@ def exchange(a: PahoClient, b: PahoClient, topic: str = "good/ping", payload: by
 
 
 class SubProc:
-    """mosquitto_sub running in the background, started with -d so that we can
-    wait for its SUBACK before publishing."""
+    """mosquitto_sub running in the background with -d (debug output), line-buffered through
+    stdbuf, so that a test can wait for its SUBACK before publishing."""
 
-    def __init__(self, args: list[str]):
-        self.proc = subprocess.Popen(["mosquitto_sub", "-d", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    def __init__(self, broker: "Broker", args: list[str]):
+        cmd = ["stdbuf", "-oL", "mosquitto_sub", "-d", "-h", broker.host, "-p", str(broker.port), *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
         self.lines: queue.Queue = queue.Queue()
         self.all_lines: list[str] = []
         self._t = threading.Thread(target=self._reader, daemon=True)
@@ -557,9 +560,10 @@ class SubProc:
                 return line
 
     def wait_subscribed(self, timeout: float = TIMEOUT) -> None:
-        self.wait_line(lambda l: "Received SUBACK" in l, timeout)
+        self.wait_line(lambda l: l.startswith("Client ") and "received SUBACK" in l, timeout)
 
     def finish(self, timeout: float = 10.0) -> tuple[int, list[str]]:
+        """Wait for exit; returns (exit code, output lines without the -d debug lines)."""
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -574,11 +578,9 @@ class SubProc:
             self.proc.wait(5)
 
 
-_DEBUG_PREFIXES = ("Client ", "Received ", "Sending ", "Subscribed ")
-
-
 def _is_debug_line(line: str) -> bool:
-    return line.startswith(_DEBUG_PREFIXES) or line.startswith("Error")
+    """Lines printed by mosquitto_sub -d (not message output)."""
+    return line.startswith("Client ") or line.startswith("Subscribed (mid:")
 
 
 def mosquitto_pub(broker: Broker, args: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess:

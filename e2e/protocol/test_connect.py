@@ -92,7 +92,7 @@ def test_second_connect_closes_connection(broker, raw, version):
         assert r.disconnect_reason(pkts) in (None, r.RC_PROTOCOL_ERROR)
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 closes without sending DISCONNECT (a SHOULD in §4.13.1)
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 closes without sending DISCONNECT (a SHOULD in §4.13.1)")
 def test_v5_second_connect_disconnect_reason_protocol_error(broker, raw):
     """MQTT 5.0 §3.1 MQTT-3.1.0-2 and §4.13.1: second CONNECT -> DISCONNECT 0x82 Protocol Error."""
     c = raw(broker, V5)
@@ -124,7 +124,7 @@ def test_first_packet_not_connect_closes_connection(broker, raw, paho, first):
 
 # --- keep alive --------------------------------------------------------------------------------
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 checks keep alive only every ~5 s (closes after ~5.5 s)
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 checks keep alive only every ~5 s (closes after ~5.5 s)")
 @both_versions
 def test_keep_alive_timeout_closes_within_one_and_a_half_times(broker, raw, version):
     """MQTT 3.1.1 §3.1.2.10 / MQTT 5.0 §3.1.2.10 MQTT-3.1.2-22 (5.0) / MQTT-3.1.2-24 (3.1.1):
@@ -269,7 +269,7 @@ def test_v5_session_expiry_zero_ends_session_at_disconnect(broker, paho):
     assert c.session_present is False
 
 
-@pytest.mark.starling_only  # Starling's --max-session-expiry; Mosquitto has no equivalent limit
+@pytest.mark.starling_only(reason="Starling's --max-session-expiry; Mosquitto has no equivalent limit")
 def test_v5_session_expiry_capped_by_server(broker_factory, raw):
     """MQTT 5.0 §3.2.2.3.2 MQTT-3.2.2-?: if the Server uses a Session Expiry Interval different
     from the client's, it sends Session Expiry Interval in CONNACK. --max-session-expiry 5,

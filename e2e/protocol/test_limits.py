@@ -165,7 +165,7 @@ def _over_limit_publish_rejected(c: r.RawClient, topic: str, pid: int) -> None:
         c.recv_until_closed(TIMEOUT)
 
 
-@pytest.mark.starling_only  # --max-topic-length has no Mosquitto equivalent
+@pytest.mark.starling_only(reason="--max-topic-length has no Mosquitto equivalent")
 def test_max_topic_length(broker_factory, raw, paho):
     """MQTT 5.0 §3.9.3 / §3.4.2.1 / §4.13 with --max-topic-length 32: SUBSCRIBE to a longer
     filter -> SUBACK failure (>= 0x80); PUBLISH to a longer topic -> PUBACK or DISCONNECT 0x90
@@ -183,7 +183,7 @@ def test_max_topic_length(broker_factory, raw, paho):
     _over_limit_publish_rejected(c, long_topic, 3)
 
 
-@pytest.mark.starling_only  # v3.1.1 SUBACK failure code 0x80 for --max-topic-length
+@pytest.mark.starling_only(reason="v3.1.1 SUBACK failure code 0x80 for --max-topic-length")
 def test_max_topic_length_v311_suback_failure(broker_factory, raw):
     """MQTT 3.1.1 §3.9.3: a filter over --max-topic-length -> SUBACK return code 0x80 Failure."""
     b = broker_factory(max_topic_length=32)
@@ -193,7 +193,7 @@ def test_max_topic_length_v311_suback_failure(broker_factory, raw):
     assert sa.reasons == [0x80]
 
 
-@pytest.mark.starling_only  # --max-topic-levels has no Mosquitto equivalent
+@pytest.mark.starling_only(reason="--max-topic-levels has no Mosquitto equivalent")
 def test_max_topic_levels(broker_factory, raw):
     """MQTT 5.0 §3.9.3 / §3.4.2.1 / §4.13 with --max-topic-levels 4: SUBSCRIBE to a 5-level
     filter -> SUBACK failure; PUBLISH to a 5-level topic -> PUBACK or DISCONNECT 0x90; 4 levels
@@ -209,7 +209,7 @@ def test_max_topic_levels(broker_factory, raw):
     _over_limit_publish_rejected(c, "a/b/c/d/e", 3)
 
 
-@pytest.mark.starling_only  # --max-subscriptions-per-client has no Mosquitto equivalent
+@pytest.mark.starling_only(reason="--max-subscriptions-per-client has no Mosquitto equivalent")
 @both_versions
 def test_max_subscriptions_per_client(broker_factory, raw, version):
     """MQTT 5.0 §3.9.3 0x97 Quota exceeded / MQTT 3.1.1 §3.9.3 0x80 Failure: with
@@ -227,7 +227,7 @@ def test_max_subscriptions_per_client(broker_factory, raw, version):
     assert c.subscribe(5, [("s/4", 1)]).reasons == [1]
 
 
-@pytest.mark.starling_only  # --max-awaiting-rel has no Mosquitto equivalent
+@pytest.mark.starling_only(reason="--max-awaiting-rel has no Mosquitto equivalent")
 def test_max_awaiting_rel(broker_factory, raw):
     """MQTT 5.0 §3.5.2.1 (PUBREC 0x97 Quota exceeded) / §3.3.4 (0x93): with --max-awaiting-rel 2
     a third incoming QoS 2 message awaiting PUBREL is refused, either by PUBREC with a failure

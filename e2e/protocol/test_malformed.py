@@ -43,6 +43,7 @@ class Case:
     reasons: frozenset | None = None  # acceptable v5 DISCONNECT reason codes (post-CONNECT)
     mosquitto_reason_ok: bool = True  # False: Mosquitto 2.0.11 sends no / another reason code
     mosquitto_closes: bool = True     # False: Mosquitto 2.0.11 does not close the connection
+    note: str = ""                    # what Mosquitto 2.0.11 does instead
 
 
 def _connect_v311_body(flags: int, payload: bytes, *, name: bytes = b"MQTT", level: int = 4) -> bytes:
@@ -104,7 +105,7 @@ CASES = [
          r.connect("bad", props={"RequestProblemInformation": 2}), pre=True),
     Case("connect_auth_data_without_method", "MQTT 5.0 §3.1.2.11.10 (Authentication Data without Method)", V5,
          r.connect("bad", props={"AuthenticationData": b"x"}), pre=True,
-         mosquitto_closes=False),  # Mosquitto 2.0.11 accepts the CONNECT
+         mosquitto_closes=False, note="Mosquitto 2.0.11 accepts the CONNECT"),
 
     # ---- after a valid CONNECT: PUBLISH ---------------------------------------------------------
     Case("publish_qos_3", "MQTT-3.3.1-4", V5,
@@ -124,20 +125,20 @@ CASES = [
          r.publish("a", b"x", 1, pid=0), reasons=_f(MALFORMED, PROTOCOL)),
     Case("publish_qos0_dup_set", "MQTT 5.0 MQTT-3.3.1-2", V5,
          r.publish("a", b"x", 0, dup=True), reasons=_f(MALFORMED, PROTOCOL),
-         mosquitto_closes=False),  # Mosquitto 2.0.11 ignores DUP on QoS 0
+         mosquitto_closes=False, note="Mosquitto 2.0.11 ignores DUP on QoS 0"),
     Case("publish_empty_topic_without_alias", "MQTT 5.0 §3.3.2.1 (zero-length Topic Name and no Topic Alias)",
          V5, r.publish("", b"x", 0), reasons=_f(PROTOCOL, TOPIC_INVALID)),
     Case("publish_empty_topic_v311", "MQTT 3.1.1 MQTT-4.7.3-1", V311, r.publish("", b"x", 0, version=4)),
     Case("publish_topic_alias_0", "MQTT 5.0 MQTT-3.3.2-8", V5,
          r.publish("a", b"x", 0, props={"TopicAlias": 0}), reasons=_f(PROTOCOL, ALIAS_INVALID),
-         mosquitto_reason_ok=False),  # Mosquitto 2.0.11 sends 0x81
+         mosquitto_reason_ok=False, note="Mosquitto 2.0.11 sends 0x81"),
     Case("publish_subscription_identifier_from_client", "MQTT 5.0 MQTT-3.3.4-6", V5,
          r.publish("a", b"x", 0, props={"SubscriptionIdentifier": 1}), reasons=_f(PROTOCOL),
-         mosquitto_closes=False),  # Mosquitto 2.0.11 ignores it
+         mosquitto_closes=False, note="Mosquitto 2.0.11 ignores it"),
     Case("publish_duplicate_property", "MQTT 5.0 §3.3.2.3.2 (Payload Format Indicator twice)", V5,
          r.publish("a", b"x", 0, props=[("PayloadFormatIndicator", 1), ("PayloadFormatIndicator", 1)]),
          reasons=_f(PROTOCOL, MALFORMED),
-         mosquitto_reason_ok=False),  # Mosquitto 2.0.11 closes without DISCONNECT
+         mosquitto_reason_ok=False, note="Mosquitto 2.0.11 closes without DISCONNECT"),
     Case("publish_unknown_property_id", "MQTT 5.0 §2.2.2.2", V5,
          _publish_v5_raw(b"a", b"\x02\x7f\x00"), reasons=_f(MALFORMED)),
     Case("publish_property_length_overruns_packet", "MQTT 5.0 §2.2.2.1", V5,
@@ -159,7 +160,7 @@ CASES = [
          r.subscribe(1, [("a", 0x30)]), reasons=_f(PROTOCOL, MALFORMED)),
     Case("subscribe_shared_with_no_local", "MQTT 5.0 MQTT-3.8.3-4", V5,
          r.subscribe(1, [("$share/g/a", 0x04)]), reasons=_f(PROTOCOL),
-         mosquitto_closes=False),  # Mosquitto 2.0.11 grants the subscription
+         mosquitto_closes=False, note="Mosquitto 2.0.11 grants the subscription"),
     Case("subscribe_packet_id_0", "MQTT 5.0 MQTT-2.2.1-3", V5,
          r.subscribe(0, [("a", 0)]), reasons=_f(MALFORMED, PROTOCOL)),
     Case("subscribe_subscription_identifier_0", "MQTT 5.0 §3.8.2.1.2 (Subscription Identifier 0)", V5,
@@ -178,28 +179,28 @@ CASES = [
     # ---- other packets -------------------------------------------------------------------------------
     Case("pubrel_fixed_header_flags_0000", "MQTT 5.0 MQTT-3.6.1-1", V5, b"\x60\x02\x00\x01",
          reasons=_f(MALFORMED),
-         mosquitto_reason_ok=False),  # Mosquitto 2.0.11 closes without DISCONNECT
+         mosquitto_reason_ok=False, note="Mosquitto 2.0.11 closes without DISCONNECT"),
     Case("pingreq_fixed_header_flags_v311", "MQTT 3.1.1 MQTT-2.2.2-2", V311, b"\xc1\x00",
-         mosquitto_closes=False),  # Mosquitto 2.0.11 answers PINGRESP
+         mosquitto_closes=False, note="Mosquitto 2.0.11 answers PINGRESP"),
     Case("pingreq_remaining_length_1", "MQTT 5.0 §3.12.1 (remaining length 0) / trailing garbage", V5,
          b"\xc0\x01\x00", reasons=_f(MALFORMED),
-         mosquitto_closes=False),  # Mosquitto 2.0.11 answers PINGRESP
+         mosquitto_closes=False, note="Mosquitto 2.0.11 answers PINGRESP"),
     Case("puback_trailing_garbage_v311", "MQTT 3.1.1 §3.4.1 (PUBACK remaining length is 2)", V311,
          b"\x40\x03\x00\x01\x00",
-         mosquitto_closes=False),  # Mosquitto 2.0.11 parses it like a 5.0 PUBACK
+         mosquitto_closes=False, note="Mosquitto 2.0.11 parses it like a 5.0 PUBACK"),
     Case("second_connect", "MQTT 5.0 MQTT-3.1.0-2", V5, r.connect("again"), reasons=_f(PROTOCOL),
-         mosquitto_reason_ok=False),  # Mosquitto 2.0.11 closes without DISCONNECT
+         mosquitto_reason_ok=False, note="Mosquitto 2.0.11 closes without DISCONNECT"),
     Case("reserved_packet_type_0", "MQTT 5.0 §2.1.2 (reserved packet type)", V5, b"\x00\x00",
          reasons=_f(MALFORMED, PROTOCOL)),
     Case("auth_without_authentication_method", "MQTT 5.0 §4.12 (AUTH without Authentication Method in CONNECT)",
          V5, r.packet(r.AUTH, 0, b"\x19" + r.encode_props({"AuthenticationMethod": "X"})),
          reasons=_f(PROTOCOL),
-         mosquitto_reason_ok=False),  # Mosquitto 2.0.11 closes without DISCONNECT
+         mosquitto_reason_ok=False, note="Mosquitto 2.0.11 closes without DISCONNECT"),
     Case("auth_packet_in_v311", "MQTT 3.1.1 §2.2.1 (packet type 15 reserved)", V311, b"\xf0\x00"),
     Case("disconnect_with_body_v311", "MQTT 3.1.1 §3.14.1 (DISCONNECT remaining length 0)", V311, b"\xe0\x01\x00"),
     Case("remaining_length_5_bytes", "MQTT 5.0 §1.5.5 MQTT-1.5.5-1 (at most 4 bytes)", V5,
          b"\x30\xff\xff\xff\xff\x01", reasons=_f(MALFORMED),
-         mosquitto_reason_ok=False),  # Mosquitto 2.0.11 closes without DISCONNECT
+         mosquitto_reason_ok=False, note="Mosquitto 2.0.11 closes without DISCONNECT"),
     Case("remaining_length_over_max_packet_size", "MQTT 5.0 §3.2.2.3.6 (over the server Maximum Packet Size)",
          V5, b"\x30" + r.vbi(268_435_455) + r.utf8("a") + b"x" * 64, reasons=_f(TOO_LARGE)),
     Case("remaining_length_over_max_packet_size_v311", "MQTT 3.1.1 §2.2.3 / server packet size limit", V311,
@@ -239,7 +240,7 @@ def _send_case(raw, broker, case: Case, name: str) -> r.RawClient:
 
 
 CLOSE_CASES = [
-    pytest.param(c, id=c.id, marks=() if c.mosquitto_closes else pytest.mark.starling_only)
+    pytest.param(c, id=c.id, marks=() if c.mosquitto_closes else pytest.mark.starling_only(reason=c.note))
     for c in CASES
 ]
 
@@ -272,7 +273,8 @@ def test_malformed_packet_closes_connection(corpus_broker, good_pair, raw, case)
 
 REASON_CASES = [
     pytest.param(c, id=c.id,
-                 marks=() if c.mosquitto_reason_ok and c.mosquitto_closes else pytest.mark.starling_only)
+                 marks=() if c.mosquitto_reason_ok and c.mosquitto_closes
+                 else pytest.mark.starling_only(reason=c.note))
     for c in CASES if c.version == V5 and not c.pre and c.reasons
 ]
 

@@ -167,7 +167,7 @@ def test_v5_client_receive_maximum_limits_initial_window(broker, raw, paho):
     assert received[0].pid != received[1].pid  # MQTT-2.2.1-3: distinct while in flight
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 releases two PUBLISHes per PUBACK after the first
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 releases two PUBLISHes per PUBACK after the first")
 def test_v5_client_receive_maximum_one_release_per_ack(broker, raw, paho):
     """MQTT 5.0 §3.3.4 MQTT-3.3.4-9 and §4.9: with client Receive Maximum 2 the Server never has
     more than 2 unacknowledged QoS 1 PUBLISHes outstanding: each PUBACK releases exactly one."""
@@ -189,7 +189,7 @@ def test_v5_client_receive_maximum_one_release_per_ack(broker, raw, paho):
     assert all(p.qos == 1 and p.pid for p in received)
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 answers PUBREC 0x97 instead of DISCONNECT 0x93
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 answers PUBREC 0x97 instead of DISCONNECT 0x93")
 def test_client_exceeding_server_receive_maximum_disconnected_0x93(broker_factory, raw):
     """MQTT 5.0 §3.3.4 MQTT-3.3.4-8 (and §3.2.2.3.3): a client that sends more QoS>0 PUBLISHes
     without completion than the Server's Receive Maximum is disconnected with 0x93 Receive

@@ -56,7 +56,7 @@ def test_shared_subscription_each_message_to_exactly_one_member(broker, paho, ve
     assert got["m1"] and got["m2"], f"one member got nothing: {got}"
 
 
-@pytest.mark.starling_only  # '$queue/' is a Starling (and EMQX-style) alias; Mosquitto treats it as a plain topic
+@pytest.mark.starling_only(reason="'$queue/' is a Starling (and EMQX-style) alias; Mosquitto treats it as a plain topic")
 def test_queue_prefix_shared_subscription(broker, paho):
     """MQTT 5.0 §4.8.2 (non-standard '$queue/t' alias for '$share/$queue/t' in Starling):
     20 messages each delivered to exactly one of two members, both get some."""
@@ -116,7 +116,7 @@ def test_unsubscribe_shared_subscription(broker, paho):
     m1.assert_no_message(0.3)
 
 
-@pytest.mark.starling_only  # §4.8.2 SHOULD; Mosquitto 2.0.11 drops in-flight shared messages of a closed session
+@pytest.mark.starling_only(reason="§4.8.2 SHOULD; Mosquitto 2.0.11 drops in-flight shared messages of a closed session")
 def test_shared_inflight_messages_redistributed_when_member_session_ends(broker, raw, paho):
     """MQTT 5.0 §4.8.2: \"If the Client's Session terminates before the Client reconnects, the
     Server SHOULD send the Application Message to another Client that is subscribed to the same

@@ -26,7 +26,7 @@ def test_second_connection_closes_first(broker, raw, version):
     second.ping()
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 closes the old connection without DISCONNECT 0x8E
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 closes the old connection without DISCONNECT 0x8E")
 def test_v5_first_connection_gets_session_taken_over(broker, raw):
     """MQTT 5.0 §3.1.4 MQTT-3.1.4-3 and §3.14.2.1: the existing connection receives DISCONNECT
     with reason 0x8E Session taken over before it is closed."""
@@ -38,7 +38,7 @@ def test_v5_first_connection_gets_session_taken_over(broker, raw):
     assert r.disconnect_reason(pkts) == r.RC_SESSION_TAKEN_OVER, pkts
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 closes the old connection without DISCONNECT 0x8E
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 closes the old connection without DISCONNECT 0x8E")
 def test_v5_takeover_seen_by_paho(broker, paho):
     """MQTT 5.0 §3.1.4 MQTT-3.1.4-3: paho's on_disconnect of the first client reports the
     server's DISCONNECT reason 0x8E."""

@@ -177,7 +177,7 @@ def test_v5_overlapping_subscriptions_carry_subscription_identifiers(broker, pah
         assert sorted(ids) == [[11], [22]], ids
 
 
-@pytest.mark.starling_only  # Starling sends one copy; Mosquitto 2.0.11 one copy per subscription (both allowed)
+@pytest.mark.starling_only(reason="Starling sends one copy; Mosquitto 2.0.11 one copy per subscription (both allowed)")
 def test_v5_overlapping_subscriptions_single_delivery_with_all_identifiers(broker, paho):
     """MQTT 5.0 §3.3.4 MQTT-3.3.4-2, MQTT-3.3.4-4: Starling delivers one copy at the maximum
     granted QoS carrying the Subscription Identifiers of all matching subscriptions."""

@@ -111,7 +111,7 @@ def test_no_topic_alias_sent_to_client_without_alias_maximum(broker, raw, paho):
         assert p.topic == "sa/topic" and "TopicAlias" not in p.props, p
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 never sends topic aliases to clients (allowed)
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 never sends topic aliases to clients (allowed)")
 def test_server_to_client_topic_alias(broker, raw, paho):
     """MQTT 5.0 §3.3.2.3.4 MQTT-3.3.2-10, MQTT-3.3.2-11 and §3.1.2.11.5: when the client announces
     Topic Alias Maximum 5, the Server may use aliases 1..5; repeated PUBLISHes on a topic use a
@@ -257,7 +257,7 @@ def test_client_maximum_packet_size_oversized_message_dropped(broker, raw, paho)
     c.ping()  # still connected
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 keeps the dropped QoS 1 message in the inflight window
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 keeps the dropped QoS 1 message in the inflight window")
 def test_client_maximum_packet_size_dropped_message_counts_as_completed(broker, raw, paho):
     """MQTT 5.0 §3.1.2.11.4 MQTT-3.1.2-25: a discarded oversized message is treated "as if it had
     completed sending": with Receive Maximum 1 it does not occupy the only inflight slot, so the
@@ -303,7 +303,7 @@ def test_request_problem_information_0_no_reason_string_on_acks(broker, raw):
     assert "ReasonString" not in ua.props and "UserProperty" not in ua.props, ua
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 closes the connection on an invalid filter (see below)
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 closes the connection on an invalid filter (see below)")
 def test_request_problem_information_0_no_reason_string_on_suback_failure(broker, raw):
     """MQTT 5.0 §3.1.2.11.7 MQTT-3.1.2-29: SUBACK 0x8F for the invalid filter 'a/#/b' carries no
     Reason String when Request Problem Information is 0."""
@@ -314,7 +314,7 @@ def test_request_problem_information_0_no_reason_string_on_suback_failure(broker
     assert "ReasonString" not in sa.props and "UserProperty" not in sa.props, sa
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 does not implement Response Information
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 does not implement Response Information")
 def test_request_response_information_returns_response_information(broker, raw):
     """MQTT 5.0 §3.1.2.11.6 and §3.2.2.3.15: Request Response Information 1 -> CONNACK carries a
     Response Information string (Starling provides one)."""
@@ -346,7 +346,7 @@ def test_suback_reason_codes_granted_qos(broker, raw):
     assert sa.reasons == [r.RC_SUCCESS, r.RC_GRANTED_QOS1, r.RC_GRANTED_QOS2]
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 closes the connection instead of SUBACK 0x8F
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 closes the connection instead of SUBACK 0x8F")
 def test_suback_topic_filter_invalid_0x8f(broker, raw):
     """MQTT 5.0 §3.9.3 / §4.7.1.2 MQTT-4.7.1-1: 'a/#/b' is not a valid filter. Starling answers
     SUBACK 0x8F for that filter and still grants the valid ones in the same packet; the connection

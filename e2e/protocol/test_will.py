@@ -170,7 +170,7 @@ def test_v5_will_sent_when_session_expires_before_will_delay(broker, raw, watche
     assert waited <= 5.0, f"will published after {waited:.2f}s"
 
 
-@pytest.mark.starling_only  # Mosquitto 2.0.11 waits for the full Will Delay although the session ended
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 waits for the full Will Delay although the session ended")
 def test_v5_will_with_zero_session_expiry_and_delay_sent_at_close(broker, raw, watcher):
     """MQTT 5.0 §3.1.3.2.2 / §3.1.2.11.2: with Session Expiry 0 the Session ends at the close,
     so even with a Will Delay the Will is published promptly."""
