@@ -1,0 +1,90 @@
+//! `starling-bench`: load and benchmark MQTT brokers, modelled on
+//! emqtt-bench. `conn` opens idle connections, `sub` subscribes and
+//! measures what arrives (rate, losses, end-to-end latency), `pub`
+//! publishes at a rate or flat out. Progress goes to stderr every second;
+//! a JSON summary goes to stdout (or `--json FILE`) at the end.
+//!
+//! Exit codes: 0 when the run had no error and lost nothing, 1 when it
+//! had errors or losses, 2 when it could not run at all.
+
+mod cli;
+mod client;
+mod conn;
+mod ids;
+mod latency;
+mod progress;
+mod run;
+mod stats;
+mod sys;
+mod template;
+mod transport;
+mod ws;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::stats::Summary;
+
+fn json_target(command: &Command) -> Option<&Path> {
+    let common = match command {
+        Command::Conn(a) => &a.common,
+        Command::Sub(a) => &a.common,
+        Command::Pub(a) => &a.common,
+    };
+    common.json.as_deref()
+}
+
+fn write_summary(summary: &Summary, target: Option<&Path>) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(summary)?;
+    text.push('\n');
+    match target {
+        Some(path) if path != Path::new("-") => std::fs::write(path, text)?,
+        _ => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = json_target(&cli.command).map(Path::to_path_buf);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("starling-bench: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let summary = match runtime.block_on(run::run(cli.command)) {
+        Ok(summary) => summary,
+        Err(error) => {
+            eprintln!("starling-bench: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // Clients still closing after the grace period are dropped here.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    if let Err(error) = write_summary(&summary, json.as_deref()) {
+        eprintln!("starling-bench: cannot write the summary: {error:#}");
+        return ExitCode::from(2);
+    }
+    if summary.ok() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "starling-bench: {} errors, {} messages lost",
+            summary.errors.total, summary.lost
+        );
+        ExitCode::FAILURE
+    }
+}

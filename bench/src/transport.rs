@@ -1,0 +1,276 @@
+//! Opening a byte stream to the broker: TCP, TLS (tokio-rustls), WebSocket
+//! or WebSocket over TLS (tokio-tungstenite, subprotocol "mqtt"), from a
+//! round-robin choice of local source addresses.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{Context as _, bail};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::cli::{CommonArgs, Transport};
+use crate::sys;
+use crate::ws::WsIo;
+
+/// A connected byte stream, whatever the transport.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Ws(Box<WsIo<TcpStream>>),
+    Wss(Box<WsIo<TlsStream<TcpStream>>>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Stream::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Stream::Ws($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Stream::Wss($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        dispatch!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        dispatch!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        dispatch!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// Everything needed to open one more connection.
+pub struct Connector {
+    transport: Transport,
+    addr: SocketAddr,
+    sources: Vec<IpAddr>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// `ws://host:port/path`, for the WebSocket handshake.
+    ws_uri: String,
+}
+
+impl Connector {
+    pub async fn new(args: &CommonArgs) -> anyhow::Result<Connector> {
+        let addr = tokio::net::lookup_host((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot resolve {}", args.host))?
+            .next()
+            .with_context(|| format!("{} has no address", args.host))?;
+        if let Some(bad) = args.ifaddr.iter().find(|a| a.is_ipv4() != addr.is_ipv4()) {
+            bail!("--ifaddr {bad} is not of the same IP version as {addr}");
+        }
+        let tls = if args.transport.uses_tls() {
+            let name = args.servername.clone().unwrap_or_else(|| args.host.clone());
+            let server_name = ServerName::try_from(name.clone())
+                .with_context(|| format!("{name} is not a valid TLS server name"))?;
+            let config = tls_config(args)?;
+            Some((TlsConnector::from(config), server_name))
+        } else {
+            None
+        };
+        let host = if args.host.contains(':') {
+            format!("[{}]", args.host)
+        } else {
+            args.host.clone()
+        };
+        let path = if args.ws_path.starts_with('/') {
+            args.ws_path.clone()
+        } else {
+            format!("/{}", args.ws_path)
+        };
+        Ok(Connector {
+            transport: args.transport,
+            addr,
+            sources: args.ifaddr.clone(),
+            tls,
+            ws_uri: format!("ws://{host}:{}{path}", args.port),
+        })
+    }
+
+    /// Opens the stream for client `index` (which picks its source address).
+    pub async fn connect(&self, index: u32) -> io::Result<Stream> {
+        let tcp = self.tcp(index).await?;
+        match self.transport {
+            Transport::Tcp => Ok(Stream::Tcp(tcp)),
+            Transport::Tls => Ok(Stream::Tls(Box::new(self.tls(tcp).await?))),
+            Transport::Ws => Ok(Stream::Ws(Box::new(self.websocket(tcp).await?))),
+            Transport::Wss => {
+                let tls = self.tls(tcp).await?;
+                Ok(Stream::Wss(Box::new(self.websocket(tls).await?)))
+            }
+        }
+    }
+
+    async fn tcp(&self, index: u32) -> io::Result<TcpStream> {
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if !self.sources.is_empty() {
+            let source = self.sources[index as usize % self.sources.len()];
+            sys::bind_address_no_port(&socket)?;
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
+        let stream = socket.connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    async fn tls(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+        let Some((connector, name)) = &self.tls else {
+            return Err(io::Error::other("TLS is not configured"));
+        };
+        connector.connect(name.clone(), tcp).await
+    }
+
+    async fn websocket<S>(&self, stream: S) -> io::Result<WsIo<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut request = self
+            .ws_uri
+            .as_str()
+            .into_client_request()
+            .map_err(io::Error::other)?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+        let (ws, _response) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .map_err(io::Error::other)?;
+        Ok(WsIo::new(ws))
+    }
+}
+
+/// The CA bundle used when neither --cafile nor --insecure is given.
+const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn tls_config(args: &CommonArgs) -> anyhow::Result<Arc<ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let config = if args.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth()
+    } else {
+        let file = match &args.cafile {
+            Some(path) => path.clone(),
+            None => {
+                std::env::var_os("SSL_CERT_FILE").map_or_else(|| SYSTEM_CA_FILE.into(), Into::into)
+            }
+        };
+        let mut roots = RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(&file)
+            .with_context(|| format!("cannot read CA file {}", file.display()))?;
+        for cert in certs {
+            let cert = cert.with_context(|| format!("bad PEM in {}", file.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("bad CA certificate in {}", file.display()))?;
+        }
+        if roots.is_empty() {
+            bail!("no CA certificate in {}", file.display());
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+/// `--insecure`: any certificate chain is accepted, but handshake
+/// signatures are still checked.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
