@@ -14,7 +14,7 @@ use crate::packet::{
 };
 use crate::props::{self, Properties};
 use crate::reason::ReasonCode;
-use crate::wire::{MAX_VBI, prefixed_len, put_prefixed, put_vbi};
+use crate::wire::{MAX_VBI, prefixed_len, put_fixed_header, put_prefixed};
 
 /// Appends `packet`, encoded for `version`, to `buf`. Fields the version does
 /// not have (properties, reason codes before MQTT 5) are left out.
@@ -28,8 +28,7 @@ pub fn encode(
 ) -> Result<(), EncodeError> {
     let sizes = size(packet, version)?;
     buf.reserve(fixed_header_len(sizes.remaining) + sizes.remaining);
-    buf.put_u8(first_byte(packet));
-    put_vbi(buf, sizes.remaining);
+    put_fixed_header(buf, first_byte(packet), sizes.remaining);
     write(packet, version, &sizes, buf);
     Ok(())
 }
@@ -257,10 +256,20 @@ fn write_connack(c: &ConnAck, version: ProtocolVersion, sizes: &Sizes, buf: &mut
 
 fn write_publish(p: &Publish, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
     put_prefixed(buf, p.topic.as_bytes());
+    // The hot path: the packet identifier and an empty property section go
+    // out in one copy rather than one `BytesMut` call each.
+    let mut between = [0u8; 3];
+    let mut len = 0;
     if p.qos != QoS::AtMostOnce {
-        buf.put_u16(p.packet_id);
+        between[..2].copy_from_slice(&p.packet_id.to_be_bytes());
+        len = 2;
     }
-    if v5 {
+    if v5 && sizes.props == 0 {
+        // between[len] is already the zero property length.
+        len += 1;
+    }
+    buf.put_slice(&between[..len]);
+    if v5 && sizes.props != 0 {
         props::write(&p.properties, sizes.props, buf);
     }
     buf.put_slice(&p.payload);

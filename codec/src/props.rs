@@ -37,11 +37,18 @@ pub(crate) trait Sink {
 /// Reads a property section: its Variable Byte Integer length, then
 /// properties until exactly that many bytes are used.
 pub(crate) fn read<P: Properties>(r: &mut Reader) -> Result<P, DecodeError> {
+    let mut props = P::default();
+    read_into(r, &mut props)?;
+    Ok(props)
+}
+
+/// [`read`] into a struct that is already in place (a PUBLISH's properties
+/// are large enough that moving them shows up in profiles).
+pub(crate) fn read_into<P: Properties>(r: &mut Reader, props: &mut P) -> Result<(), DecodeError> {
     let len = r.vbi()? as usize;
     if len > r.remaining() {
         return Err(DecodeError::Malformed("properties overrun the packet"));
     }
-    let mut props = P::default();
     let end = r.remaining() - len;
     while r.remaining() > end {
         // Identifiers are Variable Byte Integers, but every defined one is
@@ -54,7 +61,7 @@ pub(crate) fn read<P: Properties>(r: &mut Reader) -> Result<P, DecodeError> {
             "a property overruns the property length",
         ));
     }
-    Ok(props)
+    Ok(())
 }
 
 /// The size of the properties of `props`, without the length prefix.
@@ -76,7 +83,10 @@ pub(crate) fn section_len(content_len: usize) -> usize {
 /// Writes a property section; `content_len` comes from [`content_len`].
 pub(crate) fn write<P: Properties>(props: &P, content_len: usize, buf: &mut BytesMut) {
     put_vbi(buf, content_len);
-    props.visit(&mut Writer(buf));
+    // Most packets have no properties: skip looking at each field again.
+    if content_len != 0 {
+        props.visit(&mut Writer(buf));
+    }
 }
 
 struct Sizer {
