@@ -83,6 +83,12 @@ impl Connection {
     }
 
     fn on_publish(&mut self, publish: Publish) -> Result<(), Ending> {
+        if !publish.properties.subscription_identifiers.is_empty() {
+            // MQTT-3.3.4-6: only the server sends Subscription Identifiers.
+            return Err(protocol_error(
+                "Subscription Identifier in a PUBLISH from a client",
+            ));
+        }
         let topic = self.resolve_topic(&publish)?;
         let config = &self.broker.config;
         if topic.len() > config.max_topic_length

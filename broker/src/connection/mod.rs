@@ -294,7 +294,13 @@ impl Connection {
                 biased;
                 kicked = &mut kick => {
                     if kicked.is_ok() {
-                        return Ending::ServerClose(ReasonCode::SESSION_TAKEN_OVER);
+                        // Packets that arrived before the new CONNECT count:
+                        // a DISCONNECT among them decides the session's
+                        // expiry and the will.
+                        return match self.read_and_handle() {
+                            Err(ending @ Ending::ClientDisconnect { .. }) => ending,
+                            _ => Ending::ServerClose(ReasonCode::SESSION_TAKEN_OVER),
+                        };
                     }
                 }
                 _ = shutdown.cancelled() => return Ending::ServerClose(ReasonCode::SERVER_SHUTTING_DOWN),
