@@ -271,7 +271,7 @@ def test_v5_session_expiry_zero_ends_session_at_disconnect(broker, paho):
 
 @pytest.mark.starling_only(reason="Starling's --max-session-expiry; Mosquitto has no equivalent limit")
 def test_v5_session_expiry_capped_by_server(broker_factory, raw):
-    """MQTT 5.0 §3.2.2.3.2 MQTT-3.2.2-?: if the Server uses a Session Expiry Interval different
+    """MQTT 5.0 §3.2.2.3.2: if the Server uses a Session Expiry Interval different
     from the client's, it sends Session Expiry Interval in CONNACK. --max-session-expiry 5,
     client asks 100."""
     b = broker_factory(max_session_expiry=5)

@@ -75,7 +75,7 @@ def test_connack_maximum_packet_size_announced(broker_factory, raw):
 
 
 def test_packet_over_server_maximum_packet_size_v5(broker_factory, raw, paho):
-    """MQTT 5.0 §3.2.2.3.6 MQTT-3.2.2-? and §4.13: a PUBLISH of 2000 bytes to a server with
+    """MQTT 5.0 §3.1.2.11.4 / §3.2.2.3.6 and §4.13: a PUBLISH of 2000 bytes to a server with
     Maximum Packet Size 1024 -> DISCONNECT 0x95 Packet too large, then close; a PUBLISH under the
     limit is accepted and delivered."""
     b = broker_factory(max_packet_size=1024)

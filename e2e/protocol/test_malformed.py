@@ -134,7 +134,7 @@ CASES = [
          mosquitto_reason_ok=False, note="Mosquitto 2.0.11 sends 0x81"),
     Case("publish_subscription_identifier_from_client", "MQTT 5.0 MQTT-3.3.4-6", V5,
          r.publish("a", b"x", 0, props={"SubscriptionIdentifier": 1}), reasons=_f(PROTOCOL),
-         mosquitto_closes=False, note="Mosquitto 2.0.11 ignores it"),
+         mosquitto_closes=False, note="Mosquitto 2.0.11 accepts a client Subscription Identifier on PUBLISH"),
     Case("publish_duplicate_property", "MQTT 5.0 §3.3.2.3.2 (Payload Format Indicator twice)", V5,
          r.publish("a", b"x", 0, props=[("PayloadFormatIndicator", 1), ("PayloadFormatIndicator", 1)]),
          reasons=_f(PROTOCOL, MALFORMED),
