@@ -210,10 +210,11 @@ pub struct PubArgs {
     /// Messages per client, then disconnect (0 = no limit).
     #[arg(short = 'L', long, default_value_t = 0)]
     pub limit: u64,
-    /// Most QoS 1/2 messages in flight per client; also capped by the
-    /// server's Receive Maximum.
-    #[arg(short = 'F', long, default_value_t = 65535, value_parser = clap::value_parser!(u16).range(1..))]
-    pub inflight: u16,
+    /// Most QoS 1/2 messages in flight per client, always capped by the
+    /// server's Receive Maximum (MQTT 5). Default: the Receive Maximum for
+    /// MQTT 5, 32 for 3.1.1 (which has no way to learn the server's limit).
+    #[arg(short = 'F', long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inflight: Option<u16>,
     /// Set the retain flag.
     #[arg(short = 'r', long)]
     pub retain: bool,

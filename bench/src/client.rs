@@ -24,6 +24,9 @@ use crate::transport::Stream;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Time a client gets to send DISCONNECT when it stops.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A 3.1.1 publisher's window when --inflight is not given: MQTT 3.1.1 has
+/// no Receive Maximum, and brokers close connections that overrun them.
+const V3_DEFAULT_INFLIGHT: u16 = 32;
 /// Far enough to mean "never" for a timer.
 const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
@@ -45,7 +48,9 @@ pub struct PubSpec {
     pub period: Option<Duration>,
     /// Messages per client; 0 = no limit.
     pub limit: u64,
-    pub inflight: u16,
+    /// `None`: as many as the server allows (MQTT 5), else
+    /// [`V3_DEFAULT_INFLIGHT`].
+    pub inflight: Option<u16>,
     pub retain: bool,
 }
 
@@ -368,8 +373,13 @@ async fn publisher<F: Future<Output = ()>>(
     }
     let stats = &ctx.stats;
     let server_max = connack.properties.receive_maximum.unwrap_or(u16::MAX);
+    let wanted = spec.inflight.unwrap_or(if ctx.common.version == 4 {
+        V3_DEFAULT_INFLIGHT
+    } else {
+        u16::MAX
+    });
     let mut window = Window {
-        size: usize::from(spec.inflight.min(server_max).max(1)),
+        size: usize::from(wanted.min(server_max).max(1)),
         ids: IdPool::new(),
     };
     let mut packet = Packet::Publish(Publish {

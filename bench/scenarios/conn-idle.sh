@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Idle connections: the broker's resident memory (VmRSS in
+# /proc/PID/status) before and after N idle MQTT 5 clients connect;
+# memory per connection = growth / N. Full size: 10,000 connections.
+source "$(dirname "$0")/common.sh"
+
+: "${SCENARIO_BROKER_PID:?SCENARIO_BROKER_PID is required}"
+if ((SMOKE)); then CONNS=200; else CONNS=10000; fi
+SOURCES=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
+
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$SCENARIO_BROKER_PID/status"; }
+
+sleep 1
+before=$(rss_kb)
+rm -f "$SCENARIO_DIR/conn.ready"
+bench_exec conn -c "$CONNS" -R 0 --max-pending 1000 --ifaddr "$SOURCES" --hold 30 --duration 90 \
+    --ready-file "$SCENARIO_DIR/conn.ready" --json "$SCENARIO_DIR/conn.json" \
+    2>"$SCENARIO_DIR/conn.err" &
+CONN_PID=$!
+BG_PIDS+=("$CONN_PID")
+wait_ready "$SCENARIO_DIR/conn.ready" 60 "$CONN_PID"
+# Let the broker finish its handshakes and give back their buffers.
+sleep 3
+after=$(rss_kb)
+ready=$(cat "$SCENARIO_DIR/conn.ready")
+kill -TERM "$CONN_PID"
+finish conn "$CONN_PID"
+echo "LOST connections $((CONNS - ready))"
+if ((ready != CONNS)); then
+    FAILED=1
+    ((ready > 0)) || exit 1
+fi
+result idle_rss_growth_mib "$(python3 -c "print(round(($after - $before) / 1024, 1))")" MiB lower
+result idle_bytes_per_conn "$(python3 -c "print(round(($after - $before) * 1024 / $ready))")" B lower
+scenario_exit
