@@ -274,7 +274,7 @@ def prop(msg_or_props: Any, name: str, default: Any = None) -> Any:
 class PahoClient:
     """A paho-mqtt client with queues filled from its callbacks.
 
-    version: 4 (MQTT 3.1.1) or 5 (MQTT 5.0).
+    version: 3 (MQTT 3.1), 4 (MQTT 3.1.1) or 5 (MQTT 5.0).
     """
 
     def __init__(self, broker: Broker, client_id: str = "", version: int = 5, *, clean: bool = True,
@@ -288,8 +288,10 @@ class PahoClient:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                       protocol=mqtt.MQTTv5, reconnect_on_failure=False)
         else:
+            # version 4 is MQTT 3.1.1; version 3 is MQTT 3.1 ("MQIsdp").
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                      clean_session=clean, protocol=mqtt.MQTTv311,
+                                      clean_session=clean,
+                                      protocol=mqtt.MQTTv311 if version == 4 else mqtt.MQTTv31,
                                       reconnect_on_failure=False)
         self.messages: queue.Queue = queue.Queue()
         self.connacks: queue.Queue = queue.Queue()
