@@ -12,8 +12,8 @@ use crate::wire::Reader;
 use super::reasons;
 
 /// PUBLISH. `first` is the fixed header byte, already checked for QoS 3 and
-/// for DUP on QoS 0. This is the hot path: the packet is built in place and
-/// nothing is copied but the header fields.
+/// for DUP on QoS 0. This is the hot path, so it returns the final
+/// `Option<Packet>` itself: every move of a `Packet` is a 264-byte copy.
 pub(super) fn publish(
     first: u8,
     mut r: Reader,
@@ -65,8 +65,7 @@ fn topic_name(raw: Bytes) -> Result<ByteString, DecodeError> {
     for &b in raw.as_ref() {
         hits |= u8::from(b == 0) | u8::from(b == b'+') | u8::from(b == b'#');
     }
-    let suspicious = hits != 0;
-    if suspicious {
+    if hits != 0 {
         if raw.contains(&0) {
             return Err(DecodeError::Malformed("UTF-8 string contains U+0000"));
         }
