@@ -8,7 +8,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::router::store::{LocalRouteStore, RouteStore};
+use crate::router::store::{Forwarder, LocalRouteStore, RouteStore};
 use crate::session::registry::SessionRegistry;
 
 pub struct Broker {
@@ -26,13 +26,24 @@ pub struct Broker {
 impl Broker {
     /// A single-node broker with the in-memory route store.
     pub fn new(config: Config) -> Arc<Broker> {
-        Broker::with_route_store(config, Arc::new(LocalRouteStore::default()))
+        Broker::with_routing(
+            config,
+            Arc::new(LocalRouteStore::default()),
+            None,
+            Arc::new(Metrics::default()),
+        )
     }
 
-    pub fn with_route_store(config: Config, store: Arc<dyn RouteStore>) -> Arc<Broker> {
-        let metrics = Arc::new(Metrics::default());
+    /// A broker whose router uses `store` for routes and, in a cluster,
+    /// `forwarder` to reach other nodes.
+    pub fn with_routing(
+        config: Config,
+        store: Arc<dyn RouteStore>,
+        forwarder: Option<Arc<dyn Forwarder>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Broker> {
         Arc::new(Broker {
-            router: Router::new(store, metrics.clone()),
+            router: Router::new(store, forwarder, metrics.clone()),
             sessions: SessionRegistry::default(),
             config,
             metrics,

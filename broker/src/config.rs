@@ -41,6 +41,24 @@ pub struct Config {
     pub connect_timeout_secs: u64,
     pub shutdown_timeout_secs: u64,
     pub log_level: String,
+    /// This node's id in the cluster (no '/'); also its name in etcd keys.
+    pub node_id: String,
+    /// Cluster name: the etcd key prefix is `/starling/<cluster>/`.
+    pub cluster: String,
+    /// etcd endpoints; non-empty turns cluster mode on.
+    pub etcd: Vec<String>,
+    pub etcd_username: Option<String>,
+    pub etcd_password: Option<String>,
+    /// Where the inter-node gRPC service listens.
+    pub peer_listen: SocketAddr,
+    /// The address other nodes use to reach `peer_listen` (default: it).
+    pub peer_advertise: Option<String>,
+    /// Shared secret peers present to each other.
+    pub peer_token: Option<String>,
+    /// TTL of this node's etcd lease: how fast the cluster forgets it.
+    pub lease_ttl_secs: u64,
+    /// Admin HTTP API (health, readiness, node status, drain); off if unset.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -63,7 +81,38 @@ impl Default for Config {
             connect_timeout_secs: 10,
             shutdown_timeout_secs: 10,
             log_level: "info".to_string(),
+            node_id: default_node_id(),
+            cluster: "starling".to_string(),
+            etcd: Vec::new(),
+            etcd_username: None,
+            etcd_password: None,
+            peer_listen: SocketAddr::from(([0, 0, 0, 0], 7946)),
+            peer_advertise: None,
+            peer_token: None,
+            lease_ttl_secs: 5,
+            admin_listen: None,
         }
+    }
+}
+
+/// The host name (a StatefulSet pod's name is its stable node id).
+fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty() && !h.contains('/'))
+        .unwrap_or_else(|| "starling".to_string())
+}
+
+impl Config {
+    pub fn cluster_mode(&self) -> bool {
+        !self.etcd.is_empty()
+    }
+
+    /// The peer address advertised to other nodes.
+    pub fn peer_endpoint(&self) -> String {
+        self.peer_advertise
+            .clone()
+            .unwrap_or_else(|| self.peer_listen.to_string())
     }
 }
 
@@ -102,6 +151,16 @@ pub struct FileConfig {
     pub connect_timeout_secs: Option<u64>,
     pub shutdown_timeout_secs: Option<u64>,
     pub log_level: Option<String>,
+    pub node_id: Option<String>,
+    pub cluster: Option<String>,
+    pub etcd: Option<Vec<String>>,
+    pub etcd_username: Option<String>,
+    pub etcd_password: Option<String>,
+    pub peer_listen: Option<SocketAddr>,
+    pub peer_advertise: Option<String>,
+    pub peer_token: Option<String>,
+    pub lease_ttl_secs: Option<u64>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Command-line flags; each also reads a `STARLING_*` environment variable.
@@ -168,6 +227,46 @@ pub struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "STARLING_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// This node's id (default: the host name). Must not contain '/'.
+    #[arg(long, env = "STARLING_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Cluster name; nodes of one cluster share `/starling/<NAME>/` in etcd.
+    #[arg(long, env = "STARLING_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// etcd endpoints (comma-separated or repeated); turns cluster mode on.
+    #[arg(long, env = "STARLING_ETCD", value_name = "URL", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// etcd user name (with --etcd-password).
+    #[arg(long, env = "STARLING_ETCD_USERNAME", value_name = "USER")]
+    pub etcd_username: Option<String>,
+    /// etcd password.
+    #[arg(
+        long,
+        env = "STARLING_ETCD_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+    /// Inter-node gRPC listener.
+    #[arg(long, env = "STARLING_PEER_LISTEN", value_name = "HOST:PORT")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Address other nodes use to reach this node's peer listener.
+    #[arg(long, env = "STARLING_PEER_ADVERTISE", value_name = "HOST:PORT")]
+    pub peer_advertise: Option<String>,
+    /// Shared secret that peers present to each other.
+    #[arg(
+        long,
+        env = "STARLING_PEER_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub peer_token: Option<String>,
+    /// TTL of this node's etcd lease, in seconds.
+    #[arg(long, env = "STARLING_LEASE_TTL_SECS", value_name = "SECS")]
+    pub lease_ttl_secs: Option<u64>,
+    /// Admin HTTP listener (health, readiness, node status, drain).
+    #[arg(long, env = "STARLING_ADMIN_LISTEN", value_name = "HOST:PORT")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -260,6 +359,26 @@ impl Config {
                 .or(file.shutdown_timeout_secs)
                 .unwrap_or(d.shutdown_timeout_secs),
             log_level: cli.log_level.or(file.log_level).unwrap_or(d.log_level),
+            node_id: cli.node_id.or(file.node_id).unwrap_or(d.node_id),
+            cluster: cli.cluster.or(file.cluster).unwrap_or(d.cluster),
+            etcd: if cli.etcd.is_empty() {
+                file.etcd.unwrap_or(d.etcd)
+            } else {
+                cli.etcd
+            },
+            etcd_username: cli.etcd_username.or(file.etcd_username),
+            etcd_password: cli.etcd_password.or(file.etcd_password),
+            peer_listen: cli
+                .peer_listen
+                .or(file.peer_listen)
+                .unwrap_or(d.peer_listen),
+            peer_advertise: cli.peer_advertise.or(file.peer_advertise),
+            peer_token: cli.peer_token.or(file.peer_token),
+            lease_ttl_secs: cli
+                .lease_ttl_secs
+                .or(file.lease_ttl_secs)
+                .unwrap_or(d.lease_ttl_secs),
+            admin_listen: cli.admin_listen.or(file.admin_listen),
         };
         config.validate()?;
         Ok(config)
@@ -303,6 +422,18 @@ impl Config {
         }
         if self.connect_timeout_secs == 0 {
             return invalid("connect_timeout_secs", "must be at least 1");
+        }
+        if self.node_id.is_empty() || self.node_id.contains('/') {
+            return invalid("node_id", "must be non-empty and free of '/'");
+        }
+        if self.cluster.is_empty() || self.cluster.contains('/') {
+            return invalid("cluster", "must be non-empty and free of '/'");
+        }
+        if self.lease_ttl_secs < 2 {
+            return invalid("lease_ttl_secs", "must be at least 2");
+        }
+        if self.etcd_password.is_some() && self.etcd_username.is_none() {
+            return invalid("etcd_password", "needs etcd_username too");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return invalid("log_level", "not a level or tracing filter directive");

@@ -51,6 +51,13 @@ counters! {
     connects_refused,
     /// Wills published.
     wills_published,
+    /// Messages handed to peer links for other nodes.
+    forwarded,
+    /// Messages for other nodes that could not be forwarded (link down,
+    /// buffer full, or lost with a broken stream).
+    forward_dropped,
+    /// Messages received from other nodes.
+    forward_received,
 }
 
 impl Metrics {

@@ -12,6 +12,8 @@ use crate::listener::tcp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -23,7 +25,22 @@ pub enum ServerError {
 /// close, v5 clients get DISCONNECT 0x8B, wills are published, and the
 /// function returns once every connection ended (or the timeout passed).
 pub async fn run(config: Config) -> Result<(), ServerError> {
-    let broker = Broker::new(config);
+    let (broker, cluster) = if config.cluster_mode() {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let cluster = crate::cluster::Cluster::connect(&config, metrics.clone()).await?;
+        let broker = Broker::with_routing(
+            config,
+            cluster.routes.clone(),
+            Some(cluster.forwarder.clone()),
+            metrics,
+        );
+        (broker, Some(cluster))
+    } else {
+        (Broker::new(config), None)
+    };
+    if let Some(cluster) = &cluster {
+        cluster.start(&broker).await?;
+    }
     start(&broker).await?;
     wait_for_signal().await;
     info!("shutting down");

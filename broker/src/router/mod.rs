@@ -22,7 +22,7 @@ use crate::message::{Delivery, Message, SessionId, ShareKey};
 use crate::metrics::Metrics;
 use crate::session::mailbox::PushOutcome;
 use retained::RetainedStore;
-use store::RouteStore;
+use store::{Forwarder, NodeId, RouteStore};
 use trie::{Matches, Subscriber, Trie};
 
 const SHARDS: usize = 16;
@@ -33,6 +33,8 @@ pub struct Router {
     wildcard: RwLock<Trie>,
     retained: RwLock<RetainedStore>,
     store: Arc<dyn RouteStore>,
+    /// Cluster mode: hands messages to the nodes the store says want them.
+    forwarder: Option<Arc<dyn Forwarder>>,
     metrics: Arc<Metrics>,
 }
 
@@ -51,8 +53,13 @@ fn first_level(topic: &str) -> &str {
 }
 
 impl Router {
-    pub fn new(store: Arc<dyn RouteStore>, metrics: Arc<Metrics>) -> Router {
+    pub fn new(
+        store: Arc<dyn RouteStore>,
+        forwarder: Option<Arc<dyn Forwarder>>,
+        metrics: Arc<Metrics>,
+    ) -> Router {
         Router {
+            forwarder,
             shards: (0..SHARDS).map(|_| RwLock::new(Trie::default())).collect(),
             wildcard: RwLock::new(Trie::default()),
             retained: RwLock::new(RetainedStore::default()),
@@ -127,11 +134,35 @@ impl Router {
         self.retained.write().purge_expired(Instant::now())
     }
 
+    /// Delivers a message published on this node: to every matching local
+    /// subscription and, in a cluster, once to every other node with a
+    /// matching route. Returns the number of local deliveries plus target
+    /// nodes (0 means nobody wanted it).
+    pub fn route(&self, message: &Arc<Message>) -> usize {
+        let local = self.route_local(message);
+        let remote = match &self.forwarder {
+            Some(forwarder) => {
+                let mut nodes: Vec<NodeId> = Vec::new();
+                self.store.remote_nodes(&message.topic, &mut nodes);
+                for node in &nodes {
+                    forwarder.forward(node, message);
+                }
+                nodes.len()
+            }
+            None => 0,
+        };
+        if local + remote == 0 {
+            Metrics::inc(&self.metrics.dropped_no_subscribers);
+        }
+        local + remote
+    }
+
     /// Delivers a message to every matching local subscription: one delivery
     /// per session however many of its filters match (carrying all their
-    /// Subscription Identifiers), one per matching shared group. Returns the
-    /// number of deliveries made.
-    pub fn route(&self, message: &Arc<Message>) -> usize {
+    /// Subscription Identifiers), one per matching shared group. Messages
+    /// that came from another node go only here: they are never forwarded
+    /// again. Returns the number of deliveries made.
+    pub fn route_local(&self, message: &Arc<Message>) -> usize {
         let topic: &str = &message.topic;
         let shard = self.shards[shard_of(first_level(topic))].read();
         let wildcard = self.wildcard.read();
@@ -161,9 +192,6 @@ impl Router {
                 let delivery = single_delivery(message, member, Some(group.key.clone()));
                 delivered += self.push(&member.mailbox, delivery);
             }
-        }
-        if delivered == 0 {
-            Metrics::inc(&self.metrics.dropped_no_subscribers);
         }
         delivered
     }

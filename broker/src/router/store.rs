@@ -7,11 +7,12 @@
 //! publish path for both.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// A broker node's identity in the cluster.
-pub type NodeId = String;
+/// A broker node's identity in the cluster (shared, cheap to clone).
+pub type NodeId = Arc<str>;
 
 pub trait RouteStore: Send + Sync + 'static {
     /// The first local subscription of `filter` (shared ones included) exists.
@@ -22,6 +23,13 @@ pub trait RouteStore: Send + Sync + 'static {
     fn remote_nodes(&self, topic: &str, out: &mut Vec<NodeId>);
     /// The filters this node currently advertises.
     fn local_route_count(&self) -> usize;
+}
+
+/// Hands messages to other nodes (the cluster's peer links).
+pub trait Forwarder: Send + Sync + 'static {
+    /// Queues `message` for `node`; never blocks. A message that cannot be
+    /// queued is dropped and counted by the forwarder.
+    fn forward(&self, node: &NodeId, message: &Arc<crate::message::Message>);
 }
 
 /// The embedded single-node store: it only counts local routes.

@@ -1,0 +1,241 @@
+//! Peer links: one long-lived `Forward` stream from this node to each other
+//! node. Publishes are queued per link (bounded), sent in batches, and
+//! acknowledged per batch. A link that breaks reconnects with backoff;
+//! messages that could not be delivered (queue full, or in flight on a
+//! stream that broke) are counted and logged.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use starling_proto::v1::ForwardBatch;
+use starling_proto::v1::peer_client::PeerClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+use super::convert::to_wire;
+use super::mirror::Backoff;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::router::store::{Forwarder, NodeId};
+
+/// Messages queued per peer link before new ones are dropped.
+const LINK_QUEUE: usize = 16 * 1024;
+/// Messages per batch on the wire.
+const BATCH: usize = 256;
+/// Batches sent and not yet acknowledged per link.
+const BATCHES_IN_FLIGHT: usize = 16;
+
+struct Link {
+    endpoint: String,
+    queue: mpsc::Sender<Arc<Message>>,
+}
+
+pub struct PeerForwarder {
+    links: RwLock<HashMap<NodeId, Link>>,
+    token: Option<String>,
+    metrics: Arc<Metrics>,
+}
+
+impl PeerForwarder {
+    pub fn new(token: Option<String>, metrics: Arc<Metrics>) -> Arc<PeerForwarder> {
+        Arc::new(PeerForwarder {
+            links: RwLock::new(HashMap::new()),
+            token,
+            metrics,
+        })
+    }
+
+    /// Makes the set of links match `peers` (node id -> peer endpoint):
+    /// opens links to new nodes, closes links to nodes that left.
+    pub fn set_peers(&self, peers: &HashMap<NodeId, String>) {
+        let mut links = self.links.write();
+        links.retain(|node, link| {
+            let keep = peers.get(node) == Some(&link.endpoint);
+            if !keep {
+                info!(%node, "closing peer link");
+            }
+            keep
+        });
+        for (node, endpoint) in peers {
+            if links.contains_key(node) {
+                continue;
+            }
+            info!(%node, %endpoint, "opening peer link");
+            let (tx, rx) = mpsc::channel(LINK_QUEUE);
+            tokio::spawn(run_link(
+                node.clone(),
+                endpoint.clone(),
+                self.token.clone(),
+                rx,
+                self.metrics.clone(),
+            ));
+            links.insert(
+                node.clone(),
+                Link {
+                    endpoint: endpoint.clone(),
+                    queue: tx,
+                },
+            );
+        }
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.links.read().len()
+    }
+}
+
+impl Forwarder for PeerForwarder {
+    fn forward(&self, node: &NodeId, message: &Arc<Message>) {
+        let queued = self
+            .links
+            .read()
+            .get(node)
+            .is_some_and(|link| link.queue.try_send(message.clone()).is_ok());
+        if queued {
+            Metrics::inc(&self.metrics.forwarded);
+        } else {
+            Metrics::inc(&self.metrics.forward_dropped);
+        }
+    }
+}
+
+/// Drives one link until its queue's sender is dropped (the node left).
+async fn run_link(
+    node: NodeId,
+    endpoint: String,
+    token: Option<String>,
+    mut queue: mpsc::Receiver<Arc<Message>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        match stream_to(&node, &endpoint, token.as_deref(), &mut queue, &metrics).await {
+            StreamEnd::QueueClosed => return,
+            StreamEnd::Failed { error, was_up } => {
+                if was_up {
+                    // A link that worked gets a quick first retry.
+                    backoff.reset();
+                }
+                warn!(%node, %endpoint, %error, "peer link down; reconnecting");
+                // While the link is down, what arrives for it is dropped:
+                // forwarding on stale messages after a long partition would
+                // deliver them late and out of order with newer traffic.
+                while let Ok(_message) = queue.try_recv() {
+                    Metrics::inc(&metrics.forward_dropped);
+                }
+                if queue.is_closed() {
+                    // The node left the cluster while we were reconnecting.
+                    return;
+                }
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+enum StreamEnd {
+    QueueClosed,
+    Failed { error: String, was_up: bool },
+}
+
+fn failed(error: impl ToString) -> StreamEnd {
+    StreamEnd::Failed {
+        error: error.to_string(),
+        was_up: false,
+    }
+}
+
+async fn stream_to(
+    node: &NodeId,
+    endpoint: &str,
+    token: Option<&str>,
+    queue: &mut mpsc::Receiver<Arc<Message>>,
+    metrics: &Arc<Metrics>,
+) -> StreamEnd {
+    let channel = match Endpoint::from_shared(format!("http://{endpoint}")) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5)),
+        Err(error) => return failed(error),
+    };
+    let channel = match channel.connect().await {
+        Ok(channel) => channel,
+        Err(error) => return failed(error),
+    };
+    let bearer = token.and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok());
+    let mut client =
+        PeerClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+            if let Some(value) = &bearer {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
+            }
+            Ok(request)
+        });
+    let (batches, outgoing) = mpsc::channel::<ForwardBatch>(BATCHES_IN_FLIGHT);
+    let mut acks = match client.forward(ReceiverStream::new(outgoing)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return failed(status),
+    };
+    info!(%node, %endpoint, "peer link up");
+
+    // Sequence number and size of each batch awaiting its ack.
+    let unacked: Arc<Mutex<VecDeque<(u64, usize)>>> = Arc::default();
+    let ack_reader = {
+        let unacked = unacked.clone();
+        async move {
+            loop {
+                match acks.message().await {
+                    Ok(Some(ack)) => {
+                        let mut unacked = unacked.lock();
+                        while unacked.front().is_some_and(|(seq, _)| *seq <= ack.sequence) {
+                            unacked.pop_front();
+                        }
+                    }
+                    Ok(None) => return "peer closed the stream".to_string(),
+                    Err(status) => return status.to_string(),
+                }
+            }
+        }
+    };
+    tokio::pin!(ack_reader);
+
+    let mut sequence = 0u64;
+    let mut pending: Vec<Arc<Message>> = Vec::with_capacity(BATCH);
+    let end = loop {
+        tokio::select! {
+            reason = &mut ack_reader => break StreamEnd::Failed { error: reason, was_up: true },
+            received = queue.recv_many(&mut pending, BATCH) => {
+                if received == 0 {
+                    break StreamEnd::QueueClosed;
+                }
+                sequence += 1;
+                let now = Instant::now();
+                let batch = ForwardBatch {
+                    sequence,
+                    messages: pending.drain(..).map(|m| to_wire(&m, now)).collect(),
+                };
+                unacked.lock().push_back((sequence, batch.messages.len()));
+                if batches.send(batch).await.is_err() {
+                    break StreamEnd::Failed {
+                        error: "request stream closed".to_string(),
+                        was_up: true,
+                    };
+                }
+            }
+        }
+    };
+    let lost: usize = unacked.lock().drain(..).map(|(_, n)| n).sum();
+    if lost > 0 {
+        Metrics::add(&metrics.forward_dropped, lost as u64);
+        warn!(%node, lost, "messages in flight to a peer were lost with its stream");
+    }
+    end
+}

@@ -1,0 +1,176 @@
+//! Cluster mode: membership, routes and retained messages in etcd, and
+//! publish forwarding between nodes over gRPC (DESIGN.md).
+//!
+//! - [`lease`]: the node's etcd lease, re-granted if lost;
+//! - [`membership`]: `nodes/<id>` and the peer set;
+//! - [`routes`] and [`route_index`]: `routes/<node>/<filter>`, written in
+//!   batches, mirrored from every node;
+//! - [`mirror`]: snapshot + watch + resync for any prefix;
+//! - [`forward`]: peer links; [`peer_service`]: the gRPC service.
+
+pub mod convert;
+pub mod forward;
+pub mod keys;
+pub mod lease;
+pub mod membership;
+pub mod mirror;
+pub mod peer_service;
+pub mod route_index;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use starling_proto::v1::NodeRecord;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use forward::PeerForwarder;
+use keys::Keys;
+use route_index::RouteIndex;
+use routes::EtcdRouteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot reach etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error("cannot listen for peers on {addr}: {source}")]
+    PeerBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The cluster side of a node, created before the broker (whose router uses
+/// the route store and forwarder) and started after it.
+pub struct Cluster {
+    pub keys: Keys,
+    pub client: Client,
+    pub lease: lease::LeaseWatch,
+    pub index: Arc<RouteIndex>,
+    pub routes: Arc<EtcdRouteStore>,
+    pub forwarder: Arc<PeerForwarder>,
+    record: watch::Sender<NodeRecord>,
+}
+
+/// How long start-up keeps trying to reach etcd before giving up.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+impl Cluster {
+    /// Connects to etcd, takes a lease, and starts mirroring routes.
+    pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Cluster, ClusterError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        if let (Some(user), Some(password)) = (&config.etcd_username, &config.etcd_password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let client = loop {
+            match Client::connect(config.etcd.clone(), Some(options.clone())).await {
+                Ok(client) => break client,
+                Err(source) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ClusterError::Etcd {
+                        endpoints: config.etcd.join(","),
+                        source,
+                    });
+                }
+                Err(error) => {
+                    warn!(%error, "etcd not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        info!(endpoints = %config.etcd.join(","), cluster = %config.cluster, node = %config.node_id, "connected to etcd");
+
+        let keys = Keys::new(&config.cluster);
+        let lease = lease::start(client.clone(), config.lease_ttl_secs);
+        let index = RouteIndex::new(&config.node_id, keys.clone());
+        let routes = EtcdRouteStore::new(&config.node_id, keys.clone(), index.clone());
+        let forwarder = PeerForwarder::new(config.peer_token.clone(), metrics);
+        let (record, _) = watch::channel(NodeRecord {
+            node: config.node_id.clone(),
+            mqtt_endpoint: config
+                .listen
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            peer_endpoint: config.peer_endpoint(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            state: "serving".to_string(),
+        });
+
+        tokio::spawn(routes.clone().run_writer(client.clone(), lease.clone()));
+        tokio::spawn(mirror::run(
+            client.clone(),
+            keys.routes_prefix(),
+            index.sink(),
+        ));
+        Ok(Cluster {
+            keys,
+            client,
+            lease,
+            index,
+            routes,
+            forwarder,
+            record,
+        })
+    }
+
+    /// Serves the peer gRPC service, announces this node and starts
+    /// following the other nodes.
+    pub async fn start(&self, broker: &Arc<Broker>) -> Result<(), ClusterError> {
+        let config = &broker.config;
+        let listener = tokio::net::TcpListener::bind(config.peer_listen)
+            .await
+            .map_err(|source| ClusterError::PeerBind {
+                addr: config.peer_listen,
+                source,
+            })?;
+        info!(addr = %config.peer_listen, "listening for peers");
+        let service = peer_service::server(broker.clone(), config.peer_token.clone());
+        let shutdown = broker.shutdown.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await;
+            if let Err(error) = result {
+                warn!(%error, "peer server stopped");
+            }
+        });
+
+        tokio::spawn(membership::publish_self(
+            self.client.clone(),
+            self.keys.clone(),
+            self.lease.clone(),
+            self.record.subscribe(),
+        ));
+        let peers = membership::PeersSink {
+            own_node: config.node_id.clone(),
+            keys: self.keys.clone(),
+            forwarder: self.forwarder.clone(),
+            peers: Default::default(),
+        };
+        tokio::spawn(mirror::run(
+            self.client.clone(),
+            self.keys.nodes_prefix(),
+            peers,
+        ));
+        Ok(())
+    }
+
+    /// Announces a new state ("draining") in this node's record.
+    pub fn set_state(&self, state: &str) {
+        self.record.send_modify(|r| r.state = state.to_string());
+    }
+}

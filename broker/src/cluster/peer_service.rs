@@ -1,0 +1,132 @@
+//! The `starling.cluster.v1.Peer` service this node offers other nodes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use starling_proto::v1::peer_server::{Peer, PeerServer};
+use starling_proto::v1::{
+    AdoptRequest, AdoptResponse, DrainRequest, DrainResponse, ForwardAck, ForwardBatch,
+    KickRequest, KickResponse, StatusRequest, StatusResponse, TakeoverRequest, TakeoverResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use super::convert::from_wire;
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+
+pub struct PeerService {
+    broker: Arc<Broker>,
+}
+
+/// The service wrapped in the shared-token check.
+pub fn server(
+    broker: Arc<Broker>,
+    token: Option<String>,
+) -> InterceptedService<PeerServer<PeerService>, impl tonic::service::Interceptor + Clone> {
+    let expected = token.map(|t| format!("Bearer {t}"));
+    PeerServer::with_interceptor(PeerService { broker }, move |request: Request<()>| {
+        if let Some(expected) = &expected {
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if presented != Some(expected.as_str()) {
+                return Err(Status::unauthenticated("peer token missing or wrong"));
+            }
+        }
+        Ok(request)
+    })
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<ForwardAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type ForwardStream = AckStream;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<ForwardBatch>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let mut inbound = request.into_inner();
+        let broker = self.broker.clone();
+        let (acks, outgoing) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => return,
+                    Err(status) => {
+                        debug!(%status, "forward stream from a peer ended");
+                        return;
+                    }
+                };
+                let sequence = batch.sequence;
+                for wire in batch.messages {
+                    match from_wire(wire) {
+                        Some(message) => {
+                            Metrics::inc(&broker.metrics.forward_received);
+                            broker.router.route_local(&Arc::new(message));
+                        }
+                        None => debug!("invalid message from a peer dropped"),
+                    }
+                }
+                if acks.send(Ok(ForwardAck { sequence })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outgoing))))
+    }
+
+    async fn takeover_session(
+        &self,
+        _request: Request<TakeoverRequest>,
+    ) -> Result<Response<TakeoverResponse>, Status> {
+        Err(Status::unimplemented(
+            "cross-node session takeover is not implemented yet",
+        ))
+    }
+
+    async fn adopt_session(
+        &self,
+        _request: Request<AdoptRequest>,
+    ) -> Result<Response<AdoptResponse>, Status> {
+        Err(Status::unimplemented(
+            "session adoption is not implemented yet",
+        ))
+    }
+
+    async fn kick(&self, _request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
+        Err(Status::unimplemented("kick is not implemented yet"))
+    }
+
+    async fn drain(
+        &self,
+        _request: Request<DrainRequest>,
+    ) -> Result<Response<DrainResponse>, Status> {
+        Err(Status::unimplemented(
+            "drain over gRPC is not implemented yet",
+        ))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let snapshot = self.broker.metrics.snapshot();
+        Ok(Response::new(StatusResponse {
+            node: self.broker.config.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            state: "serving".to_string(),
+            connections: snapshot.connections,
+            sessions: snapshot.sessions,
+            subscriptions: self.broker.router.filter_count() as u64,
+        }))
+    }
+}
