@@ -1,0 +1,125 @@
+"""Issue point 3 -- forwarding: a publish on one node reaches subscribers on other nodes over the
+peer stream, for every QoS and for wildcard filters, once per subscriber, and a QoS 1
+publisher's PUBACK arrives."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cluster_helpers import await_delivery
+from helpers import pprops, prop
+
+pytestmark = pytest.mark.forwarding
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_publish_on_n1_reaches_subscriber_on_n2(cluster, paho, qos):
+    """Issue point 3: publish on n1 -> subscriber on n2 for QoS 0/1/2: all 50 messages arrive, in
+    order (MQTT 5.0 §4.6 ordered topic), at the granted QoS, with payload and user properties
+    intact; the publisher's acks (PUBACK / PUBCOMP) all arrive."""
+    c = cluster(2)
+    n1, n2 = c
+    sub = paho(n2, f"sub-q{qos}")
+    sub.subscribe("fwd/q", qos)
+    pub = paho(n1, f"pub-q{qos}")
+    await_delivery(pub, sub, "fwd/q")
+    infos = [pub.publish("fwd/q", f"m{i}".encode(), qos=qos, wait=False,
+                         props=pprops("PUBLISH", UserProperty=[("i", str(i))]))
+             for i in range(50)]
+    for info in infos:
+        code = pub.wait_published(info)
+        assert code < 0x80, f"publish completion reason {code:#x}"
+    got = sub.collect(50, timeout=10)
+    assert [m.payload for m in got] == [f"m{i}".encode() for i in range(50)]
+    assert {m.qos for m in got} == {qos}
+    assert [prop(m, "UserProperty") for m in got[:3]] == [[("i", "0")], [("i", "1")], [("i", "2")]]
+    sub.assert_no_message()
+
+
+def test_wildcard_filters_across_nodes(cluster, paho):
+    """Issue point 3: `+` and `#` filters on n2 match publishes made on n1 exactly as locally
+    (MQTT 5.0 §4.7): each subscriber gets exactly its matching topics."""
+    c = cluster(2)
+    n1, n2 = c
+    plus = paho(n2, "plus")
+    plus.subscribe("wc/+/temp", 1)
+    hash_ = paho(n2, "hash")
+    hash_.subscribe("wc/#", 1)
+    mixed = paho(n2, "mixed")
+    mixed.subscribe("+/room1/#", 1)
+    pub = paho(n1, "pub")
+    await_delivery(pub, [plus, hash_, mixed], "wc/room1/temp")
+    topics = ["wc/room1/temp", "wc/room1/hum", "wc/a/b/c", "wc", "wc/room2/temp", "other/room1/x"]
+    for t in topics:
+        pub.publish(t, t.encode(), qos=1)
+    expect = {
+        plus: ["wc/room1/temp", "wc/room2/temp"],
+        hash_: ["wc/room1/temp", "wc/room1/hum", "wc/a/b/c", "wc", "wc/room2/temp"],
+        mixed: ["wc/room1/temp", "wc/room1/hum", "other/room1/x"],
+    }
+    for s, want in expect.items():
+        assert [m.topic for m in s.collect(len(want))] == want, s.client_id
+    for s in expect:
+        extra = s.collect_quiet(0.3)
+        assert extra == [], f"{s.client_id} got non-matching {[m.topic for m in extra]}"
+
+
+def test_overlapping_filters_one_copy_v5(cluster, paho):
+    """Issue point 3 (DESIGN: forwarded to a node at most once per publish): a v5 subscriber on
+    n2 with two overlapping filters gets a message published on n1 once, at the higher QoS,
+    carrying both Subscription Identifiers (as Starling does on one node)."""
+    c = cluster(2)
+    n1, n2 = c
+    sub = paho(n2, "ov")
+    sub.subscribe("ov/#", 0, props=pprops("SUBSCRIBE", SubscriptionIdentifier=11))
+    sub.subscribe("ov/+/x", 1, props=pprops("SUBSCRIBE", SubscriptionIdentifier=22))
+    pub = paho(n1, "pub")
+    await_delivery(pub, sub, "ov/a/x")
+    for i in range(10):
+        pub.publish("ov/a/x", f"o{i}".encode(), qos=1)
+    got = sub.collect(10)
+    assert [m.payload for m in got] == [f"o{i}".encode() for i in range(10)]
+    assert {m.qos for m in got} == {1}
+    assert sorted(prop(got[0], "SubscriptionIdentifier", [])) == [11, 22]
+    extra = sub.collect_quiet()
+    assert extra == [], f"duplicate copies: {[m.payload for m in extra]}"
+
+
+def test_subscribers_on_two_nodes_both_receive(cluster, paho):
+    """Issue point 3: a topic with subscribers on n2 and n3 (and one local on n1) reaches all of
+    them, each exactly once."""
+    c = cluster(3)
+    n1, n2, n3 = c
+    subs = [paho(n, f"s-{n.node_id}") for n in (n1, n2, n3)]
+    for s in subs:
+        s.subscribe("both/t", 1)
+    pub = paho(n1, "pub")
+    await_delivery(pub, subs, "both/t")
+    for i in range(20):
+        pub.publish("both/t", f"b{i}".encode(), qos=1)
+    for s in subs:
+        assert [m.payload for m in s.collect(20)] == [f"b{i}".encode() for i in range(20)], s.client_id
+    for s in subs:
+        assert s.collect_quiet(0.3) == []
+
+
+def test_qos1_puback_and_remote_delivery(cluster, paho, measure):
+    """Issue point 3: QoS 1 publish on n1 whose only subscriber is on n2: the publisher's PUBACK
+    arrives with a success reason (not 0x10 "no matching subscribers": there is one, remotely)
+    and the remote subscriber gets the message; PUBACK latency printed."""
+    c = cluster(2)
+    n1, n2 = c
+    sub = paho(n2, "remote")
+    sub.subscribe("ack/t", 1)
+    pub = paho(n1, "pub")
+    await_delivery(pub, sub, "ack/t")
+    lat = []
+    for i in range(20):
+        t = time.monotonic()
+        code = pub.publish("ack/t", f"a{i}".encode(), qos=1)
+        lat.append(time.monotonic() - t)
+        assert code == 0x00, f"PUBACK reason {code:#x}"
+        assert sub.get().payload == f"a{i}".encode()
+    measure("qos1_remote_puback_max", max(lat))

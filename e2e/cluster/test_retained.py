@@ -1,0 +1,86 @@
+"""Issue point 5 -- retained messages are cluster-wide (etcd `retained/<topic>`): set on one
+node, seen by new subscriptions on every node; cleared from any node."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cluster_helpers import wait_key
+from helpers import QUIET, pprops, prop
+
+pytestmark = pytest.mark.retained
+
+
+def _retained_on(node, paho, client_id: str, topic_filter: str, *, expect: bytes | None,
+                 timeout: float = 5.0):
+    """Subscribe a fresh client on ``node`` (polling with new subscriptions until ``timeout``,
+    because etcd -> node propagation is asynchronous) and return the retained message it gets,
+    or assert that none comes once the expected state is reached."""
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        s = paho(node, f"{client_id}-{attempt}")
+        s.subscribe(topic_filter, 1)
+        try:
+            m = s.messages.get(timeout=QUIET)
+        except Exception:
+            m = None
+        s.close()
+        if (expect is not None and m is not None and m.payload == expect) or (expect is None and m is None):
+            print(f"{node.node_id}: retained state {expect!r} for {topic_filter!r} seen at subscription "
+                  f"attempt {attempt}")
+            return m
+        if time.monotonic() > deadline:
+            got = None if m is None else (m.topic, m.payload, m.retain)
+            raise AssertionError(f"on {node.node_id}: expected retained {expect!r} for {topic_filter!r}, "
+                                 f"last got {got} (after {attempt} subscriptions in {timeout}s)")
+
+
+def test_retained_set_on_n1_seen_on_n3_cleared_on_n2(cluster, paho):
+    """Issue point 5: a retained message published on n1 (acked: PUBACK) -> a subscription made
+    afterwards on n3 receives it with RETAIN set (and its properties); `retained/<topic>` exists in
+    etcd; cleared with an empty retained payload on n2 -> a new subscriber on n1 gets nothing and
+    the key is gone."""
+    c = cluster(3)
+    n1, n2, n3 = c
+    pub1 = paho(n1, "pub1")
+    code = pub1.publish("ret/a/t", b"hello", qos=1, retain=True,
+                        props=pprops("PUBLISH", ContentType="text/plain", UserProperty=[("k", "v")]))
+    assert code < 0x80
+    m = _retained_on(n3, paho, "late3", "ret/+/t", expect=b"hello")  # right after the PUBACK
+    wait_key(c, c.key("retained/ret/a/t"))
+    assert m.retain is True
+    assert m.topic == "ret/a/t"
+    assert prop(m, "ContentType") == "text/plain"
+    assert prop(m, "UserProperty") == [("k", "v")]
+
+    pub2 = paho(n2, "pub2")
+    assert pub2.publish("ret/a/t", b"", qos=1, retain=True) < 0x80
+    wait_key(c, c.key("retained/ret/a/t"), present=False)
+    assert _retained_on(n1, paho, "late1", "ret/#", expect=None) is None
+    assert _retained_on(n3, paho, "late3b", "ret/#", expect=None) is None
+
+
+def test_retained_replaced_from_another_node(cluster, paho):
+    """Issue point 5: the last retained message wins cluster-wide: set on n1, replaced on n2 ->
+    new subscribers on n1 and n2 get the replacement only; a live subscriber on n2 gets the
+    n1 publish as a normal (RETAIN 0) forwarded message."""
+    c = cluster(2)
+    n1, n2 = c
+    live = paho(n2, "live")
+    live.subscribe("rr/t", 1)
+    p1 = paho(n1, "p1")
+    p2 = paho(n2, "p2")
+    assert p1.publish("rr/t", b"first", qos=1, retain=True) < 0x80
+    wait_key(c, c.key("retained/rr/t"))
+    assert p2.publish("rr/t", b"second", qos=1, retain=True) < 0x80
+    for node in (n1, n2):
+        m = _retained_on(node, paho, f"new-{node.node_id}", "rr/t", expect=b"second")
+        assert m.retain is True
+    # the live subscriber saw "second" (local publish); "first" too if its route was already known
+    payloads = [(m.payload, m.retain) for m in live.collect_quiet(0.3)]
+    assert (b"second", False) in payloads, payloads
+    assert all(r is False for _p, r in payloads), payloads

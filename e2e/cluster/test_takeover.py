@@ -1,0 +1,125 @@
+"""Issue point 6 -- takeover across nodes: connecting with a client id already connected (or
+with a session) on another node moves the session to the new node (DESIGN: Sessions)."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import pytest
+
+from cluster_helpers import CLIENT_RECORD, await_delivery, background, decode_record, wait_key
+from helpers import pprops, wait_for
+
+pytestmark = pytest.mark.takeover
+
+RC_SESSION_TAKEN_OVER = 0x8E
+
+
+def _persistent():
+    return pprops("CONNECT", SessionExpiryInterval=300)
+
+
+def test_takeover_of_connected_client_across_nodes(cluster, paho, measure):
+    """Issue point 6: "dev1" (v5, clean start 0, session expiry 300) subscribed QoS 1 on n1;
+    a stream of QoS 1 messages is published on n3; dev1 connects to n2 with the same id -> the n1
+    connection gets DISCONNECT 0x8E, the n2 CONNACK has session present = 1, every message
+    published (also while it moved) arrives at least once, duplicates only within the QoS 1
+    resend window; clients/dev1 now names n2 and the route moved from n1 to n2."""
+    c = cluster(3)
+    n1, n2, n3 = c
+    old = paho(n1, "dev1", clean=False, props=_persistent())
+    old.subscribe("dev/cmd", 1)
+    pub = paho(n3, "pub")
+    await_delivery(pub, old, "dev/cmd")
+    wait_key(c, c.key("clients/dev1"))
+
+    want = [f"c{i}".encode() for i in range(150)]
+
+    def stream():
+        for p in want:
+            code = pub.publish("dev/cmd", p, qos=1, timeout=10)
+            assert code < 0x80, f"PUBACK {code:#x} for {p!r}"
+            time.sleep(0.01)  # a steady rate (pacing, not synchronisation)
+
+    t = background(stream)
+    wait_for(lambda: old.messages.qsize() >= 30, 10, 0.01, "30 messages on n1 before the takeover")
+    t_take = time.monotonic()
+    new = paho(n2, "dev1", clean=False, props=_persistent())
+    measure("takeover_connack", time.monotonic() - t_take)
+    assert new.session_present is True, "session did not move to n2 (session present = 0)"
+    from_server, reason, _props = old.wait_disconnect()
+    assert (from_server, reason) == (True, RC_SESSION_TAKEN_OVER), (from_server, hex(reason))
+
+    t.join(30)
+    assert not t.is_alive(), "publisher did not finish"
+    assert t.error is None, t.error
+    before = [m.payload for m in old.drain()]
+    after = []
+
+    def complete():
+        after.extend(m.payload for m in new.drain())
+        return set(want) <= set(before) | set(after)
+
+    try:
+        wait_for(complete, 10, 0.02, "every message across both connections")
+    finally:
+        missing = sorted(set(want) - set(before) - set(after))
+        print(f"on n1: {len(before)}, on n2: {len(after)}, missing: {missing[:20]}")
+    after += [m.payload for m in new.collect_quiet(0.3)]
+    dups = [p for p, k in collections.Counter(before + after).items() if k > 1]
+    print("duplicates (QoS 1 resends):", dups)
+    assert len(dups) <= 32, f"more duplicates than an inflight window: {len(dups)}"
+    assert set(p for p in after) <= set(want)
+
+    rec = decode_record(c.etcd.get(c.key("clients/dev1")) or b"", CLIENT_RECORD)
+    print("clients/dev1:", rec)
+    if rec is not None and rec.get("node"):
+        assert rec["node"] == "n2", rec
+    wait_key(c, n2.route_key("dev/cmd"))
+    wait_key(c, n1.route_key("dev/cmd"), present=False)
+
+
+def test_takeover_of_offline_session_delivers_queued(cluster, paho):
+    """Issue point 6: a persistent session left offline on n1 with messages queued for it (QoS 1
+    and QoS 2, published on n3 while it was away) is taken over by the same client id connecting
+    to n2: session present = 1 and every queued message arrives exactly once, in order, followed
+    by new messages."""
+    c = cluster(3)
+    n1, n2, n3 = c
+    dev = paho(n1, "dev2", clean=False, props=_persistent())
+    dev.subscribe("dev2/q1", 1)
+    dev.subscribe("dev2/q2", 2)
+    pub = paho(n3, "pub")
+    await_delivery(pub, dev, "dev2/q1")
+    dev.disconnect()
+    queued = []
+    for i in range(10):
+        qos = 1 + i % 2
+        pub.publish(f"dev2/q{qos}", f"queued{i}".encode(), qos=qos)
+        queued.append(f"queued{i}".encode())
+    back = paho(n2, "dev2", clean=False, props=_persistent())
+    assert back.session_present is True
+    got = [m.payload for m in back.collect(10)]
+    assert got == queued
+    await_delivery(pub, back, "dev2/q1")  # the route now points at n2
+    pub.publish("dev2/q2", b"fresh", qos=2)
+    assert back.get().payload == b"fresh"
+    assert back.collect_quiet(0.3) == []
+
+
+def test_clean_start_elsewhere_discards_session(cluster, paho):
+    """Issue point 6 (MQTT 5.0 §3.1.2.4 across nodes): connecting to n2 with clean start 1 and a
+    client id whose session lives on n1 kicks the n1 connection (0x8E) and starts a new session
+    (session present = 0); the old subscription does not follow."""
+    c = cluster(2)
+    n1, n2 = c
+    old = paho(n1, "dev3", clean=False, props=_persistent())
+    old.subscribe("dev3/t", 1)
+    wait_key(c, n1.route_key("dev3/t"))
+    new = paho(n2, "dev3", clean=True)
+    assert new.session_present is False
+    from_server, reason, _ = old.wait_disconnect()
+    assert reason == RC_SESSION_TAKEN_OVER
+    wait_key(c, n1.route_key("dev3/t"), present=False)
+    assert c.rel_keys("routes/n2/") == []
