@@ -1,6 +1,7 @@
 //! The broker's shared state, handed to every connection task.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +22,27 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
+    state: AtomicU8,
+}
+
+/// Where a node is in its life (`/readyz`, the node record, the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Serving,
+    /// Refusing new clients and sending the connected ones elsewhere.
+    Draining,
+    /// No client connection and no session left on the node.
+    Drained,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Serving => "serving",
+            NodeState::Draining => "draining",
+            NodeState::Drained => "drained",
+        }
+    }
 }
 
 impl Broker {
@@ -49,6 +71,36 @@ impl Broker {
             metrics,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            state: AtomicU8::new(NodeState::Serving as u8),
         })
+    }
+
+    pub fn state(&self) -> NodeState {
+        match self.state.load(Ordering::Acquire) {
+            0 => NodeState::Serving,
+            1 => NodeState::Draining,
+            _ => NodeState::Drained,
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.state() != NodeState::Serving
+    }
+
+    /// Moves Serving -> Draining; false if the node was not serving.
+    pub fn begin_drain(&self) -> bool {
+        self.state
+            .compare_exchange(
+                NodeState::Serving as u8,
+                NodeState::Draining as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    pub fn mark_drained(&self) {
+        self.state
+            .store(NodeState::Drained as u8, Ordering::Release);
     }
 }

@@ -59,6 +59,11 @@ pub struct Config {
     pub lease_ttl_secs: u64,
     /// Admin HTTP API (health, readiness, node status, drain); off if unset.
     pub admin_listen: Option<SocketAddr>,
+    /// Server Reference sent to v5 clients told to use another server
+    /// (drain), e.g. the cluster's Service address.
+    pub server_reference: Option<String>,
+    /// Clients disconnected per second while draining.
+    pub drain_rate: u32,
 }
 
 impl Default for Config {
@@ -91,6 +96,8 @@ impl Default for Config {
             peer_token: None,
             lease_ttl_secs: 5,
             admin_listen: None,
+            server_reference: None,
+            drain_rate: 500,
         }
     }
 }
@@ -161,6 +168,8 @@ pub struct FileConfig {
     pub peer_token: Option<String>,
     pub lease_ttl_secs: Option<u64>,
     pub admin_listen: Option<SocketAddr>,
+    pub server_reference: Option<String>,
+    pub drain_rate: Option<u32>,
 }
 
 /// Command-line flags; each also reads a `STARLING_*` environment variable.
@@ -267,6 +276,12 @@ pub struct Cli {
     /// Admin HTTP listener (health, readiness, node status, drain).
     #[arg(long, env = "STARLING_ADMIN_LISTEN", value_name = "HOST:PORT")]
     pub admin_listen: Option<SocketAddr>,
+    /// Server Reference given to v5 clients sent away by a drain.
+    #[arg(long, env = "STARLING_SERVER_REFERENCE", value_name = "HOST:PORT")]
+    pub server_reference: Option<String>,
+    /// Clients disconnected per second while draining.
+    #[arg(long, env = "STARLING_DRAIN_RATE", value_name = "N")]
+    pub drain_rate: Option<u32>,
 }
 
 impl FileConfig {
@@ -379,6 +394,8 @@ impl Config {
                 .or(file.lease_ttl_secs)
                 .unwrap_or(d.lease_ttl_secs),
             admin_listen: cli.admin_listen.or(file.admin_listen),
+            server_reference: cli.server_reference.or(file.server_reference),
+            drain_rate: cli.drain_rate.or(file.drain_rate).unwrap_or(d.drain_rate),
         };
         config.validate()?;
         Ok(config)
@@ -428,6 +445,9 @@ impl Config {
         }
         if self.cluster.is_empty() || self.cluster.contains('/') {
             return invalid("cluster", "must be non-empty and free of '/'");
+        }
+        if self.drain_rate == 0 {
+            return invalid("drain_rate", "must be at least 1 client per second");
         }
         if self.lease_ttl_secs < 2 {
             return invalid("lease_ttl_secs", "must be at least 2");

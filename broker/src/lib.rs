@@ -1,10 +1,12 @@
 //! Starling: a clustered MQTT broker. This crate is the broker itself; the
 //! `starling` binary is a thin wrapper around [`run`].
 
+pub mod admin;
 pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod listener;
 pub mod message;
 pub mod metrics;

@@ -24,6 +24,8 @@ pub enum ServerError {
 /// Runs a broker until SIGTERM or SIGINT, then shuts it down: listeners
 /// close, v5 clients get DISCONNECT 0x8B, wills are published, and the
 /// function returns once every connection ended (or the timeout passed).
+/// In cluster mode the signal first drains the node, so that its clients
+/// move to other nodes before it goes.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let (broker, cluster) = if config.cluster_mode() {
         let metrics = Arc::new(crate::metrics::Metrics::default());
@@ -34,15 +36,25 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Some(cluster.forwarder.clone()),
             metrics,
         );
-        (broker, Some(cluster))
+        (broker, Some(Arc::new(cluster)))
     } else {
         (Broker::new(config), None)
     };
     if let Some(cluster) = &cluster {
         cluster.start(&broker).await?;
     }
+    if let Some(addr) = broker.config.admin_listen {
+        crate::admin::serve(addr, broker.clone(), cluster.clone())
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+    }
     start(&broker).await?;
     wait_for_signal().await;
+    if cluster.is_some() {
+        info!("signal received: draining before shutdown");
+        let patience = Duration::from_secs(broker.config.shutdown_timeout_secs);
+        crate::drain::drain(broker.clone(), cluster.clone(), patience).await;
+    }
     info!("shutting down");
     shutdown(&broker).await;
     Ok(())

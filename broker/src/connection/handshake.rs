@@ -206,11 +206,15 @@ pub fn refused(
     code: ReasonCode,
     reason: &'static str,
     problem_info: bool,
+    server_reference: Option<&str>,
 ) -> ConnAck {
     let mut properties = ConnAckProperties::default();
     let code = if version.is_v5() {
         if problem_info {
             properties.reason_string = Some(ByteString::from_static(reason));
+        }
+        if code == ReasonCode::USE_ANOTHER_SERVER {
+            properties.server_reference = server_reference.map(ByteString::from);
         }
         code
     } else {

@@ -122,6 +122,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
                     ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
                     "",
                     false,
+                    None,
                 );
                 write_and_close(&stream, &Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
                 debug!(%peer, level, "unsupported protocol level");
@@ -141,12 +142,23 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
     let refuse = |code: ReasonCode, reason: &'static str| {
         Metrics::inc(&broker.metrics.connects_refused);
         debug!(%peer, client_id = %connect.client_id, %code, reason, "CONNECT refused");
-        Packet::ConnAck(handshake::refused(version, code, reason, problem_info))
+        Packet::ConnAck(handshake::refused(
+            version,
+            code,
+            reason,
+            problem_info,
+            broker.config.server_reference.as_deref(),
+        ))
     };
     let refusal = if broker.shutdown.is_cancelled() {
         Some(refuse(
             ReasonCode::SERVER_UNAVAILABLE,
             "server is shutting down",
+        ))
+    } else if broker.is_draining() {
+        Some(refuse(
+            ReasonCode::USE_ANOTHER_SERVER,
+            "node draining: connect to another server",
         ))
     } else if broker
         .metrics
@@ -293,13 +305,17 @@ impl Connection {
             tokio::select! {
                 biased;
                 kicked = &mut kick => {
-                    if kicked.is_ok() {
-                        // Packets that arrived before the new CONNECT count:
-                        // a DISCONNECT among them decides the session's
-                        // expiry and the will.
+                    if let Ok(reason) = kicked {
+                        let code = match reason {
+                            Kick::TakenOver => ReasonCode::SESSION_TAKEN_OVER,
+                            Kick::UseAnotherServer => ReasonCode::USE_ANOTHER_SERVER,
+                        };
+                        // Packets that arrived before the kick count: a
+                        // DISCONNECT among them decides the session's expiry
+                        // and the will.
                         return match self.read_and_handle() {
                             Err(ending @ Ending::ClientDisconnect { .. }) => ending,
-                            _ => Ending::ServerClose(ReasonCode::SESSION_TAKEN_OVER),
+                            _ => Ending::ServerClose(code),
                         };
                     }
                 }
@@ -408,6 +424,14 @@ impl Connection {
                 // Problem Information says (MQTT 5.0 §3.1.2.11.7).
                 disconnect.properties.reason_string =
                     reason_text(code).map(ByteString::from_static);
+                if code == ReasonCode::USE_ANOTHER_SERVER {
+                    disconnect.properties.server_reference = self
+                        .broker
+                        .config
+                        .server_reference
+                        .as_deref()
+                        .map(ByteString::from);
+                }
                 self.send(&Packet::Disconnect(disconnect));
             }
         }
@@ -440,6 +464,7 @@ fn reason_text(code: ReasonCode) -> Option<&'static str> {
         ReasonCode::SESSION_TAKEN_OVER => "session taken over by another connection",
         ReasonCode::SERVER_SHUTTING_DOWN => "server shutting down",
         ReasonCode::KEEP_ALIVE_TIMEOUT => "keep-alive timeout",
+        ReasonCode::USE_ANOTHER_SERVER => "node draining: connect to another server",
         _ => return None,
     })
 }

@@ -19,6 +19,8 @@ use crate::session::state::SessionState;
 pub enum Kick {
     /// Another connection with the same client id took the session.
     TakenOver,
+    /// The node is draining: the client should connect elsewhere.
+    UseAnotherServer,
 }
 
 /// Who has the session right now.
@@ -131,8 +133,18 @@ impl SessionRegistry {
         self.slots.lock().is_empty()
     }
 
-    /// Every slot (for shutdown and admin listings).
+    /// Every slot (for drain and admin listings).
     pub fn all(&self) -> Vec<Arc<Slot>> {
         self.slots.lock().values().cloned().collect()
+    }
+
+    /// Asks the connection owning `slot`, if any, to leave for `reason`.
+    /// Returns whether a connection was asked.
+    pub fn kick(slot: &Slot, reason: Kick) -> bool {
+        let kick = match &mut slot.inner.lock().owner {
+            Owner::Connected { kick, .. } => kick.take(),
+            _ => None,
+        };
+        kick.is_some_and(|k| k.send(reason).is_ok())
     }
 }

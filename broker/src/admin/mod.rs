@@ -1,0 +1,114 @@
+//! The admin HTTP API: liveness, readiness, node status and drain.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 while serving, 503 once draining |
+//! | `GET /api/v1/node` | JSON: node, state, counts, counters |
+//! | `POST /api/v1/node/drain` | 202: the drain started (or was running) |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::broker::{Broker, NodeState};
+use crate::cluster::Cluster;
+use crate::metrics::MetricsSnapshot;
+
+/// A drain started from the API waits at most this long for clients.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(3600);
+
+#[derive(Clone)]
+struct Admin {
+    broker: Arc<Broker>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+#[derive(Serialize)]
+struct NodeView {
+    node: String,
+    cluster: Option<String>,
+    version: &'static str,
+    state: &'static str,
+    connections: u64,
+    sessions: u64,
+    subscriptions: usize,
+    retained: usize,
+    peers: usize,
+    remote_routes: usize,
+    unwritten_routes: usize,
+    counters: MetricsSnapshot,
+}
+
+/// Serves the admin API on `addr` until the broker shuts down.
+pub async fn serve(
+    addr: SocketAddr,
+    broker: Arc<Broker>,
+    cluster: Option<Arc<Cluster>>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, "admin API listening");
+    let shutdown = broker.shutdown.clone();
+    let app = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/node", get(node))
+        .route("/api/v1/node/drain", post(start_drain))
+        .with_state(Admin { broker, cluster });
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            warn!(%error, "admin API stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
+    match admin.broker.state() {
+        NodeState::Serving => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+    }
+}
+
+async fn node(State(admin): State<Admin>) -> Json<NodeView> {
+    Json(view(&admin))
+}
+
+async fn start_drain(State(admin): State<Admin>) -> impl IntoResponse {
+    crate::drain::start(admin.broker.clone(), admin.cluster.clone(), DRAIN_PATIENCE);
+    (StatusCode::ACCEPTED, Json(view(&admin)))
+}
+
+fn view(admin: &Admin) -> NodeView {
+    let broker = &admin.broker;
+    let cluster = admin.cluster.as_ref();
+    NodeView {
+        node: broker.config.node_id.clone(),
+        cluster: cluster.map(|_| broker.config.cluster.clone()),
+        version: env!("CARGO_PKG_VERSION"),
+        state: broker.state().as_str(),
+        connections: broker.metrics.connections.load(Ordering::Relaxed),
+        sessions: broker.metrics.sessions.load(Ordering::Relaxed),
+        subscriptions: broker.router.filter_count(),
+        retained: broker.router.retained_count(),
+        peers: cluster.map_or(0, |c| c.forwarder.peer_count()),
+        remote_routes: cluster.map_or(0, |c| c.index.len()),
+        unwritten_routes: cluster.map_or(0, |c| c.routes.unwritten()),
+        counters: broker.metrics.snapshot(),
+    }
+}
