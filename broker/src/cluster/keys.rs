@@ -28,6 +28,20 @@ impl Keys {
         format!("{}routes/{node}/{filter}", self.root)
     }
 
+    pub fn retained_prefix(&self) -> String {
+        format!("{}retained/", self.root)
+    }
+
+    pub fn retained(&self, topic: &str) -> String {
+        format!("{}retained/{topic}", self.root)
+    }
+
+    /// The topic of a `retained/<topic>` key.
+    pub fn parse_retained<'a>(&self, key: &'a str) -> Option<&'a str> {
+        let topic = key.strip_prefix(&self.root)?.strip_prefix("retained/")?;
+        (!topic.is_empty()).then_some(topic)
+    }
+
     /// `(node, filter)` of a route key; `None` for keys of another shape.
     pub fn parse_route<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
         let rest = key.strip_prefix(&self.root)?.strip_prefix("routes/")?;

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod membership;
 pub mod mirror;
 pub mod peer_service;
+pub mod retained;
 pub mod route_index;
 pub mod routes;
 
@@ -148,6 +149,20 @@ impl Cluster {
                 warn!(%error, "peer server stopped");
             }
         });
+
+        // Retained messages: share this node's, mirror everyone's.
+        let writer = retained::RetainedWriter::new(self.keys.clone());
+        broker.router.set_retained_replicator(writer.clone());
+        tokio::spawn(writer.run(self.client.clone()));
+        let sink = retained::RetainedSink {
+            broker: broker.clone(),
+            keys: self.keys.clone(),
+        };
+        tokio::spawn(mirror::run(
+            self.client.clone(),
+            self.keys.retained_prefix(),
+            sink,
+        ));
 
         tokio::spawn(membership::publish_self(
             self.client.clone(),

@@ -22,7 +22,7 @@ use crate::message::{Delivery, Message, SessionId, ShareKey};
 use crate::metrics::Metrics;
 use crate::session::mailbox::PushOutcome;
 use retained::RetainedStore;
-use store::{Forwarder, NodeId, RouteStore};
+use store::{Forwarder, NodeId, RetainedReplicator, RouteStore};
 use trie::{Matches, Subscriber, Trie};
 
 const SHARDS: usize = 16;
@@ -35,6 +35,9 @@ pub struct Router {
     store: Arc<dyn RouteStore>,
     /// Cluster mode: hands messages to the nodes the store says want them.
     forwarder: Option<Arc<dyn Forwarder>>,
+    /// Cluster mode: shares retained messages with the other nodes. Set
+    /// once at start-up, after the router exists.
+    replicator: std::sync::OnceLock<Arc<dyn RetainedReplicator>>,
     metrics: Arc<Metrics>,
 }
 
@@ -60,6 +63,7 @@ impl Router {
     ) -> Router {
         Router {
             forwarder,
+            replicator: std::sync::OnceLock::new(),
             shards: (0..SHARDS).map(|_| RwLock::new(Trie::default())).collect(),
             wildcard: RwLock::new(Trie::default()),
             retained: RwLock::new(RetainedStore::default()),
@@ -120,9 +124,33 @@ impl Router {
         self.retained.read().len()
     }
 
-    /// Stores (or clears) a retained message. Called for PUBLISH with RETAIN.
+    /// Stores (or clears) a retained message published on this node, and
+    /// shares it with the cluster.
     pub fn retain(&self, message: Arc<Message>) {
+        if let Some(replicator) = self.replicator.get() {
+            replicator.replicate(&message);
+        }
         self.retained.write().set(message);
+    }
+
+    /// Stores (or clears) a retained message without sharing it: the
+    /// cluster's copy arriving here.
+    pub fn retain_local(&self, message: Arc<Message>) {
+        self.retained.write().set(message);
+    }
+
+    /// Replaces every retained message (a resynchronisation with the
+    /// cluster's copy).
+    pub fn replace_retained(&self, messages: Vec<Arc<Message>>) {
+        let mut store = RetainedStore::default();
+        for message in messages {
+            store.set(message);
+        }
+        *self.retained.write() = store;
+    }
+
+    pub fn set_retained_replicator(&self, replicator: Arc<dyn RetainedReplicator>) {
+        let _ = self.replicator.set(replicator);
     }
 
     /// Retained messages matching a (non-shared) filter.

@@ -53,3 +53,10 @@ impl RouteStore for LocalRouteStore {
         self.routes.lock().len()
     }
 }
+
+/// Shares retained messages with the other nodes (cluster mode).
+pub trait RetainedReplicator: Send + Sync + 'static {
+    /// A retained message was set (or cleared, with an empty payload) on
+    /// this node.
+    fn replicate(&self, message: &Arc<crate::message::Message>);
+}
