@@ -42,6 +42,10 @@ ETCD_BIN = os.environ.get("STARLING_TEST_ETCD", "/usr/bin/etcd")
 ETCDCTL_BIN = os.environ.get("STARLING_TEST_ETCDCTL", "/usr/bin/etcdctl")
 # How long a node may take from exec to /readyz == 200 (debug builds are slow to start).
 READY_TIMEOUT = float(os.environ.get("STARLING_TEST_READY_TIMEOUT", "20"))
+# How readiness is judged: "admin" (GET /readyz == 200, the contract) or "mqtt" (the MQTT port
+# accepts and nodes/<id> is in etcd: only to run the other tests against a broker whose admin
+# HTTP listener does not exist yet).
+READINESS = os.environ.get("STARLING_TEST_READINESS", "admin")
 # Lease TTL given to the brokers unless a test asks for another one.
 DEFAULT_LEASE_TTL = int(os.environ.get("STARLING_TEST_LEASE_TTL", "2"))
 # Payload prefix of probe messages (route readiness, propagation delay).
@@ -233,10 +237,10 @@ class Node:
         self._log = open(self.log_path, "ab")
         self._log.write(f"\n$ {' '.join(cmd)}\n".encode())
         self._log.flush()
-        kw: dict[str, Any] = {}
+        kw: dict[str, Any] = {"env": dict(os.environ, NO_COLOR="1")}  # plain logs
         if self.uid is not None:
             # a uid of its own so that iptables' owner match can cut this node's traffic only
-            kw = {"user": self.uid, "group": self.uid}
+            kw.update(user=self.uid, group=self.uid)
         cwd = self.workdir if self.uid is None else "/"  # pytest's tmp dirs are 0700
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=cwd, **kw)
@@ -249,12 +253,25 @@ class Node:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise HarnessError(self._exit_explanation())
-            last = self.status("/readyz")
-            if last == 200:
-                return self
+            if READINESS == "mqtt":
+                last = self._mqtt_ready()
+                if last:
+                    return self
+            else:
+                last = self.status("/readyz")
+                if last == 200:
+                    return self
             time.sleep(0.05)
         raise HarnessError(f"{self.node_id}: /readyz not 200 within {timeout}s (last: {last})\n"
                            f"{self.log_tail(60)}")
+
+    def _mqtt_ready(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=0.5):
+                pass
+        except OSError:
+            return False
+        return bool(self.cluster.etcd.keys(self.node_key))
 
     def _exit_explanation(self) -> str:
         rc = self.proc.returncode if self.proc else None
@@ -434,9 +451,10 @@ class Cluster:
         for n in pending:
             n.spawn(new_ports=False)
         errors = []
+        deadline = time.monotonic() + timeout
         for n in pending:
             try:
-                n.wait_ready(timeout)
+                n.wait_ready(max(0.5, deadline - time.monotonic()))
             except HarnessError as e:
                 errors.append(str(e))
         if errors:
@@ -453,9 +471,20 @@ class Cluster:
         want = sorted(self.key(f"nodes/{i}") for i in ids)
         wait_for(lambda: all(k in self.keys("nodes/") for k in want), timeout, 0.05,
                  f"nodes/ keys {ids} in etcd (have {self.rel_keys('nodes/')})")
+        if READINESS == "mqtt":
+            return
         for n in self.running():
-            wait_for(lambda n=n: set(ids) <= set(peer_ids(n.info()) or ids), timeout, 0.05,
-                     f"{n.node_id} to list peers {ids}")
+            info = n.info()
+            if isinstance(info.get("peers"), int):
+                # only a count: wait (softly -- its meaning is not in the contract) for n-1 peers
+                try:
+                    wait_for(lambda n=n: n.info()["peers"] >= len(ids) - 1, 5, 0.05,
+                             f"{n.node_id} to count {len(ids) - 1} peers")
+                except AssertionError as e:
+                    print(f"warning: {e} (has {n.info().get('peers')})")
+            else:
+                wait_for(lambda n=n: set(ids) <= set(peer_ids(n.info()) or ids), timeout, 0.05,
+                         f"{n.node_id} to list peers {ids}")
 
     def kill_all(self) -> None:
         for n in self.nodes:
@@ -465,7 +494,7 @@ class Cluster:
 def peer_ids(info: dict) -> list[str] | None:
     """Node ids listed by GET /api/v1/node, if the API lists peers (under one of a few plausible
     names); None when it does not."""
-    for field in ("peers", "members", "nodes", "cluster"):
+    for field in ("peers", "members", "nodes"):
         v = info.get(field)
         if isinstance(v, dict) and isinstance(v.get("nodes") or v.get("members"), list):
             v = v.get("nodes") or v.get("members")
