@@ -23,6 +23,8 @@ pub struct Broker {
     /// Every connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
     state: AtomicU8,
+    /// Cluster mode: where sessions live. Set once at start-up.
+    pub directory: std::sync::OnceLock<Arc<dyn crate::session::directory::SessionDirectory>>,
 }
 
 /// Where a node is in its life (`/readyz`, the node record, the admin API).
@@ -72,6 +74,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             state: AtomicU8::new(NodeState::Serving as u8),
+            directory: std::sync::OnceLock::new(),
         })
     }
 

@@ -30,8 +30,9 @@ pub struct Message {
     /// The publishing session, for No Local. `None` for wills and
     /// messages that came from elsewhere.
     pub publisher: Option<SessionId>,
-    /// When the Message Expiry Interval runs out.
-    #[serde(skip)]
+    /// When the Message Expiry Interval runs out. Crosses processes as the
+    /// time left, since an `Instant` means nothing elsewhere.
+    #[serde(with = "time_left")]
     pub expires_at: Option<Instant>,
 }
 
@@ -116,4 +117,22 @@ pub struct Delivery {
     /// Every matching subscription's identifier (MQTT 5.0 §3.3.4).
     pub subscription_ids: SmallVec<[u32; 1]>,
     pub share: Option<Arc<ShareKey>>,
+}
+
+/// (De)serializes an `Option<Instant>` as the milliseconds left.
+mod time_left {
+    use std::time::{Duration, Instant};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &Option<Instant>, s: S) -> Result<S::Ok, S::Error> {
+        let now = Instant::now();
+        at.map(|at| at.saturating_duration_since(now).as_millis() as u64)
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Instant>, D::Error> {
+        let left: Option<u64> = Option::deserialize(d)?;
+        Ok(left.map(|ms| Instant::now() + Duration::from_millis(ms)))
+    }
 }

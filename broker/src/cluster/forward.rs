@@ -84,6 +84,14 @@ impl PeerForwarder {
         }
     }
 
+    /// The peer endpoint of a live member.
+    pub fn endpoint_of(&self, node: &str) -> Option<String> {
+        self.links
+            .read()
+            .get(node)
+            .map(|link| link.endpoint.clone())
+    }
+
     pub fn peer_count(&self) -> usize {
         self.links.read().len()
     }

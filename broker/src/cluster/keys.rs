@@ -28,6 +28,10 @@ impl Keys {
         format!("{}routes/{node}/{filter}", self.root)
     }
 
+    pub fn client(&self, client_id: &str) -> String {
+        format!("{}clients/{client_id}", self.root)
+    }
+
     pub fn retained_prefix(&self) -> String {
         format!("{}retained/", self.root)
     }

@@ -12,12 +12,14 @@ pub mod convert;
 pub mod forward;
 pub mod keys;
 pub mod lease;
+pub mod leased_keys;
 pub mod membership;
 pub mod mirror;
 pub mod peer_service;
 pub mod retained;
 pub mod route_index;
 pub mod routes;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +60,7 @@ pub struct Cluster {
     pub index: Arc<RouteIndex>,
     pub routes: Arc<EtcdRouteStore>,
     pub forwarder: Arc<PeerForwarder>,
+    pub sessions: Arc<sessions::ClusterSessions>,
     record: watch::Sender<NodeRecord>,
 }
 
@@ -108,7 +111,20 @@ impl Cluster {
             state: "serving".to_string(),
         });
 
-        tokio::spawn(routes.clone().run_writer(client.clone(), lease.clone()));
+        let sessions = sessions::ClusterSessions::new(
+            &config.node_id,
+            keys.clone(),
+            client.clone(),
+            forwarder.clone(),
+            config.peer_token.clone(),
+        );
+        tokio::spawn(routes.owned.clone().run(client.clone(), lease.clone()));
+        tokio::spawn(
+            sessions
+                .registrations
+                .clone()
+                .run(client.clone(), lease.clone()),
+        );
         tokio::spawn(mirror::run(
             client.clone(),
             keys.routes_prefix(),
@@ -121,6 +137,7 @@ impl Cluster {
             index,
             routes,
             forwarder,
+            sessions,
             record,
         })
     }
@@ -149,6 +166,8 @@ impl Cluster {
                 warn!(%error, "peer server stopped");
             }
         });
+
+        let _ = broker.directory.set(self.sessions.clone());
 
         // Retained messages: share this node's, mirror everyone's.
         let writer = retained::RetainedWriter::new(self.keys.clone());

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use starling_proto::v1::peer_server::{Peer, PeerServer};
 use starling_proto::v1::{
     AdoptRequest, AdoptResponse, DrainRequest, DrainResponse, ForwardAck, ForwardBatch,
-    KickRequest, KickResponse, StatusRequest, StatusResponse, TakeoverRequest, TakeoverResponse,
+    KickRequest, KickResponse, SessionSnapshot, StatusRequest, StatusResponse, TakeoverRequest,
+    TakeoverResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -86,11 +87,24 @@ impl Peer for PeerService {
 
     async fn takeover_session(
         &self,
-        _request: Request<TakeoverRequest>,
+        request: Request<TakeoverRequest>,
     ) -> Result<Response<TakeoverResponse>, Status> {
-        Err(Status::unimplemented(
-            "cross-node session takeover is not implemented yet",
-        ))
+        let request = request.into_inner();
+        debug!(client_id = %request.client_id, to = %request.node, "peer takes a session over");
+        let moved = crate::session::lifecycle::surrender(&self.broker, &request.client_id).await;
+        let session = match moved {
+            None => None,
+            Some(moved) => {
+                let state = moved
+                    .encode()
+                    .map_err(|e| Status::internal(format!("cannot encode the session: {e}")))?;
+                Some(SessionSnapshot {
+                    client_id: request.client_id,
+                    state,
+                })
+            }
+        };
+        Ok(Response::new(TakeoverResponse { session }))
     }
 
     async fn adopt_session(

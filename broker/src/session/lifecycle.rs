@@ -17,6 +17,8 @@ use tracing::{debug, warn};
 use crate::broker::Broker;
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::router::trie::Subscriber;
+use crate::session::directory::MovedSession;
 use crate::session::mailbox::Mailbox;
 use crate::session::registry::{Kick, Owner, Slot};
 use crate::session::state::SessionState;
@@ -35,7 +37,9 @@ pub struct Opened {
     pub kick: oneshot::Receiver<Kick>,
 }
 
-/// Binds a session to a new connection (MQTT 5.0 §3.1.4 steps 3-4).
+/// Binds a session to a new connection (MQTT 5.0 §3.1.4 steps 3-4): a
+/// local owner is kicked and its session taken; in a cluster, a session on
+/// another node is brought over.
 pub async fn open(
     broker: &Arc<Broker>,
     client_id: ByteString,
@@ -44,24 +48,7 @@ pub async fn open(
 ) -> Opened {
     let slot = broker.sessions.checkout(&client_id);
     let connect_guard = slot.connect_lock.lock().await;
-
-    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
-    loop {
-        let kick = match &mut slot.inner.lock().owner {
-            Owner::Connected { kick, .. } => kick.take(),
-            _ => break,
-        };
-        if let Some(kick) = kick {
-            let _ = kick.send(Kick::TakenOver);
-        }
-        if tokio::time::timeout_at(deadline, slot.released.notified())
-            .await
-            .is_err()
-        {
-            warn!(client_id = %client_id, "previous connection did not release the session in time; taking it");
-            break;
-        }
-    }
+    evict_connection(&slot).await;
 
     let conn_id = broker.sessions.new_connection_id();
     let (kick_tx, kick_rx) = oneshot::channel();
@@ -79,13 +66,22 @@ pub async fn open(
             },
         )
     };
+    let directory = broker.directory.get();
+    let resumed = match previous {
+        Owner::Offline { state, mailbox } => Some((*state, mailbox)),
+        // Not here: another node may have it (and a connection to kick,
+        // even when this one starts clean).
+        _ => match directory {
+            Some(directory) => directory
+                .claim(&client_id)
+                .await
+                .map(|moved| install(broker, moved)),
+            None => None,
+        },
+    };
     drop(connect_guard);
     broker.sessions.checkin(&slot);
 
-    let resumed = match previous {
-        Owner::Offline { state, mailbox } => Some((*state, mailbox)),
-        _ => None,
-    };
     let (mut state, mailbox, session_present) = match resumed {
         Some((state, mailbox)) if !clean_start => (state, mailbox, true),
         other => {
@@ -94,16 +90,14 @@ pub async fn open(
             } else {
                 Metrics::inc(&broker.metrics.sessions);
             }
-            let id = broker.sessions.new_session_id();
-            let mailbox = Arc::new(Mailbox::new(
-                id,
-                broker.config.max_queued_messages,
-                broker.config.queue_drop_policy,
-                broker.config.queue_qos0,
-            ));
-            (SessionState::new(id, client_id, expiry), mailbox, false)
+            let mailbox = new_mailbox(broker);
+            let state = SessionState::new(mailbox.session_id, client_id, expiry);
+            (state, mailbox, false)
         }
     };
+    if let Some(directory) = directory {
+        directory.register(&state.client_id);
+    }
     state.expiry_interval = expiry;
     mailbox.set_online(true);
     Opened {
@@ -114,6 +108,98 @@ pub async fn open(
         session_present,
         kick: kick_rx,
     }
+}
+
+fn new_mailbox(broker: &Broker) -> Arc<Mailbox> {
+    Arc::new(Mailbox::new(
+        broker.sessions.new_session_id(),
+        broker.config.max_queued_messages,
+        broker.config.queue_drop_policy,
+        broker.config.queue_qos0,
+    ))
+}
+
+/// Kicks the connection that owns `slot` (if any) and waits, bounded, for
+/// it to give the session back. The caller holds the slot's connect lock.
+async fn evict_connection(slot: &Slot) {
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    loop {
+        let kick = match &mut slot.inner.lock().owner {
+            Owner::Connected { kick, .. } => kick.take(),
+            _ => return,
+        };
+        if let Some(kick) = kick {
+            let _ = kick.send(Kick::TakenOver);
+        }
+        if tokio::time::timeout_at(deadline, slot.released.notified())
+            .await
+            .is_err()
+        {
+            warn!(client_id = %slot.client_id, "previous connection did not release the session in time; taking it");
+            return;
+        }
+    }
+}
+
+/// Makes a session that came from another node live here: a local session
+/// id, its subscriptions in the router, its queue in a new mailbox.
+fn install(broker: &Broker, moved: MovedSession) -> (SessionState, Arc<Mailbox>) {
+    let mailbox = new_mailbox(broker);
+    let mut state = moved.state;
+    state.id = mailbox.session_id;
+    for (filter, subscription) in &state.subscriptions {
+        if let Ok(parsed) = parse_filter(filter) {
+            let subscriber = Subscriber {
+                mailbox: mailbox.clone(),
+                options: subscription.options,
+                identifier: subscription.identifier,
+            };
+            broker.router.subscribe(&parsed, state.id, subscriber);
+        }
+    }
+    mailbox.unpop(moved.queued);
+    Metrics::inc(&broker.metrics.sessions);
+    debug!(client_id = %state.client_id, "session arrived from another node");
+    (state, mailbox)
+}
+
+/// Gives up the session of `client_id` to another node: its connection (if
+/// any) is kicked with 0x8E, its subscriptions leave this node's router, and
+/// its state and queue are returned. `None` when this node has no session
+/// for the client (a connection without a persistent session ends with it).
+pub async fn surrender(broker: &Arc<Broker>, client_id: &str) -> Option<MovedSession> {
+    let slot = broker.sessions.lookup(client_id)?;
+    let taken = {
+        let _connect_guard = slot.connect_lock.lock().await;
+        evict_connection(&slot).await;
+        let mut inner = slot.inner.lock();
+        inner.generation += 1;
+        // The session moves on to a new connection: its delayed will is
+        // cancelled (MQTT 5.0 §3.1.3.2.2).
+        inner.pending_will = None;
+        match std::mem::replace(&mut inner.owner, Owner::Vacant) {
+            Owner::Offline { state, mailbox } => Some((*state, mailbox)),
+            other => {
+                inner.owner = other;
+                None
+            }
+        }
+    };
+    broker.sessions.checkin(&slot);
+    let (mut state, mailbox) = taken?;
+    for filter in state.subscriptions.keys() {
+        if let Ok(parsed) = parse_filter(filter) {
+            broker.router.unsubscribe(&parsed, state.id);
+        }
+    }
+    let queued: Vec<_> = mailbox.take_all().into();
+    state.will = None;
+    Metrics::dec(&broker.metrics.sessions);
+    if let Some(directory) = broker.directory.get() {
+        directory.unregister(client_id);
+    }
+    debug!(client_id, "session handed to another node");
+    Some(MovedSession { state, queued })
 }
 
 /// How a connection ended, as far as the session is concerned.
@@ -184,6 +270,12 @@ pub fn close(
         discard(broker, state, &mailbox);
         Metrics::dec(&broker.metrics.sessions);
         broker.sessions.remove_if_vacant(slot);
+        // Only if no connection took the slot meanwhile: its registration
+        // is the same key.
+        let vacant = matches!(slot.inner.lock().owner, Owner::Vacant);
+        if let Some(directory) = broker.directory.get().filter(|_| vacant) {
+            directory.unregister(&slot.client_id);
+        }
     }
     if let Some((generation, has_will)) = timer {
         let will_after =
@@ -260,6 +352,10 @@ fn arm_timers(
             discard(&broker, state, &mailbox);
             Metrics::dec(&broker.metrics.sessions);
             broker.sessions.remove_if_vacant(&slot);
+            let vacant = matches!(slot.inner.lock().owner, Owner::Vacant);
+            if let Some(directory) = broker.directory.get().filter(|_| vacant) {
+                directory.unregister(&slot.client_id);
+            }
         }
     });
 }

@@ -101,6 +101,15 @@ impl SessionRegistry {
         slot
     }
 
+    /// The slot of `client_id` if it exists, marked pending like
+    /// [`checkout`](Self::checkout).
+    pub fn lookup(&self, client_id: &str) -> Option<Arc<Slot>> {
+        let slots = self.slots.lock();
+        let slot = slots.get(client_id)?.clone();
+        slot.pending.fetch_add(1, Ordering::AcqRel);
+        Some(slot)
+    }
+
     /// Ends the pending mark taken by [`checkout`](Self::checkout).
     pub fn checkin(&self, slot: &Arc<Slot>) {
         slot.pending.fetch_sub(1, Ordering::AcqRel);
