@@ -147,11 +147,19 @@ def test_drain_moves_clients_without_loss(cluster, paho, measure):
     try:
         wait_for(complete, 20, 0.05, "every message at every client")
     finally:
+        for i, cl in enumerate(clients):
+            # QoS 2 messages the client got a PUBLISH for and PUBRECed but never saw the PUBREL
+            # of (paho delivers QoS 2 on PUBREL): evidence of in-flight state lost in the move
+            stuck = {mid: m.payload for mid, m in list(cl.client._in_messages.items())}
+            if stuck:
+                print(f"d{i}: QoS 2 awaiting PUBREL in the client (mid: payload): {stuck}")
         for i in range(CLIENTS):
             counts = collections.Counter(got[i])
             print(f"d{i}: received {len(got[i])}, missing q1 {len(want[i][1] - set(got[i]))}, missing q2 "
                   f"{len(want[i][2] - set(got[i]))}, dup q1 {sum(1 for p in want[i][1] if counts[p] > 1)}, "
-                  f"dup q2 {sum(1 for p in want[i][2] if counts[p] > 1)}")
+                  f"dup q2 {sum(1 for p in want[i][2] if counts[p] > 1)}; missing "
+                  f"{sorted(((want[i][1] | want[i][2]) - set(got[i])), key=lambda p: int(p.split(b':')[2]))[:8]} "
+                  f"(k//2 even: published on n2, odd: n3)")
     for i, cl in enumerate(clients):
         got[i] += [m.payload for m in cl.collect_quiet(0.5)]
         counts = collections.Counter(got[i])
