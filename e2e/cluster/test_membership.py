@@ -72,13 +72,18 @@ def test_sigkill_expires_node_routes_and_clients(cluster, paho, measure):
     measure("sigkill_to_keys_gone", max(gone.values()))
     assert c.rel_keys("nodes/") == ["nodes/n1", "nodes/n2"]
 
-    # no forwarding to the dead node: PUBACK comes promptly, n2 still gets the message
+    # no forwarding to the dead node: n1 drops its link (peers count), forwards nothing that is
+    # lost for it (forward_dropped stays), PUBACK comes promptly, n2 still gets the message
+    wait_for(lambda: n1.info().get("peers", 1) <= 1, 3, 0.05, "n1 to count 1 peer after n3 left")
+    dropped_before = n1.info().get("counters", {}).get("forward_dropped", 0)
     for i in range(5):
         t = time.monotonic()
         code = pub.publish("m/x", f"after-{i}".encode(), qos=1, timeout=3)
         assert code < 0x80, f"PUBACK reason {code:#x} after n3 died"
         assert time.monotonic() - t < 1.0, f"PUBACK took {time.monotonic() - t:.2f}s"
     assert [m.payload for m in sub2.collect(5)] == [f"after-{i}".encode() for i in range(5)]
+    assert n1.info().get("counters", {}).get("forward_dropped", 0) == dropped_before, \
+        "n1 still tried to forward to the dead n3"
     assert n1.alive() and n2.alive()
 
     # restart: same node id and ports; it registers again and receives forwarded messages
