@@ -30,6 +30,10 @@ pub struct Message {
     /// The publishing session, for No Local. `None` for wills and
     /// messages that came from elsewhere.
     pub publisher: Option<SessionId>,
+    /// The node the message was first published on (`None`: this one) and
+    /// its number there; the pair identifies the message in the cluster.
+    pub origin: Option<Arc<str>>,
+    pub seq: u64,
     /// When the Message Expiry Interval runs out. Crosses processes as the
     /// time left, since an `Instant` means nothing elsewhere.
     #[serde(with = "time_left")]
@@ -57,8 +61,16 @@ impl Message {
             retain,
             properties,
             publisher,
+            origin: None,
+            seq: next_seq(),
             expires_at,
         }
+    }
+
+    /// The cluster-wide identity of the message, with `own_node` standing
+    /// for messages published here.
+    pub fn id<'a>(&'a self, own_node: &'a Arc<str>) -> (&'a Arc<str>, u64) {
+        (self.origin.as_ref().unwrap_or(own_node), self.seq)
     }
 
     /// The message a will turns into when it is published.
@@ -96,6 +108,14 @@ impl Message {
             u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX)
         })
     }
+}
+
+/// Numbers messages published on this node. A relaxed atomic increment: it
+/// orders nothing, it only has to be unique.
+fn next_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The shared subscription a delivery was chosen through, so that it can be

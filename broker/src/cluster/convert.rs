@@ -1,15 +1,24 @@
 //! Messages on the wire between nodes (`ForwardedMessage`) and back.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use starling_codec::{ByteString, PublishProperties, QoS};
 use starling_proto::v1::{ForwardedMessage, UserProperty};
 
-use crate::message::Message;
+use crate::message::{Delivery, Message};
 
-pub fn to_wire(message: &Message, now: Instant) -> ForwardedMessage {
+/// A message for another node; `own_node` names this one as its origin
+/// when it was published here.
+pub fn to_wire(message: &Message, now: Instant, own_node: &str) -> ForwardedMessage {
     let p = &message.properties;
     ForwardedMessage {
+        origin: message.origin.as_deref().unwrap_or(own_node).to_string(),
+        seq: message.seq,
+        target_client: String::new(),
+        target_qos: 0,
+        target_retain: false,
+        target_subscription_ids: Vec::new(),
         topic: message.topic.to_string(),
         payload: message.payload.clone(),
         qos: u32::from(message.qos.as_u8()),
@@ -32,9 +41,48 @@ pub fn to_wire(message: &Message, now: Instant) -> ForwardedMessage {
     }
 }
 
-/// The message a peer sent, or `None` when it is not a valid message.
-pub fn from_wire(wire: ForwardedMessage) -> Option<Message> {
+/// A delivery redirected to one session that moved to `node`.
+pub fn redirect_to_wire(
+    client_id: &str,
+    delivery: &Delivery,
+    now: Instant,
+    own_node: &str,
+) -> ForwardedMessage {
+    let mut wire = to_wire(&delivery.message, now, own_node);
+    wire.target_client = client_id.to_string();
+    wire.target_qos = u32::from(delivery.qos.as_u8());
+    wire.target_retain = delivery.retain;
+    wire.target_subscription_ids = delivery.subscription_ids.to_vec();
+    wire
+}
+
+/// What a redirected message says about its one target session.
+pub struct Target {
+    pub client_id: String,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+/// The message a peer sent (and its target session, if redirected), or
+/// `None` when it is not a valid message. `own_node` maps this node's own
+/// name back to "published here", so both copies of a message compare
+/// equal.
+pub fn from_wire(wire: ForwardedMessage, own_node: &Arc<str>) -> Option<(Message, Option<Target>)> {
     let qos = QoS::from_u8(u8::try_from(wire.qos).ok()?)?;
+    let target = if wire.target_client.is_empty() {
+        None
+    } else {
+        Some(Target {
+            client_id: wire.target_client,
+            qos: QoS::from_u8(u8::try_from(wire.target_qos).ok()?)?,
+            retain: wire.target_retain,
+            subscription_ids: wire.target_subscription_ids,
+        })
+    };
+    let origin: Option<Arc<str>> = (wire.origin != **own_node && !wire.origin.is_empty())
+        .then(|| Arc::from(wire.origin.as_str()));
+    let seq = wire.seq;
     let properties = PublishProperties {
         payload_format_indicator: wire
             .payload_format_indicator
@@ -50,14 +98,17 @@ pub fn from_wire(wire: ForwardedMessage) -> Option<Message> {
             .collect(),
         ..PublishProperties::default()
     };
-    Some(Message::new(
+    let mut message = Message::new(
         ByteString::from(wire.topic),
         wire.payload,
         qos,
         wire.retain,
         properties,
         None,
-    ))
+    );
+    message.origin = origin;
+    message.seq = seq;
+    Some((message, target))
 }
 
 #[cfg(test)]
@@ -84,7 +135,16 @@ mod tests {
             properties,
             None,
         );
-        let back = from_wire(to_wire(&original, Instant::now())).unwrap();
+        let me: Arc<str> = Arc::from("n2");
+        let (back, target) = from_wire(to_wire(&original, Instant::now(), "n1"), &me).unwrap();
+        assert!(target.is_none());
+        assert_eq!(back.origin.as_deref(), Some("n1"));
+        assert_eq!(back.seq, original.seq);
+        let (mine, _) = from_wire(to_wire(&original, Instant::now(), "n2"), &me).unwrap();
+        assert_eq!(
+            mine.origin, None,
+            "a message published here is recognised as such"
+        );
         assert_eq!(back.topic, original.topic);
         assert_eq!(back.payload, original.payload);
         assert_eq!(back.qos, QoS::ExactlyOnce);

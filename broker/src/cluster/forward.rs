@@ -17,9 +17,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
-use super::convert::to_wire;
+use super::convert::{redirect_to_wire, to_wire};
 use super::mirror::Backoff;
-use crate::message::Message;
+use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::router::store::{Forwarder, NodeId};
 
@@ -30,20 +30,33 @@ const BATCH: usize = 256;
 /// Batches sent and not yet acknowledged per link.
 const BATCHES_IN_FLIGHT: usize = 16;
 
+/// What a link carries.
+enum Outgoing {
+    /// A publish for the node's local subscriptions.
+    Publish(Arc<Message>),
+    /// A delivery for one session that moved to the node.
+    Redirect {
+        client_id: Arc<str>,
+        delivery: Delivery,
+    },
+}
+
 struct Link {
     endpoint: String,
-    queue: mpsc::Sender<Arc<Message>>,
+    queue: mpsc::Sender<Outgoing>,
 }
 
 pub struct PeerForwarder {
+    own_node: Arc<str>,
     links: RwLock<HashMap<NodeId, Link>>,
     token: Option<String>,
     metrics: Arc<Metrics>,
 }
 
 impl PeerForwarder {
-    pub fn new(token: Option<String>, metrics: Arc<Metrics>) -> Arc<PeerForwarder> {
+    pub fn new(own_node: &str, token: Option<String>, metrics: Arc<Metrics>) -> Arc<PeerForwarder> {
         Arc::new(PeerForwarder {
+            own_node: Arc::from(own_node),
             links: RwLock::new(HashMap::new()),
             token,
             metrics,
@@ -68,6 +81,7 @@ impl PeerForwarder {
             info!(%node, %endpoint, "opening peer link");
             let (tx, rx) = mpsc::channel(LINK_QUEUE);
             tokio::spawn(run_link(
+                self.own_node.clone(),
                 node.clone(),
                 endpoint.clone(),
                 self.token.clone(),
@@ -97,13 +111,13 @@ impl PeerForwarder {
     }
 }
 
-impl Forwarder for PeerForwarder {
-    fn forward(&self, node: &NodeId, message: &Arc<Message>) {
+impl PeerForwarder {
+    fn enqueue(&self, node: &NodeId, item: Outgoing) {
         let queued = self
             .links
             .read()
             .get(node)
-            .is_some_and(|link| link.queue.try_send(message.clone()).is_ok());
+            .is_some_and(|link| link.queue.try_send(item).is_ok());
         if queued {
             Metrics::inc(&self.metrics.forwarded);
         } else {
@@ -112,17 +126,44 @@ impl Forwarder for PeerForwarder {
     }
 }
 
+impl Forwarder for PeerForwarder {
+    fn forward(&self, node: &NodeId, message: &Arc<Message>) {
+        self.enqueue(node, Outgoing::Publish(message.clone()));
+    }
+
+    fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: Delivery) {
+        let client_id = client_id.clone();
+        self.enqueue(
+            node,
+            Outgoing::Redirect {
+                client_id,
+                delivery,
+            },
+        );
+    }
+}
+
 /// Drives one link until its queue's sender is dropped (the node left).
 async fn run_link(
+    own_node: Arc<str>,
     node: NodeId,
     endpoint: String,
     token: Option<String>,
-    mut queue: mpsc::Receiver<Arc<Message>>,
+    mut queue: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Backoff::default();
     loop {
-        match stream_to(&node, &endpoint, token.as_deref(), &mut queue, &metrics).await {
+        match stream_to(
+            &own_node,
+            &node,
+            &endpoint,
+            token.as_deref(),
+            &mut queue,
+            &metrics,
+        )
+        .await
+        {
             StreamEnd::QueueClosed => return,
             StreamEnd::Failed { error, was_up } => {
                 if was_up {
@@ -159,10 +200,11 @@ fn failed(error: impl ToString) -> StreamEnd {
 }
 
 async fn stream_to(
+    own_node: &str,
     node: &NodeId,
     endpoint: &str,
     token: Option<&str>,
-    queue: &mut mpsc::Receiver<Arc<Message>>,
+    queue: &mut mpsc::Receiver<Outgoing>,
     metrics: &Arc<Metrics>,
 ) -> StreamEnd {
     let channel = match Endpoint::from_shared(format!("http://{endpoint}")) {
@@ -216,7 +258,7 @@ async fn stream_to(
     tokio::pin!(ack_reader);
 
     let mut sequence = 0u64;
-    let mut pending: Vec<Arc<Message>> = Vec::with_capacity(BATCH);
+    let mut pending: Vec<Outgoing> = Vec::with_capacity(BATCH);
     let end = loop {
         tokio::select! {
             reason = &mut ack_reader => break StreamEnd::Failed { error: reason, was_up: true },
@@ -228,7 +270,15 @@ async fn stream_to(
                 let now = Instant::now();
                 let batch = ForwardBatch {
                     sequence,
-                    messages: pending.drain(..).map(|m| to_wire(&m, now)).collect(),
+                    messages: pending
+                        .drain(..)
+                        .map(|item| match item {
+                            Outgoing::Publish(m) => to_wire(&m, now, own_node),
+                            Outgoing::Redirect { client_id, delivery } => {
+                                redirect_to_wire(&client_id, &delivery, now, own_node)
+                            }
+                        })
+                        .collect(),
                 };
                 unacked.lock().push_back((sequence, batch.messages.len()));
                 if batches.send(batch).await.is_err() {

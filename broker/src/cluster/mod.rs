@@ -98,7 +98,7 @@ impl Cluster {
         let lease = lease::start(client.clone(), config.lease_ttl_secs);
         let index = RouteIndex::new(&config.node_id, keys.clone());
         let routes = EtcdRouteStore::new(&config.node_id, keys.clone(), index.clone());
-        let forwarder = PeerForwarder::new(config.peer_token.clone(), metrics);
+        let forwarder = PeerForwarder::new(&config.node_id, config.peer_token.clone(), metrics);
         let (record, _) = watch::channel(NodeRecord {
             node: config.node_id.clone(),
             mqtt_endpoint: config

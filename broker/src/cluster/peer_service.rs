@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use starling_proto::v1::peer_server::{Peer, PeerServer};
 use starling_proto::v1::{
@@ -14,10 +15,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::convert::from_wire;
+use super::convert::{Target, from_wire};
 use crate::broker::Broker;
+use crate::message::Delivery;
 use crate::metrics::Metrics;
 
 pub struct PeerService {
@@ -44,6 +46,35 @@ pub fn server(
     })
 }
 
+/// Delivers a message redirected to one session that moved here. The
+/// redirect can overtake the takeover's answer that installs the session,
+/// so a session not found yet is looked for again for a moment.
+fn deliver_redirected(broker: &Arc<Broker>, message: Arc<crate::message::Message>, target: Target) {
+    let delivery = Delivery {
+        message,
+        qos: target.qos,
+        retain: target.retain,
+        subscription_ids: target.subscription_ids.into_iter().collect(),
+        share: None,
+    };
+    if let Some(mailbox) = broker.sessions.mailbox_of(&target.client_id) {
+        broker.router.push(&mailbox, delivery);
+        return;
+    }
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(mailbox) = broker.sessions.mailbox_of(&target.client_id) {
+                broker.router.push(&mailbox, delivery);
+                return;
+            }
+        }
+        Metrics::inc(&broker.metrics.forward_dropped);
+        warn!(client_id = %target.client_id, "redirected message for an unknown session dropped");
+    });
+}
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<ForwardAck, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -56,6 +87,7 @@ impl Peer for PeerService {
     ) -> Result<Response<AckStream>, Status> {
         let mut inbound = request.into_inner();
         let broker = self.broker.clone();
+        let own_node: Arc<str> = Arc::from(broker.config.node_id.as_str());
         let (acks, outgoing) = mpsc::channel(16);
         tokio::spawn(async move {
             loop {
@@ -69,12 +101,17 @@ impl Peer for PeerService {
                 };
                 let sequence = batch.sequence;
                 for wire in batch.messages {
-                    match from_wire(wire) {
-                        Some(message) => {
-                            Metrics::inc(&broker.metrics.forward_received);
-                            broker.router.route_local(&Arc::new(message));
+                    let Some((message, target)) = from_wire(wire, &own_node) else {
+                        debug!("invalid message from a peer dropped");
+                        continue;
+                    };
+                    Metrics::inc(&broker.metrics.forward_received);
+                    let message = Arc::new(message);
+                    match target {
+                        None => {
+                            broker.router.route_local(&message);
                         }
-                        None => debug!("invalid message from a peer dropped"),
+                        Some(target) => deliver_redirected(&broker, message, target),
                     }
                 }
                 if acks.send(Ok(ForwardAck { sequence })).await.is_err() {
@@ -91,7 +128,9 @@ impl Peer for PeerService {
     ) -> Result<Response<TakeoverResponse>, Status> {
         let request = request.into_inner();
         debug!(client_id = %request.client_id, to = %request.node, "peer takes a session over");
-        let moved = crate::session::lifecycle::surrender(&self.broker, &request.client_id).await;
+        let to: Arc<str> = Arc::from(request.node.as_str());
+        let moved =
+            crate::session::lifecycle::surrender(&self.broker, &request.client_id, to).await;
         let session = match moved {
             None => None,
             Some(moved) => {

@@ -118,7 +118,8 @@ fn encode(message: &Message) -> Vec<u8> {
         unix_ms(SystemTime::now() + at.saturating_duration_since(now)).max(1)
     });
     RetainedRecord {
-        message: Some(to_wire(message, now)),
+        // Retained copies need no cluster identity: nothing deduplicates them.
+        message: Some(to_wire(message, now, "")),
         expires_at_ms,
     }
     .encode_to_vec()
@@ -140,7 +141,7 @@ fn decode(value: &[u8]) -> Option<Message> {
     } else {
         wire.message_expiry_interval = None;
     }
-    let mut message = from_wire(wire)?;
+    let (mut message, _) = from_wire(wire, &Arc::from(""))?;
     message.retain = true;
     // Its own allocation: a retained message may stay for a long time.
     message.payload = Bytes::copy_from_slice(&message.payload);

@@ -136,6 +136,8 @@ impl Connection {
                 retain: true,
                 properties: message.properties.clone(),
                 publisher: message.publisher,
+                origin: None,
+                seq: message.seq,
                 expires_at: message.expires_at,
             };
             self.broker.router.retain(Arc::new(stored));

@@ -252,7 +252,16 @@ impl Router {
         self.push(&member.mailbox, delivery) == 1
     }
 
-    fn push(&self, mailbox: &crate::session::mailbox::Mailbox, delivery: Delivery) -> usize {
+    /// Redirects a delivery of a session that moved to `node` (cluster mode).
+    pub fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: Delivery) {
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.redirect(node, client_id, delivery);
+        }
+    }
+
+    /// Queues one delivery for one session, counting the outcome; returns 1
+    /// when it was delivered.
+    pub fn push(&self, mailbox: &crate::session::mailbox::Mailbox, delivery: Delivery) -> usize {
         match mailbox.push(delivery) {
             PushOutcome::Queued => {
                 Metrics::inc(&self.metrics.deliveries);
@@ -271,6 +280,8 @@ impl Router {
                 Metrics::inc(&self.metrics.dropped_offline_qos0);
                 0
             }
+            // Delivered already: it counts as delivered.
+            PushOutcome::Duplicate => 1,
         }
     }
 }

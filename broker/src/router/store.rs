@@ -30,6 +30,8 @@ pub trait Forwarder: Send + Sync + 'static {
     /// Queues `message` for `node`; never blocks. A message that cannot be
     /// queued is dropped and counted by the forwarder.
     fn forward(&self, node: &NodeId, message: &Arc<crate::message::Message>);
+    /// Sends a delivery for one session that moved to `node`.
+    fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: crate::message::Delivery);
 }
 
 /// The embedded single-node store: it only counts local routes.

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::broker::Broker;
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::router::store::NodeId;
 use crate::router::trie::Subscriber;
 use crate::session::directory::MovedSession;
 use crate::session::mailbox::Mailbox;
@@ -98,6 +99,7 @@ pub async fn open(
     if let Some(directory) = directory {
         directory.register(&state.client_id);
     }
+    slot.inner.lock().mailbox = Some(mailbox.clone());
     state.expiry_interval = expiry;
     mailbox.set_online(true);
     Opened {
@@ -158,16 +160,26 @@ fn install(broker: &Broker, moved: MovedSession) -> (SessionState, Arc<Mailbox>)
         }
     }
     mailbox.unpop(moved.queued);
+    // The old node redirects what still reaches it for a while; the same
+    // messages may also come here directly once our routes are known.
+    mailbox.deduplicate_for(HANDOVER_GRACE * 2);
     Metrics::inc(&broker.metrics.sessions);
     debug!(client_id = %state.client_id, "session arrived from another node");
     (state, mailbox)
 }
 
-/// Gives up the session of `client_id` to another node: its connection (if
-/// any) is kicked with 0x8E, its subscriptions leave this node's router, and
-/// its state and queue are returned. `None` when this node has no session
-/// for the client (a connection without a persistent session ends with it).
-pub async fn surrender(broker: &Arc<Broker>, client_id: &str) -> Option<MovedSession> {
+/// How long a node that gave a session away keeps its routes and redirects
+/// what still arrives for it, so that nothing published while the routes
+/// move is lost: many times the route propagation delay.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(3);
+
+/// Gives up the session of `client_id` to node `to`: its connection (if
+/// any) is kicked with 0x8E and its state and queue are returned. For
+/// [`HANDOVER_GRACE`] its subscriptions stay here and whatever they still
+/// receive is redirected to `to`; then they leave the router. `None` when
+/// this node has no session for the client (a connection without a
+/// persistent session ends with it).
+pub async fn surrender(broker: &Arc<Broker>, client_id: &str, to: NodeId) -> Option<MovedSession> {
     let slot = broker.sessions.lookup(client_id)?;
     let taken = {
         let _connect_guard = slot.connect_lock.lock().await;
@@ -178,7 +190,10 @@ pub async fn surrender(broker: &Arc<Broker>, client_id: &str) -> Option<MovedSes
         // cancelled (MQTT 5.0 §3.1.3.2.2).
         inner.pending_will = None;
         match std::mem::replace(&mut inner.owner, Owner::Vacant) {
-            Owner::Offline { state, mailbox } => Some((*state, mailbox)),
+            Owner::Offline { state, mailbox } => {
+                inner.mailbox = None;
+                Some((*state, mailbox))
+            }
             other => {
                 inner.owner = other;
                 None
@@ -187,12 +202,16 @@ pub async fn surrender(broker: &Arc<Broker>, client_id: &str) -> Option<MovedSes
     };
     broker.sessions.checkin(&slot);
     let (mut state, mailbox) = taken?;
-    for filter in state.subscriptions.keys() {
-        if let Ok(parsed) = parse_filter(filter) {
-            broker.router.unsubscribe(&parsed, state.id);
-        }
-    }
     let queued: Vec<_> = mailbox.take_all().into();
+    let subscriptions: Vec<ByteString> = state.subscriptions.keys().cloned().collect();
+    tokio::spawn(redirect_during_grace(
+        broker.clone(),
+        Arc::from(client_id),
+        to,
+        state.id,
+        mailbox,
+        subscriptions,
+    ));
     state.will = None;
     Metrics::dec(&broker.metrics.sessions);
     if let Some(directory) = broker.directory.get() {
@@ -200,6 +219,38 @@ pub async fn surrender(broker: &Arc<Broker>, client_id: &str) -> Option<MovedSes
     }
     debug!(client_id, "session handed to another node");
     Some(MovedSession { state, queued })
+}
+
+/// The forwarding stub a moved session leaves behind.
+async fn redirect_during_grace(
+    broker: Arc<Broker>,
+    client_id: Arc<str>,
+    to: NodeId,
+    session: crate::message::SessionId,
+    mailbox: Arc<Mailbox>,
+    subscriptions: Vec<ByteString>,
+) {
+    // Online, so that every push wakes this task.
+    mailbox.set_online(true);
+    let redirect_queued = || {
+        for delivery in mailbox.take_all() {
+            broker.router.redirect(&to, &client_id, delivery);
+        }
+    };
+    let deadline = tokio::time::Instant::now() + HANDOVER_GRACE;
+    loop {
+        tokio::select! {
+            _ = mailbox.notified() => redirect_queued(),
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    for filter in &subscriptions {
+        if let Ok(parsed) = parse_filter(filter) {
+            broker.router.unsubscribe(&parsed, session);
+        }
+    }
+    redirect_queued();
+    mailbox.set_online(false);
 }
 
 /// How a connection ended, as far as the session is concerned.
@@ -243,6 +294,7 @@ pub fn close(
             will_now = closing.will;
         } else if closing.expiry == 0 {
             inner.owner = Owner::Vacant;
+            inner.mailbox = None;
             inner.generation += 1;
             ended = Some((state, mailbox));
             // The session ends now, so the will cannot wait any longer.
@@ -336,6 +388,7 @@ fn arm_timers(
             inner.generation += 1;
             match std::mem::replace(&mut inner.owner, Owner::Vacant) {
                 Owner::Offline { state, mailbox } => {
+                    inner.mailbox = None;
                     Some((*state, mailbox, inner.pending_will.take()))
                 }
                 other => {

@@ -5,8 +5,10 @@
 //! under a per-session lock, so no lock is shared by all sessions on the
 //! publish path.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use starling_codec::QoS;
@@ -29,12 +31,30 @@ pub enum PushOutcome {
     DroppedFull,
     /// Not queued: QoS 0 for an offline session with QoS 0 queueing off.
     DroppedOfflineQos0,
+    /// Not queued: the session already got this message (it arrived twice
+    /// while the session moved between nodes).
+    Duplicate,
+}
+
+/// Message identities seen while a session that just moved here may get a
+/// message both directly and redirected from its old node.
+#[derive(Debug)]
+struct Dedupe {
+    seen: HashSet<(Option<Arc<str>>, u64)>,
+    until: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    /// Boxed: almost always `None`, and every session has a mailbox.
+    dedupe: Option<Box<Dedupe>>,
 }
 
 #[derive(Debug)]
 pub struct Mailbox {
     pub session_id: SessionId,
-    queue: Mutex<VecDeque<Delivery>>,
+    queue: Mutex<Queue>,
     notify: Notify,
     online: AtomicBool,
     max_queued: usize,
@@ -51,7 +71,7 @@ impl Mailbox {
     ) -> Mailbox {
         Mailbox {
             session_id,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             online: AtomicBool::new(false),
             max_queued,
@@ -66,7 +86,18 @@ impl Mailbox {
             return PushOutcome::DroppedOfflineQos0;
         }
         let outcome = {
-            let mut queue = self.queue.lock();
+            let mut guard = self.queue.lock();
+            if let Some(dedupe) = &mut guard.dedupe {
+                if Instant::now() > dedupe.until {
+                    guard.dedupe = None;
+                } else {
+                    let id = (delivery.message.origin.clone(), delivery.message.seq);
+                    if !dedupe.seen.insert(id) {
+                        return PushOutcome::Duplicate;
+                    }
+                }
+            }
+            let queue = &mut guard.items;
             if queue.len() >= self.max_queued {
                 match self.drop_policy {
                     DropPolicy::Newest => return PushOutcome::DroppedFull,
@@ -92,7 +123,8 @@ impl Mailbox {
     /// (the inflight window). Order is kept: nothing overtakes a delivery
     /// that cannot be sent yet.
     pub fn pop_batch(&self, out: &mut Vec<Delivery>, max: usize, mut qos_room: usize) {
-        let mut queue = self.queue.lock();
+        let mut guard = self.queue.lock();
+        let queue = &mut guard.items;
         while out.len() < max {
             match queue.front() {
                 None => break,
@@ -116,23 +148,33 @@ impl Mailbox {
     /// Puts deliveries back at the front, in order (a connection that ended
     /// before sending them).
     pub fn unpop(&self, deliveries: Vec<Delivery>) {
-        let mut queue = self.queue.lock();
+        let mut guard = self.queue.lock();
         for delivery in deliveries.into_iter().rev() {
-            queue.push_front(delivery);
+            guard.items.push_front(delivery);
         }
     }
 
     /// Empties the queue (a new session replaces the old one).
     pub fn take_all(&self) -> VecDeque<Delivery> {
-        std::mem::take(&mut *self.queue.lock())
+        std::mem::take(&mut self.queue.lock().items)
     }
 
     pub fn len(&self) -> usize {
-        self.queue.lock().len()
+        self.queue.lock().items.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.lock().is_empty()
+        self.queue.lock().items.is_empty()
+    }
+
+    /// For `window`, drops a second copy of any message (by its cluster
+    /// identity): the session just moved here and its old node redirects
+    /// what still reaches it there.
+    pub fn deduplicate_for(&self, window: Duration) {
+        self.queue.lock().dedupe = Some(Box::new(Dedupe {
+            seen: HashSet::new(),
+            until: Instant::now() + window,
+        }));
     }
 
     pub fn is_online(&self) -> bool {

@@ -59,6 +59,9 @@ pub struct SlotInner {
     pub generation: u64,
     /// A delayed will waiting for its time (MQTT 5.0 §3.1.2.5).
     pub pending_will: Option<Box<starling_codec::LastWill>>,
+    /// The session's mailbox while it has one, connected or not (messages
+    /// redirected from another node are delivered into it).
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 #[derive(Default)]
@@ -92,6 +95,7 @@ impl SessionRegistry {
                         owner: Owner::Vacant,
                         generation: 0,
                         pending_will: None,
+                        mailbox: None,
                     }),
                     pending: AtomicUsize::new(0),
                 })
@@ -108,6 +112,12 @@ impl SessionRegistry {
         let slot = slots.get(client_id)?.clone();
         slot.pending.fetch_add(1, Ordering::AcqRel);
         Some(slot)
+    }
+
+    /// The mailbox of `client_id`'s session, if it has one here.
+    pub fn mailbox_of(&self, client_id: &str) -> Option<Arc<Mailbox>> {
+        let slot = self.slots.lock().get(client_id)?.clone();
+        slot.inner.lock().mailbox.clone()
     }
 
     /// Ends the pending mark taken by [`checkout`](Self::checkout).
