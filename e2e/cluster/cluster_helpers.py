@@ -169,6 +169,35 @@ class Etcd:
 # ---------------------------------------------------------------------------
 # broker nodes
 
+_BIN_SNAPSHOT: Path | None = None
+
+
+def broker_binary() -> Path:
+    """The starling binary for this test run: a copy of STARLING_BIN taken at first use, so that
+    a rebuild during the run (cargo replaces the file) neither breaks a test nor mixes two broker
+    versions in one run. STARLING_TEST_COPY_BIN=0 uses the binary in place."""
+    global _BIN_SNAPSHOT
+    src = starling_bin()
+    if os.environ.get("STARLING_TEST_COPY_BIN", "1") == "0":
+        return src
+    if _BIN_SNAPSHOT is None:
+        # a rebuild in progress removes the file for a moment: wait for it (bounded)
+        deadline = time.monotonic() + 60
+        while not src.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not src.exists():
+            raise HarnessError(f"Starling binary not found at {src}: run `cargo build --bin starling` "
+                               "(or set STARLING_BIN)")
+        import tempfile
+        d = Path(tempfile.mkdtemp(prefix="starling-e2e-bin-"))
+        os.chmod(d, 0o755)  # nodes may run under other uids (partition test)
+        dst = d / "starling"
+        shutil.copy2(src, dst)
+        _BIN_SNAPSHOT = dst
+        import atexit
+        atexit.register(shutil.rmtree, d, True)
+    return _BIN_SNAPSHOT
+
 # extra options accepted by Node besides the protocol suite's STARLING_FLAGS
 CLUSTER_FLAGS = {
     "lease_ttl": "--lease-ttl-secs",
@@ -200,10 +229,7 @@ class Node:
 
     # -- command line ----------------------------------------------------------------
     def cmd(self) -> list[str]:
-        binary = starling_bin()
-        if not binary.exists():
-            raise HarnessError(f"Starling binary not found at {binary}: run `cargo build --bin starling` "
-                               "(or set STARLING_BIN)")
+        binary = broker_binary()
         c = self.cluster
         cmd = [
             str(binary),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,16 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+def pytest_report_header(config):
+    from helpers import starling_bin
+    b = starling_bin()
+    if b.exists():
+        st = b.stat()
+        return (f"starling binary: {b} ({st.st_size} bytes, modified "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(st.st_mtime))}; copied at first use)")
+    return f"starling binary: {b} (missing)"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
