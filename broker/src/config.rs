@@ -64,6 +64,10 @@ pub struct Config {
     pub server_reference: Option<String>,
     /// Clients disconnected per second while draining.
     pub drain_rate: u32,
+    /// Seconds a drain waits for disconnected clients to reconnect elsewhere
+    /// (taking their sessions along) before handing the remaining sessions
+    /// to other nodes.
+    pub drain_session_wait_secs: u64,
 }
 
 impl Default for Config {
@@ -98,6 +102,7 @@ impl Default for Config {
             admin_listen: None,
             server_reference: None,
             drain_rate: 500,
+            drain_session_wait_secs: 5,
         }
     }
 }
@@ -170,6 +175,7 @@ pub struct FileConfig {
     pub admin_listen: Option<SocketAddr>,
     pub server_reference: Option<String>,
     pub drain_rate: Option<u32>,
+    pub drain_session_wait_secs: Option<u64>,
 }
 
 /// Command-line flags; each also reads a `STARLING_*` environment variable.
@@ -282,6 +288,10 @@ pub struct Cli {
     /// Clients disconnected per second while draining.
     #[arg(long, env = "STARLING_DRAIN_RATE", value_name = "N")]
     pub drain_rate: Option<u32>,
+    /// Seconds a drain waits for clients to take their sessions elsewhere
+    /// before handing the rest to other nodes.
+    #[arg(long, env = "STARLING_DRAIN_SESSION_WAIT_SECS", value_name = "SECS")]
+    pub drain_session_wait_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -396,6 +406,10 @@ impl Config {
             admin_listen: cli.admin_listen.or(file.admin_listen),
             server_reference: cli.server_reference.or(file.server_reference),
             drain_rate: cli.drain_rate.or(file.drain_rate).unwrap_or(d.drain_rate),
+            drain_session_wait_secs: cli
+                .drain_session_wait_secs
+                .or(file.drain_session_wait_secs)
+                .unwrap_or(d.drain_session_wait_secs),
         };
         config.validate()?;
         Ok(config)

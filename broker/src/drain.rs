@@ -1,23 +1,27 @@
 //! Drain: how a node leaves without losing anything (DESIGN.md).
 //!
-//! The node stops being ready, announces `draining` in etcd, refuses new
-//! connections (MQTT 5: CONNACK 0x9C with a Server Reference), and sends its
-//! clients away at `drain_rate` per second (MQTT 5: DISCONNECT 0x9C). It
-//! reports `drained` once no connection and no session is left on it.
-//!
-//! Not done yet: handing persistent sessions whose clients do not come back
-//! to other nodes (AdoptSession). Until then such sessions keep the node in
-//! `draining`, which is what the admin API reports.
+//! 1. The node stops being ready, announces `draining` in etcd (other nodes
+//!    stop choosing it for sessions) and refuses new connections (MQTT 5:
+//!    CONNACK 0x9C with a Server Reference).
+//! 2. It sends its clients away at `drain_rate` per second (MQTT 5:
+//!    DISCONNECT 0x9C). A client that reconnects to another node takes its
+//!    session from here (cluster takeover), in-flight messages included.
+//! 3. After `drain_session_wait_secs`, persistent sessions whose clients did
+//!    not come back are handed to serving nodes (`AdoptSession`), spread
+//!    round-robin; each leaves a redirect stub here for the handover grace.
+//! 4. It reports `drained` once no connection, no session and no stub is
+//!    left: nothing unacknowledged remains on it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::cluster::Cluster;
-use crate::session::registry::{Kick, SessionRegistry};
+use crate::session::lifecycle::{self, WillOnMove};
+use crate::session::registry::{Kick, Owner, SessionRegistry};
 
 /// How often a drain re-checks whether everything has left.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -41,12 +45,15 @@ pub fn start(broker: Arc<Broker>, cluster: Option<Arc<Cluster>>, patience: Durat
 
 async fn run(broker: Arc<Broker>, cluster: Option<Arc<Cluster>>, patience: Duration) {
     info!(rate = broker.config.drain_rate, "draining");
+    let started = tokio::time::Instant::now();
     if let Some(cluster) = &cluster {
         cluster.set_state("draining");
     }
     let pace = Duration::from_secs_f64(1.0 / f64::from(broker.config.drain_rate));
     let mut ticker = tokio::time::interval(pace);
-    let deadline = tokio::time::Instant::now() + patience;
+    let session_wait = Duration::from_secs(broker.config.drain_session_wait_secs);
+    let deadline = started + patience;
+    let mut clients_gone_at = None;
     loop {
         for slot in broker.sessions.all() {
             if SessionRegistry::kick(&slot, Kick::UseAnotherServer) {
@@ -55,18 +62,65 @@ async fn run(broker: Arc<Broker>, cluster: Option<Arc<Cluster>>, patience: Durat
         }
         let connections = broker.metrics.connections.load(Ordering::Relaxed);
         let sessions = broker.metrics.sessions.load(Ordering::Relaxed);
-        if connections == 0 && sessions == 0 {
+        let handovers = broker.metrics.handovers_active.load(Ordering::Relaxed);
+        if connections == 0 && sessions == 0 && handovers == 0 {
             broker.mark_drained();
-            info!("drained");
+            info!(seconds = started.elapsed().as_secs_f64(), "drained");
             return;
         }
+        if connections == 0 {
+            let since = *clients_gone_at.get_or_insert_with(tokio::time::Instant::now);
+            if sessions > 0 && since.elapsed() >= session_wait {
+                match &cluster {
+                    Some(cluster) => hand_off_sessions(&broker, cluster).await,
+                    None => {
+                        // A single node has nowhere to send them.
+                        info!(sessions, "persistent sessions remain; nowhere to hand them");
+                    }
+                }
+            }
+        }
         if tokio::time::Instant::now() >= deadline {
-            info!(
+            warn!(
                 connections,
-                sessions, "drain did not finish within its patience"
+                sessions, handovers, "drain did not finish within its patience"
             );
             return;
         }
         tokio::time::sleep(RECHECK).await;
+    }
+}
+
+/// Gives every offline session on this node to a serving node.
+async fn hand_off_sessions(broker: &Arc<Broker>, cluster: &Cluster) {
+    let targets = cluster.forwarder.serving_peers();
+    if targets.is_empty() {
+        warn!("no serving node to hand sessions to; waiting");
+        return;
+    }
+    let offline: Vec<_> = broker
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|slot| matches!(slot.inner.lock().owner, Owner::Offline { .. }))
+        .collect();
+    for (i, slot) in offline.iter().enumerate() {
+        let to = targets[i % targets.len()].clone();
+        let Some(moved) =
+            lifecycle::give_away(broker, &slot.client_id, to.clone(), WillOnMove::Keep).await
+        else {
+            continue;
+        };
+        match cluster.sessions.hand_to(&to, &moved).await {
+            Ok(true) => info!(client_id = %slot.client_id, to = %to, "session handed over"),
+            Ok(false) => {
+                info!(client_id = %slot.client_id, to = %to, "the client already has a newer session there")
+            }
+            Err(error) => {
+                // Keep the session here and try again on the next round.
+                warn!(client_id = %slot.client_id, to = %to, %error, "handing a session over failed");
+                lifecycle::adopt(broker, moved).await;
+            }
+        }
     }
 }

@@ -58,6 +58,8 @@ counters! {
     forward_dropped,
     /// Messages received from other nodes.
     forward_received,
+    /// Sessions given to another node whose redirect stub still runs.
+    handovers_active,
 }
 
 impl Metrics {

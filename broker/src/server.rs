@@ -57,6 +57,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
     info!("shutting down");
     shutdown(&broker).await;
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     Ok(())
 }
 

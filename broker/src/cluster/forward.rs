@@ -6,15 +6,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use starling_proto::v1::ForwardBatch;
-use starling_proto::v1::peer_client::PeerClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use super::convert::{redirect_to_wire, to_wire};
@@ -43,7 +40,16 @@ enum Outgoing {
 
 struct Link {
     endpoint: String,
+    /// False once the node announced it is draining.
+    serving: bool,
     queue: mpsc::Sender<Outgoing>,
+}
+
+/// What membership knows of another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub endpoint: String,
+    pub serving: bool,
 }
 
 pub struct PeerForwarder {
@@ -65,16 +71,19 @@ impl PeerForwarder {
 
     /// Makes the set of links match `peers` (node id -> peer endpoint):
     /// opens links to new nodes, closes links to nodes that left.
-    pub fn set_peers(&self, peers: &HashMap<NodeId, String>) {
+    pub fn set_peers(&self, peers: &HashMap<NodeId, PeerInfo>) {
         let mut links = self.links.write();
-        links.retain(|node, link| {
-            let keep = peers.get(node) == Some(&link.endpoint);
-            if !keep {
-                info!(%node, "closing peer link");
+        links.retain(|node, link| match peers.get(node) {
+            Some(peer) if peer.endpoint == link.endpoint => {
+                link.serving = peer.serving;
+                true
             }
-            keep
+            _ => {
+                info!(%node, "closing peer link");
+                false
+            }
         });
-        for (node, endpoint) in peers {
+        for (node, PeerInfo { endpoint, serving }) in peers {
             if links.contains_key(node) {
                 continue;
             }
@@ -92,6 +101,7 @@ impl PeerForwarder {
                 node.clone(),
                 Link {
                     endpoint: endpoint.clone(),
+                    serving: *serving,
                     queue: tx,
                 },
             );
@@ -104,6 +114,19 @@ impl PeerForwarder {
             .read()
             .get(node)
             .map(|link| link.endpoint.clone())
+    }
+
+    /// Live members that are not draining: where sessions can go.
+    pub fn serving_peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self
+            .links
+            .read()
+            .iter()
+            .filter(|(_, link)| link.serving)
+            .map(|(node, _)| node.clone())
+            .collect();
+        peers.sort();
+        peers
     }
 
     pub fn peer_count(&self) -> usize {
@@ -207,28 +230,10 @@ async fn stream_to(
     queue: &mut mpsc::Receiver<Outgoing>,
     metrics: &Arc<Metrics>,
 ) -> StreamEnd {
-    let channel = match Endpoint::from_shared(format!("http://{endpoint}")) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5)),
+    let mut client = match super::peer_client::connect(endpoint, token).await {
+        Ok(client) => client,
         Err(error) => return failed(error),
     };
-    let channel = match channel.connect().await {
-        Ok(channel) => channel,
-        Err(error) => return failed(error),
-    };
-    let bearer = token.and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok());
-    let mut client =
-        PeerClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-            if let Some(value) = &bearer {
-                request
-                    .metadata_mut()
-                    .insert("authorization", value.clone());
-            }
-            Ok(request)
-        });
     let (batches, outgoing) = mpsc::channel::<ForwardBatch>(BATCHES_IN_FLIGHT);
     let mut acks = match client.forward(ReceiverStream::new(outgoing)).await {
         Ok(response) => response.into_inner(),

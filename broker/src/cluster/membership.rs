@@ -10,7 +10,7 @@ use starling_proto::v1::NodeRecord;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::forward::PeerForwarder;
+use super::forward::{PeerForwarder, PeerInfo};
 use super::keys::Keys;
 use super::lease::LeaseWatch;
 use super::mirror::{Backoff, MirrorSink};
@@ -56,17 +56,21 @@ pub struct PeersSink {
     pub own_node: String,
     pub keys: Keys,
     pub forwarder: Arc<PeerForwarder>,
-    pub peers: HashMap<NodeId, String>,
+    pub peers: HashMap<NodeId, PeerInfo>,
 }
 
 impl PeersSink {
-    fn record(&self, key: &str, value: &[u8]) -> Option<(NodeId, String)> {
+    fn record(&self, key: &str, value: &[u8]) -> Option<(NodeId, PeerInfo)> {
         let node = self.keys.parse_node(key)?;
         if node == self.own_node {
             return None;
         }
         let record = NodeRecord::decode(value).ok()?;
-        Some((Arc::from(node), record.peer_endpoint))
+        let info = PeerInfo {
+            serving: record.state == "serving",
+            endpoint: record.peer_endpoint,
+        };
+        Some((Arc::from(node), info))
     }
 }
 
@@ -80,8 +84,8 @@ impl MirrorSink for PeersSink {
     }
 
     fn put(&mut self, key: &str, value: &[u8]) {
-        if let Some((node, endpoint)) = self.record(key, value) {
-            self.peers.insert(node, endpoint);
+        if let Some((node, info)) = self.record(key, value) {
+            self.peers.insert(node, info);
             self.forwarder.set_peers(&self.peers);
         }
     }

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod leased_keys;
 pub mod membership;
 pub mod mirror;
+pub mod peer_client;
 pub mod peer_service;
 pub mod retained;
 pub mod route_index;
@@ -201,6 +202,24 @@ impl Cluster {
             peers,
         ));
         Ok(())
+    }
+
+    /// Leaves the cluster at once: revoking the lease deletes this node's
+    /// record, routes and registrations without waiting for the TTL.
+    pub async fn leave(&self) {
+        let Some(lease) = *self.lease.borrow() else {
+            return;
+        };
+        let mut client = self.client.clone();
+        match tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await {
+            Ok(Ok(_)) => info!("left the cluster"),
+            Ok(Err(error)) => {
+                warn!(%error, "cannot revoke the lease; the cluster forgets this node within its TTL")
+            }
+            Err(_) => {
+                warn!("lease revocation timed out; the cluster forgets this node within its TTL")
+            }
+        }
     }
 
     /// Announces a new state ("draining") in this node's record.

@@ -21,6 +21,7 @@ use super::convert::{Target, from_wire};
 use crate::broker::Broker;
 use crate::message::Delivery;
 use crate::metrics::Metrics;
+use crate::session::directory::MovedSession;
 
 pub struct PeerService {
     broker: Arc<Broker>,
@@ -148,11 +149,17 @@ impl Peer for PeerService {
 
     async fn adopt_session(
         &self,
-        _request: Request<AdoptRequest>,
+        request: Request<AdoptRequest>,
     ) -> Result<Response<AdoptResponse>, Status> {
-        Err(Status::unimplemented(
-            "session adoption is not implemented yet",
-        ))
+        let snapshot = request
+            .into_inner()
+            .session
+            .ok_or_else(|| Status::invalid_argument("no session"))?;
+        let moved = MovedSession::decode(&snapshot.state)
+            .map_err(|e| Status::invalid_argument(format!("undecodable session: {e}")))?;
+        let adopted = crate::session::lifecycle::adopt(&self.broker, moved).await;
+        debug!(client_id = %snapshot.client_id, adopted, "session offered by a draining node");
+        Ok(Response::new(AdoptResponse { adopted }))
     }
 
     async fn kick(&self, _request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {

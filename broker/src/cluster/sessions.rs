@@ -8,10 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::Client;
 use prost::Message as _;
-use starling_proto::v1::peer_client::PeerClient;
-use starling_proto::v1::{ClientRecord, TakeoverRequest};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
+use starling_proto::v1::{AdoptRequest, ClientRecord, SessionSnapshot, TakeoverRequest};
 use tracing::{debug, info, warn};
 
 use super::forward::PeerForwarder;
@@ -93,25 +90,7 @@ impl ClusterSessions {
             .forwarder
             .endpoint_of(owner)
             .ok_or_else(|| format!("node {owner} is not a live member"))?;
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let bearer = self
-            .token
-            .as_ref()
-            .and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok());
-        let mut peer =
-            PeerClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-                if let Some(value) = &bearer {
-                    request
-                        .metadata_mut()
-                        .insert("authorization", value.clone());
-                }
-                Ok(request)
-            });
+        let mut peer = super::peer_client::connect(&endpoint, self.token.as_deref()).await?;
         let request = TakeoverRequest {
             client_id: client_id.to_string(),
             node: self.node.clone(),
@@ -126,6 +105,29 @@ impl ClusterSessions {
                 .map(Some)
                 .map_err(|e| e.to_string()),
         }
+    }
+}
+
+impl ClusterSessions {
+    /// Gives a session to `node`, which adopts it (drain).
+    pub async fn hand_to(&self, node: &str, moved: &MovedSession) -> Result<bool, String> {
+        let endpoint = self
+            .forwarder
+            .endpoint_of(node)
+            .ok_or_else(|| format!("node {node} is not a live member"))?;
+        let mut peer = super::peer_client::connect(&endpoint, self.token.as_deref()).await?;
+        let state = moved.encode().map_err(|e| e.to_string())?;
+        let request = AdoptRequest {
+            session: Some(SessionSnapshot {
+                client_id: moved.state.client_id.to_string(),
+                state,
+            }),
+        };
+        let response = tokio::time::timeout(TAKEOVER_TIMEOUT, peer.adopt_session(request))
+            .await
+            .map_err(|_| "adoption timed out".to_string())?
+            .map_err(|status| status.to_string())?;
+        Ok(response.into_inner().adopted)
     }
 }
 

@@ -180,18 +180,39 @@ pub const HANDOVER_GRACE: Duration = Duration::from_secs(3);
 /// this node has no session for the client (a connection without a
 /// persistent session ends with it).
 pub async fn surrender(broker: &Arc<Broker>, client_id: &str, to: NodeId) -> Option<MovedSession> {
+    give_away(broker, client_id, to, WillOnMove::Cancel).await
+}
+
+/// What happens to a session's delayed will when the session moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WillOnMove {
+    /// A client connected elsewhere: its will is void (MQTT 5.0 §3.1.3.2.2).
+    Cancel,
+    /// The node drains: the will goes with the session, still pending.
+    Keep,
+}
+
+/// Gives the session of `client_id` to node `to` (see [`surrender`]).
+pub async fn give_away(
+    broker: &Arc<Broker>,
+    client_id: &str,
+    to: NodeId,
+    will: WillOnMove,
+) -> Option<MovedSession> {
     let slot = broker.sessions.lookup(client_id)?;
     let taken = {
         let _connect_guard = slot.connect_lock.lock().await;
         evict_connection(&slot).await;
         let mut inner = slot.inner.lock();
         inner.generation += 1;
-        // The session moves on to a new connection: its delayed will is
-        // cancelled (MQTT 5.0 §3.1.3.2.2).
-        inner.pending_will = None;
+        let pending_will = inner
+            .pending_will
+            .take()
+            .filter(|_| will == WillOnMove::Keep);
         match std::mem::replace(&mut inner.owner, Owner::Vacant) {
-            Owner::Offline { state, mailbox } => {
+            Owner::Offline { mut state, mailbox } => {
                 inner.mailbox = None;
+                state.will = pending_will;
                 Some((*state, mailbox))
             }
             other => {
@@ -201,9 +222,10 @@ pub async fn surrender(broker: &Arc<Broker>, client_id: &str, to: NodeId) -> Opt
         }
     };
     broker.sessions.checkin(&slot);
-    let (mut state, mailbox) = taken?;
+    let (state, mailbox) = taken?;
     let queued: Vec<_> = mailbox.take_all().into();
     let subscriptions: Vec<ByteString> = state.subscriptions.keys().cloned().collect();
+    Metrics::inc(&broker.metrics.handovers_active);
     tokio::spawn(redirect_during_grace(
         broker.clone(),
         Arc::from(client_id),
@@ -212,7 +234,6 @@ pub async fn surrender(broker: &Arc<Broker>, client_id: &str, to: NodeId) -> Opt
         mailbox,
         subscriptions,
     ));
-    state.will = None;
     Metrics::dec(&broker.metrics.sessions);
     if let Some(directory) = broker.directory.get() {
         directory.unregister(client_id);
@@ -251,6 +272,48 @@ async fn redirect_during_grace(
     }
     redirect_queued();
     mailbox.set_online(false);
+    Metrics::dec(&broker.metrics.handovers_active);
+}
+
+/// Takes in a session another node gives away (it drains): the session
+/// waits here for its client, with its expiry and pending will re-armed.
+/// Returns false when this node already has a session for the client (the
+/// client came back here first: that session is newer and stays).
+pub async fn adopt(broker: &Arc<Broker>, mut moved: MovedSession) -> bool {
+    let client_id = moved.state.client_id.clone();
+    let slot = broker.sessions.checkout(&client_id);
+    let adopted = {
+        let _connect_guard = slot.connect_lock.lock().await;
+        if matches!(slot.inner.lock().owner, Owner::Vacant) {
+            let will = moved.state.will.take();
+            let (state, mailbox) = install(broker, moved);
+            let expiry = state.expiry_interval;
+            let will_after = will.as_ref().map(|w| {
+                let delay = w.properties.will_delay_interval.unwrap_or(0).min(expiry);
+                Duration::from_secs(u64::from(delay))
+            });
+            let generation = {
+                let mut inner = slot.inner.lock();
+                inner.generation += 1;
+                inner.pending_will = will;
+                inner.mailbox = Some(mailbox.clone());
+                inner.owner = Owner::Offline {
+                    state: Box::new(state),
+                    mailbox,
+                };
+                inner.generation
+            };
+            if let Some(directory) = broker.directory.get() {
+                directory.register(&client_id);
+            }
+            arm_timers(broker.clone(), slot.clone(), generation, will_after, expiry);
+            true
+        } else {
+            false
+        }
+    };
+    broker.sessions.checkin(&slot);
+    adopted
 }
 
 /// How a connection ended, as far as the session is concerned.
