@@ -78,16 +78,25 @@ class Etcd:
         self.proc: subprocess.Popen | None = None
         self._log = None
         self.starts = 0
+        # another local address etcd also listens on (for nodes in a network namespace); it
+        # takes effect at the next (re)start
+        self.extra_host: str | None = None
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.client_port}"
 
+    @property
+    def node_url(self) -> str:
+        """The endpoint given to the brokers."""
+        return f"http://{self.extra_host}:{self.client_port}" if self.extra_host else self.url
+
     def _cmd(self) -> list[str]:
         peer = f"http://{HOST}:{self.peer_port}"
         return [
             ETCD_BIN, "--name", "e2e", "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-client-urls", self.url + (f",{self.node_url}" if self.extra_host else ""),
+            "--advertise-client-urls", self.node_url,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"e2e={peer}", "--initial-cluster-state", "new",
             # fast settings for tests: quick election, small snapshot interval
@@ -208,10 +217,12 @@ class Node:
     """One starling process in cluster mode."""
 
     def __init__(self, cluster: "Cluster", node_id: str, workdir: Path, opts: dict[str, Any],
-                 extra_args: list[str], uid: int | None = None):
+                 extra_args: list[str], uid: int | None = None, host: str = HOST,
+                 netns: str | None = None):
         self.cluster = cluster
         self.node_id = node_id
-        self.host = HOST
+        self.host = host      # every listener binds this address
+        self.netns = netns    # run inside this network namespace (ip netns exec)
         self.workdir = workdir
         self.opts = dict(opts)
         self.extra_args = list(extra_args)
@@ -231,15 +242,17 @@ class Node:
     def cmd(self) -> list[str]:
         binary = broker_binary()
         c = self.cluster
-        cmd = [
+        h = self.host
+        cmd = ["ip", "netns", "exec", self.netns] if self.netns else []
+        cmd += [
             str(binary),
             "--node-id", self.node_id,
             "--cluster", c.name,
-            "--etcd", c.etcd.url,
-            "--listen", f"{HOST}:{self.port}",
-            "--peer-listen", f"{HOST}:{self.peer_port}",
-            "--peer-advertise", f"{HOST}:{self.peer_port}",
-            "--admin-listen", f"{HOST}:{self.admin_port}",
+            "--etcd", c.etcd.node_url,
+            "--listen", f"{h}:{self.port}",
+            "--peer-listen", f"{h}:{self.peer_port}",
+            "--peer-advertise", f"{h}:{self.peer_port}",
+            "--admin-listen", f"{h}:{self.admin_port}",
         ]
         if c.peer_token:
             cmd += ["--peer-token", c.peer_token]
@@ -293,7 +306,7 @@ class Node:
 
     def _mqtt_ready(self) -> bool:
         try:
-            with socket.create_connection((HOST, self.port), timeout=0.5):
+            with socket.create_connection((self.host, self.port), timeout=0.5):
                 pass
         except OSError:
             return False
@@ -376,7 +389,7 @@ class Node:
 
     # -- admin HTTP ---------------------------------------------------------------------
     def admin_url(self, path: str) -> str:
-        return f"http://{HOST}:{self.admin_port}{path}"
+        return f"http://{self.host}:{self.admin_port}{path}"
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 timeout: float = 3.0) -> tuple[int | None, bytes]:
@@ -447,10 +460,10 @@ class Cluster:
         """Keys under ``rel_prefix`` relative to the cluster prefix (for readable messages)."""
         return [k[len(self.prefix):] for k in self.keys(rel_prefix)]
 
-    def add_node(self, node_id: str | None = None, *, uid: int | None = None,
-                 extra_args: Iterable[str] = (), **opts) -> Node:
+    def add_node(self, node_id: str | None = None, *, uid: int | None = None, host: str = HOST,
+                 netns: str | None = None, extra_args: Iterable[str] = (), **opts) -> Node:
         node_id = node_id or f"n{len(self.nodes) + 1}"
-        n = Node(self, node_id, self.workdir, opts, list(extra_args), uid)
+        n = Node(self, node_id, self.workdir, opts, list(extra_args), uid, host, netns)
         self.nodes.append(n)
         return n
 
@@ -744,17 +757,28 @@ class Firewall:
         self.tag = f"starling-e2e-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.rules: list[list[str]] = []
 
-    def drop(self, *, dport: int, uid: int | None = None, dst: str = HOST) -> list[str]:
-        rule = ["-p", "tcp", "-d", dst, "--dport", str(dport)]
-        if uid is not None:
-            rule += ["-m", "owner", "--uid-owner", str(uid)]
-        rule += ["-m", "comment", "--comment", self.tag, "-j", "DROP"]
-        subprocess.run([self.path, "-A", "OUTPUT", *rule], check=True, capture_output=True, timeout=10)
+    def _add(self, match: list[str], target: list[str]) -> None:
+        rule = match + ["-m", "comment", "--comment", self.tag] + target
+        r = subprocess.run([self.path, "-A", "OUTPUT", *rule], capture_output=True, text=True, timeout=10)
+        if r.returncode != 0:
+            raise HarnessError(f"iptables -A OUTPUT {' '.join(rule)}: {r.stderr.strip()}")
         self.rules.append(rule)
-        return rule
+
+    def drop(self, *, dport: int, uid: int | None = None, dst: str = HOST) -> None:
+        """Drop TCP to dst:dport (from sockets of ``uid`` only, if given). With a uid, the
+        connection is also marked (conntrack) and dropped by its mark, because once a process
+        closes a socket the kernel keeps flushing it as an orphan that the owner match no longer
+        sees."""
+        base = ["-p", "tcp", "-d", dst, "--dport", str(dport)]
+        if uid is None:
+            self._add(base, ["-j", "DROP"])
+            return
+        mark = hex(0x5E2E0000 + (dport & 0xFFFF))
+        self._add(base + ["-m", "owner", "--uid-owner", str(uid)], ["-j", "CONNMARK", "--set-mark", mark])
+        self._add(["-m", "connmark", "--mark", mark], ["-j", "DROP"])
 
     def clear(self) -> None:
-        for rule in self.rules:
+        for rule in reversed(self.rules):
             subprocess.run([self.path, "-D", "OUTPUT", *rule], capture_output=True, timeout=10)
         self.rules = []
         # sweep anything left with our tag
@@ -775,3 +799,106 @@ def background(fn, *args, **kw) -> threading.Thread:
     t.error = None
     t.start()
     return t
+
+
+# ---------------------------------------------------------------------------
+# partitions of the peer link between two nodes
+
+
+class IptablesPartition:
+    """n1 and n2 run under uids of their own; the cut is an iptables DROP of n1's packets to
+    n2's peer port and of n2's packets to n1's peer port (owner match), so n3 is untouched."""
+
+    kind = "iptables"
+    UIDS = (64001, 64002)
+
+    def __init__(self, path: str):
+        self.fw = Firewall(path)
+
+    def node_options(self) -> dict:
+        return {"uids": {0: self.UIDS[0], 1: self.UIDS[1]}}
+
+    def cut(self, a: Node, b: Node) -> None:
+        self.fw.drop(dport=b.peer_port, uid=self.UIDS[0])
+        self.fw.drop(dport=a.peer_port, uid=self.UIDS[1])
+
+    def restore(self) -> None:
+        self.fw.clear()
+
+    def close(self) -> None:
+        self.fw.clear()
+
+
+class NetnsPartition:
+    """n1 runs in a network namespace of its own, linked to the host by a veth pair
+    (10.203.S.2 inside, 10.203.S.1 outside); n2 and n3 bind 10.203.S.12 and 10.203.S.13 on the
+    host side and etcd also listens on 10.203.S.1. The cut is a blackhole route to n2's address
+    inside n1's namespace: nothing goes from n1 to n2 (neither requests nor replies), n3 is
+    untouched. Needs root and iproute2 only."""
+
+    kind = "netns"
+
+    def __init__(self, etcd: Etcd):
+        tag = uuid.uuid4().hex[:6]
+        self.ns = f"se2e-{tag}"
+        self.veth_host, self.veth_ns = f"se2e{tag}h", f"se2e{tag}n"
+        self.subnet = 10 + int(tag[:2], 16) % 200
+        self.gw = f"10.203.{self.subnet}.1"
+        self.addr = {0: f"10.203.{self.subnet}.2", 1: f"10.203.{self.subnet}.12",
+                     2: f"10.203.{self.subnet}.13"}
+        self.etcd = etcd
+        self.blackholed: list[str] = []
+        self.created = False
+
+    @staticmethod
+    def _ip(*args: str, ns: str | None = None) -> None:
+        cmd = (["ip", "netns", "exec", ns, "ip"] if ns else ["ip"]) + list(args)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        if r.returncode != 0:
+            raise HarnessError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+
+    def setup(self) -> "NetnsPartition":
+        self._ip("netns", "add", self.ns)
+        self.created = True
+        self._ip("link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns)
+        self._ip("link", "set", self.veth_ns, "netns", self.ns)
+        self._ip("addr", "add", f"{self.gw}/24", "dev", self.veth_host)
+        for i in (1, 2):
+            self._ip("addr", "add", f"{self.addr[i]}/32", "dev", self.veth_host)
+        self._ip("link", "set", self.veth_host, "up")
+        self._ip("addr", "add", f"{self.addr[0]}/24", "dev", self.veth_ns, ns=self.ns)
+        self._ip("link", "set", self.veth_ns, "up", ns=self.ns)
+        self._ip("link", "set", "lo", "up", ns=self.ns)
+        self.etcd.extra_host = self.gw
+        self.etcd.restart()  # now also listening where n1 can reach it
+        return self
+
+    def node_options(self) -> dict:
+        return {"hosts": dict(self.addr), "netns": {0: self.ns}}
+
+    def cut(self, a: Node, b: Node) -> None:
+        self._ip("route", "add", "blackhole", f"{b.host}/32", ns=self.ns)
+        self.blackholed.append(b.host)
+
+    def restore(self) -> None:
+        for h in self.blackholed:
+            self._ip("route", "del", "blackhole", f"{h}/32", ns=self.ns)
+        self.blackholed = []
+
+    def close(self) -> None:
+        if self.created:
+            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=10)
+            subprocess.run(["ip", "link", "del", self.veth_host], capture_output=True, timeout=10)
+            self.created = False
+
+
+def netns_available() -> str | None:
+    """None if network namespaces can be made here, else why not."""
+    if not shutil.which("ip"):
+        return "no `ip` (apt-get install iproute2)"
+    name = f"se2e-probe-{uuid.uuid4().hex[:6]}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        return f"`ip netns add` failed: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+    return None

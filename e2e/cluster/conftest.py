@@ -8,7 +8,8 @@
   node's log tail and etcd's are printed.
 * ``paho(node, client_id, version=5, ...)``: a connected ``ClusterClient`` (the protocol suite's
   paho wrapper), closed at teardown.
-* ``firewall``: iptables rules removed at teardown (partition tests).
+* ``partition``: cuts the peer link between two nodes (iptables or network namespaces), restored
+  at teardown.
 * ``measure(name, value, unit)``: records a measurement, printed in the terminal summary.
 """
 
@@ -30,10 +31,13 @@ from cluster_helpers import (  # noqa: E402
     Cluster,
     ClusterClient,
     Etcd,
-    Firewall,
+    HOST,
     READY_TIMEOUT,
     HarnessError,
+    IptablesPartition,
+    NetnsPartition,
     iptables_available,
+    netns_available,
     unique_cluster_name,
 )
 
@@ -110,7 +114,8 @@ def cluster(request, tmp_path, etcd):
     made: list[Cluster] = []
 
     def make(n: int = 3, *, lease_ttl: int = DEFAULT_LEASE_TTL, peer_token: str | None = "auto",
-             uids: dict[int, int] | None = None, start: bool = True, wait_members: bool = True,
+             uids: dict[int, int] | None = None, hosts: dict[int, str] | None = None,
+             netns: dict[int, str] | None = None, start: bool = True, wait_members: bool = True,
              ready_timeout: float = READY_TIMEOUT, extra_args=(), **opts) -> Cluster:
         name = unique_cluster_name(request.node.name)
         if peer_token == "auto":
@@ -120,7 +125,8 @@ def cluster(request, tmp_path, etcd):
         c = Cluster(etcd, workdir, name, peer_token)
         made.append(c)
         for i in range(n):
-            c.add_node(uid=(uids or {}).get(i), extra_args=extra_args, lease_ttl=lease_ttl, **opts)
+            c.add_node(uid=(uids or {}).get(i), host=(hosts or {}).get(i, HOST), netns=(netns or {}).get(i),
+                       extra_args=extra_args, lease_ttl=lease_ttl, **opts)
         if start:
             try:
                 c.start(ready_timeout, wait_members=wait_members)
@@ -161,11 +167,31 @@ def paho():
 
 
 @pytest.fixture
-def firewall():
-    path = iptables_available()
-    if path is None:
-        pytest.fail("partition tests need a working iptables (as root): apt-get install iptables. "
-                    "No network-namespace fallback is implemented (see README.md).", pytrace=False)
-    fw = Firewall(path)
-    yield fw
-    fw.clear()
+def partition(etcd):
+    """A way to cut the peer link between two nodes: network namespaces (iproute2; DESIGN.md's
+    choice, and exact) when they can be made, else iptables (owner + connmark match);
+    STARLING_TEST_PARTITION=netns|iptables forces one. Both need root. Fails with what to
+    install when neither works. Use ``cluster(3, **partition.node_options())``."""
+    want = os.environ.get("STARLING_TEST_PARTITION", "auto")
+    if want not in ("auto", "netns", "iptables"):
+        pytest.fail(f"STARLING_TEST_PARTITION must be auto, netns or iptables, not {want!r}", pytrace=False)
+    why_ns = netns_available() if want in ("auto", "netns") else "not chosen"
+    path = iptables_available() if want == "iptables" or (want == "auto" and why_ns) else None
+    if why_ns is None:
+        try:
+            p = NetnsPartition(etcd).setup()
+        except HarnessError as e:
+            pytest.fail(f"network namespace setup failed: {e}", pytrace=False)
+    elif path is not None:
+        p = IptablesPartition(path)
+    elif want == "netns":
+        pytest.fail(f"STARLING_TEST_PARTITION=netns but {why_ns}", pytrace=False)
+    elif want == "iptables":
+        pytest.fail("STARLING_TEST_PARTITION=iptables but no working iptables (as root): "
+                    "apt-get install iptables", pytrace=False)
+    else:
+        pytest.fail("partition tests need root and either network namespaces (iproute2: "
+                    f"{why_ns}) or iptables (apt-get install iptables; not usable here)", pytrace=False)
+    print(f"partition backend: {p.kind}")
+    yield p
+    p.close()

@@ -14,7 +14,6 @@ from helpers import elapse, wait_for
 
 PARTITION_SECS = float(os.environ.get("STARLING_TEST_PARTITION_SECS", "30"))  # bound on link-down detection
 OUTAGE_SECS = float(os.environ.get("STARLING_TEST_ETCD_OUTAGE_SECS", "10"))  # the issue says 30
-N1_UID, N2_UID = 64001, 64002  # own uids so that iptables' owner match cuts n1<->n2 only
 
 
 @pytest.mark.outage
@@ -107,13 +106,14 @@ def test_etcd_outage_under_traffic(cluster, paho, measure):
 
 
 @pytest.mark.partition
-def test_partition_between_two_nodes(cluster, paho, firewall, measure):
+def test_partition_between_two_nodes(partition, cluster, paho, measure):
     """Issue point 9: the peer link between n1 and n2 is cut in both directions (iptables DROP on
-    each peer port, matched on the other node's uid so that n3 is untouched). While cut, messages
+    each peer port, matched on the other node's uid so that n3 is untouched; or, without iptables,
+    a blackhole route to n2 inside n1's network namespace). While cut, messages
     published on n1 for n2's subscriber are not delivered (n1's metrics printed if exposed) while
     n3's subscriber gets them and n2's local traffic works; after restore, forwarding n1 -> n2
     resumes by itself: messages published after the restore arrive, in order."""
-    c = cluster(3, uids={0: N1_UID, 1: N2_UID})
+    c = cluster(3, **partition.node_options())
     n1, n2, n3 = c
     sub2, sub3 = paho(n2, "sub2"), paho(n3, "sub3")
     sub2.subscribe("part/t", 1)
@@ -123,8 +123,7 @@ def test_partition_between_two_nodes(cluster, paho, firewall, measure):
     pub2 = paho(n2, "pub2")
     await_delivery(pub2, sub3, "part/t")  # n2 -> n3 link established before the cut
 
-    firewall.drop(dport=n2.peer_port, uid=N1_UID)  # n1 -> n2
-    firewall.drop(dport=n1.peer_port, uid=N2_UID)  # n2 -> n1
+    partition.cut(n1, n2)
     cut = [f"cut{i}".encode() for i in range(10)]
     infos = [pub.publish("part/t", p, qos=1, wait=False) for p in cut]
     assert [m.payload for m in sub3.collect(10)] == cut, "n3 affected by the n1-n2 partition"
@@ -168,7 +167,7 @@ def test_partition_between_two_nodes(cluster, paho, firewall, measure):
     assert during2 == [], f"n2 got {[m.payload for m in during2]} through a cut link"
     print("n1 log lines about n2:", [l[-160:] for l in n1.log_text().splitlines() if "n2" in l][-5:])
 
-    firewall.clear()
+    partition.restore()
     t_restore = time.monotonic()
     seen2: list[bytes] = []
     sent = [0]
