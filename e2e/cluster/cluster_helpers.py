@@ -26,6 +26,7 @@ import queue
 import re
 import shutil
 import signal
+import random
 import socket
 import subprocess
 import threading
@@ -52,6 +53,20 @@ DEFAULT_LEASE_TTL = int(os.environ.get("STARLING_TEST_LEASE_TTL", "2"))
 PROBE = b"\x00probe:"
 
 
+
+
+def stable_port() -> int:
+    """A free loopback port outside the ephemeral range (no connect() can be handed it)."""
+    low, _high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 class HarnessError(AssertionError):
     """A process of the harness could not be started or did not become ready."""
 
@@ -73,8 +88,10 @@ class Etcd:
         self.workdir = workdir
         self.data_dir = workdir / "etcd-data"
         self.log_path = workdir / "etcd.log"
-        self.client_port = free_port()
-        self.peer_port = free_port()
+        # etcd is stopped and restarted on the same ports (outage tests): take them below the
+        # kernel's ephemeral range, so that no outgoing connection can grab one meanwhile.
+        self.client_port = stable_port()
+        self.peer_port = stable_port()
         self.proc: subprocess.Popen | None = None
         self._log = None
         self.starts = 0

@@ -217,3 +217,34 @@ def test_sigterm_drains_offline_sessions_to_other_nodes(cluster, paho, measure):
     pub.publish("sleep/q2", b"after", qos=2)
     assert back.get().payload == b"after"
     assert back.collect_quiet(0.3) == []
+
+
+def test_drain_server_reference_and_v311_client(cluster, paho):
+    """Issue point 7 (DESIGN: DISCONNECT 0x9C "with a Server Reference when configured"): n1
+    started with --server-reference; on drain a v5 client gets DISCONNECT 0x9C carrying that
+    Server Reference, and a v3.1.1 persistent client (which gets no DISCONNECT) has its
+    connection closed; both resume their sessions on n2 with their subscriptions."""
+    c = cluster(2, start=False)
+    n1, n2 = c
+    ref = "n2.example:1883"
+    n1.extra_args += ["--server-reference", ref]
+    c.start()
+    v5 = paho(n1, "ref5", clean=False, props=_persistent())
+    v5.subscribe("ref/5", 1)
+    v3 = paho(n1, "ref3", version=4, clean=False)
+    v3.subscribe("ref/3", 1)
+    pub = paho(n2, "pub")
+    await_delivery(pub, v5, "ref/5")
+    await_delivery(pub, v3, "ref/3")
+    st, body = admin_post(n1, "/api/v1/node/drain")
+    assert st is not None and 200 <= st < 300, (st, body[:200])
+    from_server, reason, props = v5.wait_disconnect(10)
+    assert (from_server, reason) == (True, RC_USE_ANOTHER_SERVER)
+    assert getattr(props, "ServerReference", None) == ref, props
+    from_server3, _reason3, _ = v3.wait_disconnect(10)
+    assert from_server3 is False, "a v3.1.1 client must not get a DISCONNECT packet"
+    for cl, topic in ((v5, "ref/5"), (v3, "ref/3")):
+        ack = cl.move_to(n2, clean=False)
+        assert ack[0] is True, f"{cl.client_id}: session present 0 on n2"
+        pub.publish(topic, b"after-drain", qos=1)
+        assert cl.get().payload == b"after-drain"

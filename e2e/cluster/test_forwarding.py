@@ -123,3 +123,54 @@ def test_qos1_puback_and_remote_delivery(cluster, paho, measure):
         assert code == 0x00, f"PUBACK reason {code:#x}"
         assert sub.get().payload == f"a{i}".encode()
     measure("qos1_remote_puback_max", max(lat))
+
+
+def test_v5_properties_and_retain_flag_cross_node(cluster, paho):
+    """Issue point 3 (ForwardedMessage carries the v5 properties): a message published on n1
+    with Payload Format Indicator, Content Type, Response Topic, Correlation Data, User Properties
+    and Message Expiry reaches n2's subscriber with all of them (expiry not larger than sent); a
+    retained publish reaches a Retain-As-Published subscriber on n2 with RETAIN 1 and a plain one
+    with RETAIN 0 (MQTT 5.0 §3.3.1.3, §3.8.3.1)."""
+    c = cluster(2)
+    n1, n2 = c
+    sub = paho(n2, "props")
+    sub.subscribe("pr/t", 1)
+    rap = paho(n2, "rap")
+    rap.subscribe("pr/r", 1, rap=True)
+    plain = paho(n2, "plain")
+    plain.subscribe("pr/r", 1)
+    pub = paho(n1, "pub")
+    await_delivery(pub, sub, "pr/t")
+    await_delivery(pub, [rap, plain], "pr/r")
+    props = pprops("PUBLISH", PayloadFormatIndicator=1, ContentType="application/json",
+                   ResponseTopic="pr/reply", CorrelationData=b"\x00\x01corr",
+                   UserProperty=[("a", "1"), ("b", "2"), ("a", "3")], MessageExpiryInterval=120)
+    pub.publish("pr/t", b'{"x": 1}', qos=1, props=props)
+    m = sub.get()
+    assert m.payload == b'{"x": 1}'
+    assert prop(m, "PayloadFormatIndicator") == 1
+    assert prop(m, "ContentType") == "application/json"
+    assert prop(m, "ResponseTopic") == "pr/reply"
+    assert prop(m, "CorrelationData") == b"\x00\x01corr"
+    assert prop(m, "UserProperty") == [("a", "1"), ("b", "2"), ("a", "3")]
+    assert 0 < prop(m, "MessageExpiryInterval", 0) <= 120
+    pub.publish("pr/r", b"kept", qos=1, retain=True)
+    assert (rap.get().retain, plain.get().retain) == (True, False)
+
+
+def test_large_messages_cross_node(cluster, paho):
+    """Issue point 3: messages close to the 1 MiB default maximum packet size, published back
+    to back on n1 (so that a batch to n2 holds several of them, more than gRPC's default 4 MiB
+    message limit together), all reach n2's subscriber intact."""
+    c = cluster(2)
+    n1, n2 = c
+    sub = paho(n2, "big")
+    sub.subscribe("big/t", 1)
+    pub = paho(n1, "pub")
+    await_delivery(pub, sub, "big/t")
+    payloads = [bytes([i]) * (900 * 1024) for i in range(8)]
+    infos = [pub.publish("big/t", p, qos=1, wait=False) for p in payloads]
+    for info in infos:
+        assert pub.wait_published(info, timeout=15) < 0x80
+    got = sub.collect(8, timeout=20)
+    assert [m.payload for m in got] == payloads

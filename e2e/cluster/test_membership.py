@@ -106,3 +106,19 @@ def test_lease_keeps_keys_of_idle_node(cluster, paho):
     wait_key(c, c.key("clients/idle"))
     assert stays(lambda: c.keys("routes/n2/idle/t") and c.keys("clients/idle") and c.keys("nodes/n2"),
                  3 * TTL), c.rel_keys()
+
+
+def test_new_node_joins_running_cluster(cluster, paho):
+    """Issue point 1: a node added to a running cluster (scale-up) registers nodes/n3, the
+    others learn it: forwarding n1 -> n3 and n3 -> n1 works."""
+    c = cluster(2, lease_ttl=TTL)
+    n1 = c[0]
+    n3 = c.add_node("n3", lease_ttl=TTL)
+    c.start()
+    assert c.rel_keys("nodes/") == ["nodes/n1", "nodes/n2", "nodes/n3"]
+    s3, s1 = paho(n3, "s3"), paho(n1, "s1")
+    s3.subscribe("join/t", 1)
+    s1.subscribe("join/back", 1)
+    p1, p3 = paho(n1, "p1"), paho(n3, "p3")
+    await_delivery(p1, s3, "join/t")
+    await_delivery(p3, s1, "join/back")

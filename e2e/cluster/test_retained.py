@@ -84,3 +84,22 @@ def test_retained_replaced_from_another_node(cluster, paho):
     payloads = [(m.payload, m.retain) for m in live.collect_quiet(0.3)]
     assert (b"second", False) in payloads, payloads
     assert all(r is False for _p, r in payloads), payloads
+
+
+def test_retained_message_expiry_cluster_wide(cluster, paho):
+    """Issue point 5 (DESIGN: retained/<topic> may carry a lease for message expiry; MQTT 5.0
+    §3.3.2.3.3): a retained message with Message Expiry Interval 2 published on n1 is delivered
+    on n2 with a remaining expiry <= 2 while it lives; after it expired, new subscribers on n1
+    and n2 get nothing."""
+    c = cluster(2)
+    n1, n2 = c
+    pub = paho(n1, "pub")
+    t0 = time.monotonic()
+    pub.publish("exp/t", b"short-lived", qos=1, retain=True,
+                props=pprops("PUBLISH", MessageExpiryInterval=2))
+    m = _retained_on(n2, paho, "alive", "exp/t", expect=b"short-lived")
+    assert 0 < prop(m, "MessageExpiryInterval", 0) <= 2
+    from helpers import elapse
+    elapse(max(0.0, 2.5 - (time.monotonic() - t0)))  # message expiry is time-based
+    assert _retained_on(n2, paho, "expired2", "exp/t", expect=None) is None
+    assert _retained_on(n1, paho, "expired1", "exp/t", expect=None) is None

@@ -6,7 +6,7 @@ use std::time::Instant;
 use starling_codec::{ByteString, PublishProperties, QoS};
 use starling_proto::v1::{ForwardedMessage, UserProperty};
 
-use crate::message::{Delivery, Message};
+use crate::message::{Delivery, Message, ShareKey};
 
 /// A message for another node; `own_node` names this one as its origin
 /// when it was published here.
@@ -41,6 +41,24 @@ pub fn to_wire(message: &Message, now: Instant, own_node: &str) -> ForwardedMess
     }
 }
 
+/// A publish for another node's plain subscriptions (`plain`) and the share
+/// groups it was chosen for.
+pub fn publish_to_wire(
+    message: &Message,
+    plain: bool,
+    groups: &[Arc<ShareKey>],
+    now: Instant,
+    own_node: &str,
+) -> ForwardedMessage {
+    let mut wire = to_wire(message, now, own_node);
+    wire.plain = plain;
+    wire.shared_groups = groups
+        .iter()
+        .map(|k| format!("{}/{}", k.group, k.filter))
+        .collect();
+    wire
+}
+
 /// A delivery redirected to one session that moved to `node`.
 pub fn redirect_to_wire(
     client_id: &str,
@@ -68,7 +86,18 @@ pub struct Target {
 /// `None` when it is not a valid message. `own_node` maps this node's own
 /// name back to "published here", so both copies of a message compare
 /// equal.
-pub fn from_wire(wire: ForwardedMessage, own_node: &Arc<str>) -> Option<(Message, Option<Target>)> {
+/// A message received from a peer.
+pub struct Incoming {
+    pub message: Message,
+    /// Set for a delivery redirected to one session.
+    pub target: Option<Target>,
+    /// Deliver to plain subscriptions.
+    pub plain: bool,
+    /// Deliver to these share groups (one member each).
+    pub groups: Vec<Arc<ShareKey>>,
+}
+
+pub fn from_wire(wire: ForwardedMessage, own_node: &Arc<str>) -> Option<Incoming> {
     let qos = QoS::from_u8(u8::try_from(wire.qos).ok()?)?;
     let target = if wire.target_client.is_empty() {
         None
@@ -83,6 +112,18 @@ pub fn from_wire(wire: ForwardedMessage, own_node: &Arc<str>) -> Option<(Message
     let origin: Option<Arc<str>> = (wire.origin != **own_node && !wire.origin.is_empty())
         .then(|| Arc::from(wire.origin.as_str()));
     let seq = wire.seq;
+    let plain = wire.plain;
+    let groups = wire
+        .shared_groups
+        .iter()
+        .filter_map(|g| {
+            let (group, filter) = g.split_once('/')?;
+            Some(Arc::new(ShareKey {
+                group: group.into(),
+                filter: filter.into(),
+            }))
+        })
+        .collect();
     let properties = PublishProperties {
         payload_format_indicator: wire
             .payload_format_indicator
@@ -108,7 +149,12 @@ pub fn from_wire(wire: ForwardedMessage, own_node: &Arc<str>) -> Option<(Message
     );
     message.origin = origin;
     message.seq = seq;
-    Some((message, target))
+    Some(Incoming {
+        message,
+        target,
+        plain,
+        groups,
+    })
 }
 
 #[cfg(test)]
@@ -136,13 +182,21 @@ mod tests {
             None,
         );
         let me: Arc<str> = Arc::from("n2");
-        let (back, target) = from_wire(to_wire(&original, Instant::now(), "n1"), &me).unwrap();
-        assert!(target.is_none());
+        let keys = [Arc::new(ShareKey {
+            group: "g".into(),
+            filter: "a/+".into(),
+        })];
+        let wire = publish_to_wire(&original, false, &keys, Instant::now(), "n1");
+        let incoming = from_wire(wire, &me).unwrap();
+        assert!(incoming.target.is_none());
+        assert!(!incoming.plain);
+        assert_eq!(incoming.groups, keys);
+        let back = incoming.message;
         assert_eq!(back.origin.as_deref(), Some("n1"));
         assert_eq!(back.seq, original.seq);
-        let (mine, _) = from_wire(to_wire(&original, Instant::now(), "n2"), &me).unwrap();
+        let mine = from_wire(to_wire(&original, Instant::now(), "n2"), &me).unwrap();
         assert_eq!(
-            mine.origin, None,
+            mine.message.origin, None,
             "a message published here is recognised as such"
         );
         assert_eq!(back.topic, original.topic);

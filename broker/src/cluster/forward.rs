@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use super::convert::{redirect_to_wire, to_wire};
+use super::convert::{publish_to_wire, redirect_to_wire};
 use super::mirror::Backoff;
-use crate::message::{Delivery, Message};
+use crate::message::{Delivery, Message, ShareKey};
 use crate::metrics::Metrics;
 use crate::router::store::{Forwarder, NodeId};
 
@@ -29,8 +29,13 @@ const BATCHES_IN_FLIGHT: usize = 16;
 
 /// What a link carries.
 enum Outgoing {
-    /// A publish for the node's local subscriptions.
-    Publish(Arc<Message>),
+    /// A publish for the node's plain subscriptions (if `plain`) and the
+    /// share groups it was chosen for.
+    Publish {
+        message: Arc<Message>,
+        plain: bool,
+        groups: Vec<Arc<ShareKey>>,
+    },
     /// A delivery for one session that moved to the node.
     Redirect {
         client_id: Arc<str>,
@@ -150,8 +155,22 @@ impl PeerForwarder {
 }
 
 impl Forwarder for PeerForwarder {
-    fn forward(&self, node: &NodeId, message: &Arc<Message>) {
-        self.enqueue(node, Outgoing::Publish(message.clone()));
+    fn forward(
+        &self,
+        node: &NodeId,
+        message: &Arc<Message>,
+        plain: bool,
+        groups: Vec<Arc<ShareKey>>,
+    ) {
+        let message = message.clone();
+        self.enqueue(
+            node,
+            Outgoing::Publish {
+                message,
+                plain,
+                groups,
+            },
+        );
     }
 
     fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: Delivery) {
@@ -278,7 +297,9 @@ async fn stream_to(
                     messages: pending
                         .drain(..)
                         .map(|item| match item {
-                            Outgoing::Publish(m) => to_wire(&m, now, own_node),
+                            Outgoing::Publish { message, plain, groups } => {
+                                publish_to_wire(&message, plain, &groups, now, own_node)
+                            }
                             Outgoing::Redirect { client_id, delivery } => {
                                 redirect_to_wire(&client_id, &delivery, now, own_node)
                             }

@@ -21,6 +21,7 @@ use super::convert::{Target, from_wire};
 use crate::broker::Broker;
 use crate::message::Delivery;
 use crate::metrics::Metrics;
+use crate::router::Scope;
 use crate::session::directory::MovedSession;
 
 pub struct PeerService {
@@ -102,15 +103,19 @@ impl Peer for PeerService {
                 };
                 let sequence = batch.sequence;
                 for wire in batch.messages {
-                    let Some((message, target)) = from_wire(wire, &own_node) else {
+                    let Some(incoming) = from_wire(wire, &own_node) else {
                         debug!("invalid message from a peer dropped");
                         continue;
                     };
                     Metrics::inc(&broker.metrics.forward_received);
-                    let message = Arc::new(message);
-                    match target {
+                    let message = Arc::new(incoming.message);
+                    match incoming.target {
                         None => {
-                            broker.router.route_local(&message);
+                            let scope = Scope::Selected {
+                                plain: incoming.plain,
+                                groups: &incoming.groups,
+                            };
+                            broker.router.route_local(&message, scope);
                         }
                         Some(target) => deliver_redirected(&broker, message, target),
                     }

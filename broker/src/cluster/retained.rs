@@ -141,7 +141,7 @@ fn decode(value: &[u8]) -> Option<Message> {
     } else {
         wire.message_expiry_interval = None;
     }
-    let (mut message, _) = from_wire(wire, &Arc::from(""))?;
+    let mut message = from_wire(wire, &Arc::from(""))?.message;
     message.retain = true;
     // Its own allocation: a retained message may stay for a long time.
     message.payload = Bytes::copy_from_slice(&message.payload);

@@ -8,11 +8,32 @@ use parking_lot::RwLock;
 
 use super::keys::Keys;
 use super::mirror::MirrorSink;
+use crate::message::ShareKey;
 
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
+    /// Nodes with plain subscriptions of this filter.
     nodes: Vec<Arc<str>>,
+    /// Share groups of this filter and the nodes with members.
+    groups: Vec<(Arc<ShareKey>, Vec<Arc<str>>)>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.groups.is_empty() && self.children.is_empty()
+    }
+}
+
+/// A route's filter: `$share/<group>/<filter>` names a share group.
+fn split_route(route: &str) -> (Option<&str>, &str) {
+    match route
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((group, filter)) => (Some(group), filter),
+        None => (None, route),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -22,25 +43,44 @@ struct Trie {
 }
 
 impl Trie {
-    fn insert(&mut self, filter: &str, node: &Arc<str>) {
+    fn insert(&mut self, route: &str, node: &Arc<str>) {
+        let (group, filter) = split_route(route);
         let mut at = &mut self.root;
         for level in filter.split('/') {
             at = at.children.entry(level.into()).or_default();
         }
-        if !at.nodes.iter().any(|n| n == node) {
-            at.nodes.push(node.clone());
+        let nodes = match group {
+            None => &mut at.nodes,
+            Some(group) => {
+                let index = match at.groups.iter().position(|(k, _)| &*k.group == group) {
+                    Some(index) => index,
+                    None => {
+                        let key = Arc::new(ShareKey {
+                            group: group.into(),
+                            filter: filter.into(),
+                        });
+                        at.groups.push((key, Vec::new()));
+                        at.groups.len() - 1
+                    }
+                };
+                &mut at.groups[index].1
+            }
+        };
+        if !nodes.iter().any(|n| n == node) {
+            nodes.push(node.clone());
             self.routes += 1;
         }
     }
 
-    fn remove(&mut self, filter: &str, node: &str) {
+    fn remove(&mut self, route: &str, node: &str) {
+        let (group, filter) = split_route(route);
         let levels: Vec<&str> = filter.split('/').collect();
-        if remove_at(&mut self.root, &levels, node) {
+        if remove_at(&mut self.root, &levels, group, node) {
             self.routes -= 1;
         }
     }
 
-    fn matches(&self, topic: &str, out: &mut Vec<Arc<str>>) {
+    fn matches<'a>(&'a self, topic: &str, out: &mut Vec<&'a Node>) {
         collect(
             &self.root,
             topic.split('/'),
@@ -51,19 +91,34 @@ impl Trie {
     }
 }
 
-fn remove_at(at: &mut Node, levels: &[&str], node: &str) -> bool {
+fn remove_at(at: &mut Node, levels: &[&str], group: Option<&str>, node: &str) -> bool {
     match levels.split_first() {
-        None => {
-            let before = at.nodes.len();
-            at.nodes.retain(|n| &**n != node);
-            at.nodes.len() != before
-        }
+        None => match group {
+            None => {
+                let before = at.nodes.len();
+                at.nodes.retain(|n| &**n != node);
+                at.nodes.len() != before
+            }
+            Some(group) => {
+                let Some(index) = at.groups.iter().position(|(k, _)| &*k.group == group) else {
+                    return false;
+                };
+                let nodes = &mut at.groups[index].1;
+                let before = nodes.len();
+                nodes.retain(|n| &**n != node);
+                let removed = nodes.len() != before;
+                if nodes.is_empty() {
+                    at.groups.swap_remove(index);
+                }
+                removed
+            }
+        },
         Some((level, rest)) => {
             let Some(child) = at.children.get_mut(*level) else {
                 return false;
             };
-            let removed = remove_at(child, rest, node);
-            if child.nodes.is_empty() && child.children.is_empty() {
+            let removed = remove_at(child, rest, group, node);
+            if child.is_empty() {
                 at.children.remove(*level);
             }
             removed
@@ -71,18 +126,19 @@ fn remove_at(at: &mut Node, levels: &[&str], node: &str) -> bool {
     }
 }
 
-fn collect<'a>(
-    at: &Node,
-    mut levels: impl Iterator<Item = &'a str> + Clone,
+/// Every trie node whose filter matches the topic.
+fn collect<'a, 'b>(
+    at: &'a Node,
+    mut levels: impl Iterator<Item = &'b str> + Clone,
     dollar: bool,
     first: bool,
-    out: &mut Vec<Arc<str>>,
+    out: &mut Vec<&'a Node>,
 ) {
     match levels.next() {
         None => {
-            out.extend(at.nodes.iter().cloned());
+            out.push(at);
             if let Some(hash) = at.children.get("#") {
-                out.extend(hash.nodes.iter().cloned());
+                out.push(hash);
             }
         }
         Some(level) => {
@@ -94,7 +150,7 @@ fn collect<'a>(
                     collect(plus, levels, dollar, false, out);
                 }
                 if let Some(hash) = at.children.get("#") {
-                    out.extend(hash.nodes.iter().cloned());
+                    out.push(hash);
                 }
             }
         }
@@ -119,15 +175,31 @@ impl RouteIndex {
         })
     }
 
-    /// Appends each remote node with a route matching `topic`, once.
+    /// Appends each remote node with a plain route matching `topic`, once.
     pub fn matching_nodes(&self, topic: &str, out: &mut Vec<Arc<str>>) {
         let start = out.len();
-        self.trie.read().matches(topic, out);
+        let trie = self.trie.read();
+        let mut matched = Vec::new();
+        trie.matches(topic, &mut matched);
+        for node in matched {
+            out.extend(node.nodes.iter().cloned());
+        }
         if out.len() - start > 1 {
             out[start..].sort_unstable();
             let mut unique: Vec<Arc<str>> = out.drain(start..).collect();
             unique.dedup();
             out.extend(unique);
+        }
+    }
+
+    /// Appends each share group with a filter matching `topic` that has
+    /// members on other nodes, with those nodes.
+    pub fn matching_groups(&self, topic: &str, out: &mut Vec<(Arc<ShareKey>, Vec<Arc<str>>)>) {
+        let trie = self.trie.read();
+        let mut matched = Vec::new();
+        trie.matches(topic, &mut matched);
+        for node in matched {
+            out.extend(node.groups.iter().cloned());
         }
     }
 
@@ -221,6 +293,30 @@ mod tests {
         out.clear();
         index.matching_nodes("a", &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn share_group_routes_are_indexed_apart_from_plain_ones() {
+        let keys = Keys::new("c");
+        let index = RouteIndex::new("me", keys.clone());
+        let mut sink = index.sink();
+        sink.put(&keys.route("n2", "$share/g/s/+"), b"");
+        sink.put(&keys.route("n3", "$share/g/s/+"), b"");
+        sink.put(&keys.route("n3", "s/#"), b"");
+        let mut plain = Vec::new();
+        index.matching_nodes("s/1", &mut plain);
+        assert_eq!(plain.iter().map(|n| &**n).collect::<Vec<_>>(), vec!["n3"]);
+        let mut groups = Vec::new();
+        index.matching_groups("s/1", &mut groups);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(&*groups[0].0.group, "g");
+        assert_eq!(&*groups[0].0.filter, "s/+");
+        assert_eq!(groups[0].1.len(), 2);
+        sink.delete(&keys.route("n2", "$share/g/s/+"));
+        sink.delete(&keys.route("n3", "$share/g/s/+"));
+        groups.clear();
+        index.matching_groups("s/1", &mut groups);
+        assert!(groups.is_empty());
     }
 
     #[test]

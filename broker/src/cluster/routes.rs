@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::keys::Keys;
 use super::leased_keys::LeasedKeys;
 use super::route_index::RouteIndex;
+use crate::message::ShareKey;
 use crate::router::store::{NodeId, RouteStore};
 
 pub struct EtcdRouteStore {
@@ -44,6 +45,10 @@ impl RouteStore for EtcdRouteStore {
 
     fn remote_nodes(&self, topic: &str, out: &mut Vec<NodeId>) {
         self.index.matching_nodes(topic, out);
+    }
+
+    fn remote_groups(&self, topic: &str, out: &mut Vec<(Arc<ShareKey>, Vec<NodeId>)>) {
+        self.index.matching_groups(topic, out);
     }
 
     fn local_route_count(&self) -> usize {

@@ -23,6 +23,69 @@ use crate::metrics::Metrics;
 use crate::session::mailbox::PushOutcome;
 use retained::RetainedStore;
 use store::{Forwarder, NodeId, RetainedReplicator, RouteStore};
+
+/// Where a message published here goes in a cluster.
+#[derive(Default)]
+struct RoutePlan {
+    /// Nodes with a matching plain route.
+    plain_nodes: Vec<NodeId>,
+    /// Share groups whose message this node delivers itself.
+    local_groups: Vec<Arc<ShareKey>>,
+    /// Share groups whose message another node delivers.
+    remote_groups: Vec<(NodeId, Arc<ShareKey>)>,
+}
+
+impl RoutePlan {
+    /// Picks one node per matching share group among the nodes with members
+    /// (this one included), spreading by the message's sequence number.
+    fn choose_group_nodes(
+        &mut self,
+        seq: u64,
+        local: &[Arc<ShareKey>],
+        remote: Vec<(Arc<ShareKey>, Vec<NodeId>)>,
+    ) {
+        let mut remote = remote;
+        for key in local {
+            let others = remote
+                .iter()
+                .position(|(k, _)| k == key)
+                .map(|i| remote.swap_remove(i).1)
+                .unwrap_or_default();
+            let pick = (seq % (others.len() as u64 + 1)) as usize;
+            match others.get(pick) {
+                Some(node) => self.remote_groups.push((node.clone(), key.clone())),
+                None => self.local_groups.push(key.clone()),
+            }
+        }
+        for (key, nodes) in remote {
+            if !nodes.is_empty() {
+                let node = nodes[(seq % nodes.len() as u64) as usize].clone();
+                self.remote_groups.push((node, key));
+            }
+        }
+    }
+
+    /// Each target node once, with whether its plain subscriptions want the
+    /// message and which share groups it serves.
+    fn remote_targets(&self) -> Vec<(NodeId, bool, Vec<Arc<ShareKey>>)> {
+        let mut targets: Vec<(NodeId, bool, Vec<Arc<ShareKey>>)> = self
+            .plain_nodes
+            .iter()
+            .map(|n| (n.clone(), true, Vec::new()))
+            .collect();
+        for (node, key) in &self.remote_groups {
+            match targets.iter_mut().find(|t| t.0 == *node) {
+                Some(target) => target.2.push(key.clone()),
+                None => targets.push((node.clone(), false, vec![key.clone()])),
+            }
+        }
+        targets
+    }
+
+    fn remote_count(&self) -> usize {
+        self.remote_targets().len()
+    }
+}
 use trie::{Matches, Subscriber, Trie};
 
 const SHARDS: usize = 16;
@@ -49,6 +112,28 @@ fn shard_of(first_level: &str) -> usize {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     (hash % SHARDS as u64) as usize
+}
+
+/// The route a subscription stands for: its filter, or
+/// `$share/<group>/<filter>` for a member of a share group.
+fn route_name(filter: &ParsedFilter<'_>) -> String {
+    match filter.share_group {
+        None => filter.filter.to_string(),
+        Some(group) => format!("$share/{group}/{}", filter.filter),
+    }
+}
+
+/// Which local subscriptions a message goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every matching subscription, plain and shared (a single node).
+    All,
+    /// Plain subscriptions if `plain`, and only the listed share groups:
+    /// in a cluster, each group's message goes to exactly one node.
+    Selected {
+        plain: bool,
+        groups: &'a [Arc<ShareKey>],
+    },
 }
 
 fn first_level(topic: &str) -> &str {
@@ -92,8 +177,8 @@ impl Router {
             session,
             subscriber,
         );
-        if change.filter_edge {
-            self.store.add_route(filter.filter);
+        if change.route_edge {
+            self.store.add_route(&route_name(filter));
         }
         change.existed
     }
@@ -105,8 +190,8 @@ impl Router {
             filter.share_group,
             session,
         );
-        if change.filter_edge {
-            self.store.remove_route(filter.filter);
+        if change.route_edge {
+            self.store.remove_route(&route_name(filter));
         }
         change.existed
     }
@@ -164,25 +249,50 @@ impl Router {
 
     /// Delivers a message published on this node: to every matching local
     /// subscription and, in a cluster, once to every other node with a
-    /// matching route. Returns the number of local deliveries plus target
-    /// nodes (0 means nobody wanted it).
+    /// matching route. Each matching share group gets it exactly once in the
+    /// whole cluster: one node among those with members is chosen for it.
+    /// Returns the number of local deliveries plus target nodes (0 means
+    /// nobody wanted it).
     pub fn route(&self, message: &Arc<Message>) -> usize {
-        let local = self.route_local(message);
-        let remote = match &self.forwarder {
-            Some(forwarder) => {
-                let mut nodes: Vec<NodeId> = Vec::new();
-                self.store.remote_nodes(&message.topic, &mut nodes);
-                for node in &nodes {
-                    forwarder.forward(node, message);
-                }
-                nodes.len()
-            }
-            None => 0,
+        let Some(forwarder) = &self.forwarder else {
+            return self.count_unwanted(self.route_local(message, Scope::All));
         };
-        if local + remote == 0 {
+        let mut plan = RoutePlan::default();
+        self.store
+            .remote_nodes(&message.topic, &mut plan.plain_nodes);
+        let mut remote_groups = Vec::new();
+        self.store.remote_groups(&message.topic, &mut remote_groups);
+        let local_groups = self.local_group_keys(&message.topic);
+        plan.choose_group_nodes(message.seq, &local_groups, remote_groups);
+
+        let local = self.route_local(
+            message,
+            Scope::Selected {
+                plain: true,
+                groups: &plan.local_groups,
+            },
+        );
+        for (node, plain, groups) in plan.remote_targets() {
+            forwarder.forward(&node, message, plain, groups);
+        }
+        self.count_unwanted(local + plan.remote_count())
+    }
+
+    fn count_unwanted(&self, delivered: usize) -> usize {
+        if delivered == 0 {
             Metrics::inc(&self.metrics.dropped_no_subscribers);
         }
-        local + remote
+        delivered
+    }
+
+    /// The share groups on this node with a filter matching `topic`.
+    fn local_group_keys(&self, topic: &str) -> Vec<Arc<ShareKey>> {
+        let shard = self.shards[shard_of(first_level(topic))].read();
+        let wildcard = self.wildcard.read();
+        let mut matches = Matches::default();
+        shard.matches(topic, &mut matches);
+        wildcard.matches(topic, &mut matches);
+        matches.groups.iter().map(|g| g.key.clone()).collect()
     }
 
     /// Delivers a message to every matching local subscription: one delivery
@@ -190,7 +300,7 @@ impl Router {
     /// Subscription Identifiers), one per matching shared group. Messages
     /// that came from another node go only here: they are never forwarded
     /// again. Returns the number of deliveries made.
-    pub fn route_local(&self, message: &Arc<Message>) -> usize {
+    pub fn route_local(&self, message: &Arc<Message>, scope: Scope<'_>) -> usize {
         let topic: &str = &message.topic;
         let shard = self.shards[shard_of(first_level(topic))].read();
         let wildcard = self.wildcard.read();
@@ -198,6 +308,18 @@ impl Router {
         shard.matches(topic, &mut matches);
         wildcard.matches(topic, &mut matches);
 
+        let (plain, groups) = match scope {
+            Scope::All => (true, None),
+            Scope::Selected { plain, groups } => (plain, Some(groups)),
+        };
+        if !plain {
+            matches.subscribers.clear();
+        }
+        if let Some(selected) = groups {
+            matches
+                .groups
+                .retain(|g| selected.iter().any(|k| **k == *g.key));
+        }
         let mut delivered = 0;
         let subscribers = &mut matches.subscribers;
         if subscribers.len() > 1 {

@@ -19,8 +19,16 @@ pub trait RouteStore: Send + Sync + 'static {
     fn add_route(&self, filter: &str);
     /// The last local subscription of `filter` is gone.
     fn remove_route(&self, filter: &str);
-    /// Appends the remote nodes that have a route matching `topic`.
+    /// Appends the remote nodes that have a plain route matching `topic`.
     fn remote_nodes(&self, topic: &str, out: &mut Vec<NodeId>);
+    /// Appends the share groups with a filter matching `topic` that have
+    /// members on other nodes, with those nodes.
+    fn remote_groups(
+        &self,
+        _topic: &str,
+        _out: &mut Vec<(Arc<crate::message::ShareKey>, Vec<NodeId>)>,
+    ) {
+    }
     /// The filters this node currently advertises.
     fn local_route_count(&self) -> usize;
 }
@@ -29,7 +37,15 @@ pub trait RouteStore: Send + Sync + 'static {
 pub trait Forwarder: Send + Sync + 'static {
     /// Queues `message` for `node`; never blocks. A message that cannot be
     /// queued is dropped and counted by the forwarder.
-    fn forward(&self, node: &NodeId, message: &Arc<crate::message::Message>);
+    /// `plain`: deliver to the node's plain subscriptions; `groups`: the
+    /// share groups the node was chosen for.
+    fn forward(
+        &self,
+        node: &NodeId,
+        message: &Arc<crate::message::Message>,
+        plain: bool,
+        groups: Vec<Arc<crate::message::ShareKey>>,
+    );
     /// Sends a delivery for one session that moved to `node`.
     fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: crate::message::Delivery);
 }

@@ -86,14 +86,17 @@ impl Matches<'_> {
     }
 }
 
-/// Whether an insert or removal changed the set of filters with subscribers
-/// (what the cluster route store must hear about).
+/// What an insert or removal changed, for the cluster route store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
     /// The session already had this subscription (insert) / had it (remove).
     pub existed: bool,
-    /// The filter gained its first / lost its last subscription.
+    /// The filter gained its first / lost its last subscription of any kind.
     pub filter_edge: bool,
+    /// The route changed: the filter's plain subscriptions (for a plain
+    /// subscription) or the share group (for a shared one) gained its first
+    /// / lost its last member on this node.
+    pub route_edge: bool,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +123,10 @@ impl Trie {
             node = node.children.entry(level.into()).or_default();
         }
         let was_used = node.has_subscriptions();
+        let route_existed = match group {
+            None => !node.subscribers.is_empty(),
+            Some(group) => node.groups.contains_key(group),
+        };
         let existed = match group {
             None => node.subscribers.insert(session, subscriber).is_some(),
             Some(group) => {
@@ -152,6 +159,7 @@ impl Trie {
         Change {
             existed,
             filter_edge: !was_used,
+            route_edge: !route_existed,
         }
     }
 
@@ -160,6 +168,7 @@ impl Trie {
         let mut change = Change {
             existed: false,
             filter_edge: false,
+            route_edge: false,
         };
         remove_at(&mut self.root, &levels, group, session, &mut change);
         if change.filter_edge {
@@ -201,6 +210,11 @@ fn remove_at(
                 },
             };
             change.filter_edge = change.existed && !node.has_subscriptions();
+            change.route_edge = change.existed
+                && match group {
+                    None => node.subscribers.is_empty(),
+                    Some(group) => !node.groups.contains_key(group),
+                };
         }
         Some((level, rest)) => {
             if let Some(child) = node.children.get_mut(*level) {
