@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and property tests, a
-# bounded fuzz run of the codec, and the protocol tests that drive a real
-# `starling` with paho-mqtt and mosquitto_pub/sub.
+# bounded fuzz run of the codec, the protocol tests that drive a real
+# `starling` with paho-mqtt and mosquitto_pub/sub, the cluster tests (real
+# etcd, several nodes), and a smoke run of every benchmark scenario.
 #
 #   FUZZ_SECONDS=N   fuzz time (default 30)
 set -euo pipefail
@@ -23,4 +24,11 @@ echo "== codec fuzzing"
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 
 echo "== protocol tests against a running starling"
-STARLING_BIN="$PWD/target/debug/starling" python3 -m pytest e2e/protocol -q -p no:cacheprovider
+export STARLING_BIN="$PWD/target/debug/starling"
+python3 -m pytest e2e/protocol -q -p no:cacheprovider
+
+echo "== cluster tests: real etcd, several starling processes"
+python3 -m pytest e2e/cluster -q -p no:cacheprovider
+
+echo "== benchmark smoke: every scenario, tiny sizes, no message lost"
+bench/smoke.sh
