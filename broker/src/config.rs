@@ -68,6 +68,9 @@ pub struct Config {
     /// (taking their sessions along) before handing the remaining sessions
     /// to other nodes.
     pub drain_session_wait_secs: u64,
+    /// Cluster: a QoS 1/2 publisher's PUBACK/PUBREC waits until every node
+    /// the message goes to acknowledged it.
+    pub forward_ack: bool,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             server_reference: None,
             drain_rate: 500,
             drain_session_wait_secs: 5,
+            forward_ack: true,
         }
     }
 }
@@ -176,6 +180,7 @@ pub struct FileConfig {
     pub server_reference: Option<String>,
     pub drain_rate: Option<u32>,
     pub drain_session_wait_secs: Option<u64>,
+    pub forward_ack: Option<bool>,
 }
 
 /// Command-line flags; each also reads a `STARLING_*` environment variable.
@@ -292,6 +297,9 @@ pub struct Cli {
     /// before handing the rest to other nodes.
     #[arg(long, env = "STARLING_DRAIN_SESSION_WAIT_SECS", value_name = "SECS")]
     pub drain_session_wait_secs: Option<u64>,
+    /// Cluster: PUBACK/PUBREC only once every target node has the message.
+    #[arg(long, env = "STARLING_FORWARD_ACK", value_name = "BOOL")]
+    pub forward_ack: Option<bool>,
 }
 
 impl FileConfig {
@@ -410,6 +418,10 @@ impl Config {
                 .drain_session_wait_secs
                 .or(file.drain_session_wait_secs)
                 .unwrap_or(d.drain_session_wait_secs),
+            forward_ack: cli
+                .forward_ack
+                .or(file.forward_ack)
+                .unwrap_or(d.forward_ack),
         };
         config.validate()?;
         Ok(config)

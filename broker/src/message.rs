@@ -156,3 +156,82 @@ mod time_left {
         Ok(left.map(|ms| Instant::now() + Duration::from_millis(ms)))
     }
 }
+
+/// Tracks one publish forwarded to other nodes until each of them
+/// acknowledged it, so that the publisher's PUBACK/PUBREC can wait for
+/// "every target node has the message".
+#[derive(Debug)]
+pub struct ForwardTicket {
+    remaining: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicBool,
+    done: tokio::sync::Notify,
+}
+
+impl ForwardTicket {
+    /// A ticket waiting for `targets` acknowledgements.
+    pub fn new(targets: usize) -> Arc<ForwardTicket> {
+        Arc::new(ForwardTicket {
+            remaining: std::sync::atomic::AtomicUsize::new(targets),
+            failed: std::sync::atomic::AtomicBool::new(false),
+            done: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// One target acknowledged (`delivered`) or was lost (`!delivered`).
+    pub fn complete(&self, delivered: bool) {
+        use std::sync::atomic::Ordering;
+        if !delivered {
+            self.failed.store(true, Ordering::Release);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // A stored permit: the waiter may not be waiting yet.
+            self.done.notify_one();
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.remaining.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
+    /// Whether every target got the message (meaningful once done).
+    pub fn delivered(&self) -> bool {
+        !self.failed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once every target answered.
+    pub async fn wait(&self) {
+        while !self.is_done() {
+            self.done.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ticket_completes_after_every_target_and_remembers_a_loss() {
+        let ticket = ForwardTicket::new(2);
+        ticket.complete(true);
+        assert!(!ticket.is_done());
+        ticket.complete(false);
+        // Completed before anyone waited: the stored permit lets wait() end.
+        tokio::time::timeout(Duration::from_secs(1), ticket.wait())
+            .await
+            .unwrap();
+        assert!(!ticket.delivered());
+
+        let ok = ForwardTicket::new(1);
+        let waiter = tokio::spawn({
+            let ok = ok.clone();
+            async move { ok.wait().await }
+        });
+        ok.complete(true);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ok.delivered());
+    }
+}

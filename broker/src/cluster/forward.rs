@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::convert::{publish_to_wire, redirect_to_wire};
 use super::mirror::Backoff;
-use crate::message::{Delivery, Message, ShareKey};
+use crate::message::{Delivery, ForwardTicket, Message, ShareKey};
 use crate::metrics::Metrics;
 use crate::router::store::{Forwarder, NodeId};
 
@@ -35,6 +35,7 @@ enum Outgoing {
         message: Arc<Message>,
         plain: bool,
         groups: Vec<Arc<ShareKey>>,
+        ticket: Option<Arc<ForwardTicket>>,
     },
     /// A delivery for one session that moved to the node.
     Redirect {
@@ -139,17 +140,36 @@ impl PeerForwarder {
     }
 }
 
+impl Outgoing {
+    fn ticket(&self) -> Option<&Arc<ForwardTicket>> {
+        match self {
+            Outgoing::Publish { ticket, .. } => ticket.as_ref(),
+            Outgoing::Redirect { .. } => None,
+        }
+    }
+
+    /// Counts a message that will not reach its node.
+    fn lost(&self, metrics: &Metrics) {
+        Metrics::inc(&metrics.forward_dropped);
+        if let Some(ticket) = self.ticket() {
+            ticket.complete(false);
+        }
+    }
+}
+
 impl PeerForwarder {
     fn enqueue(&self, node: &NodeId, item: Outgoing) {
-        let queued = self
-            .links
-            .read()
-            .get(node)
-            .is_some_and(|link| link.queue.try_send(item).is_ok());
-        if queued {
-            Metrics::inc(&self.metrics.forwarded);
-        } else {
-            Metrics::inc(&self.metrics.forward_dropped);
+        let refused = match self.links.read().get(node) {
+            Some(link) => link.queue.try_send(item).err().map(|e| match e {
+                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => {
+                    item
+                }
+            }),
+            None => Some(item),
+        };
+        match refused {
+            None => Metrics::inc(&self.metrics.forwarded),
+            Some(item) => item.lost(&self.metrics),
         }
     }
 }
@@ -161,6 +181,7 @@ impl Forwarder for PeerForwarder {
         message: &Arc<Message>,
         plain: bool,
         groups: Vec<Arc<ShareKey>>,
+        ticket: Option<Arc<ForwardTicket>>,
     ) {
         let message = message.clone();
         self.enqueue(
@@ -169,6 +190,7 @@ impl Forwarder for PeerForwarder {
                 message,
                 plain,
                 groups,
+                ticket,
             },
         );
     }
@@ -216,8 +238,8 @@ async fn run_link(
                 // While the link is down, what arrives for it is dropped:
                 // forwarding on stale messages after a long partition would
                 // deliver them late and out of order with newer traffic.
-                while let Ok(_message) = queue.try_recv() {
-                    Metrics::inc(&metrics.forward_dropped);
+                while let Ok(item) = queue.try_recv() {
+                    item.lost(&metrics);
                 }
                 if queue.is_closed() {
                     // The node left the cluster while we were reconnecting.
@@ -227,6 +249,13 @@ async fn run_link(
             }
         }
     }
+}
+
+/// A batch sent on a stream and not acknowledged yet.
+struct Unacked {
+    sequence: u64,
+    messages: usize,
+    tickets: Vec<Arc<ForwardTicket>>,
 }
 
 enum StreamEnd {
@@ -260,8 +289,9 @@ async fn stream_to(
     };
     info!(%node, %endpoint, "peer link up");
 
-    // Sequence number and size of each batch awaiting its ack.
-    let unacked: Arc<Mutex<VecDeque<(u64, usize)>>> = Arc::default();
+    // Each batch awaiting its ack: sequence, size, and the tickets of its
+    // messages that wait for this node's acknowledgement.
+    let unacked: Arc<Mutex<VecDeque<Unacked>>> = Arc::default();
     let ack_reader = {
         let unacked = unacked.clone();
         async move {
@@ -269,8 +299,12 @@ async fn stream_to(
                 match acks.message().await {
                     Ok(Some(ack)) => {
                         let mut unacked = unacked.lock();
-                        while unacked.front().is_some_and(|(seq, _)| *seq <= ack.sequence) {
-                            unacked.pop_front();
+                        while unacked.front().is_some_and(|u| u.sequence <= ack.sequence) {
+                            if let Some(batch) = unacked.pop_front() {
+                                for ticket in batch.tickets {
+                                    ticket.complete(true);
+                                }
+                            }
                         }
                     }
                     Ok(None) => return "peer closed the stream".to_string(),
@@ -292,12 +326,13 @@ async fn stream_to(
                 }
                 sequence += 1;
                 let now = Instant::now();
+                let tickets: Vec<Arc<ForwardTicket>> = pending.iter().filter_map(|i| i.ticket().cloned()).collect();
                 let batch = ForwardBatch {
                     sequence,
                     messages: pending
                         .drain(..)
                         .map(|item| match item {
-                            Outgoing::Publish { message, plain, groups } => {
+                            Outgoing::Publish { message, plain, groups, .. } => {
                                 publish_to_wire(&message, plain, &groups, now, own_node)
                             }
                             Outgoing::Redirect { client_id, delivery } => {
@@ -306,7 +341,11 @@ async fn stream_to(
                         })
                         .collect(),
                 };
-                unacked.lock().push_back((sequence, batch.messages.len()));
+                unacked.lock().push_back(Unacked {
+                    sequence,
+                    messages: batch.messages.len(),
+                    tickets,
+                });
                 if batches.send(batch).await.is_err() {
                     break StreamEnd::Failed {
                         error: "request stream closed".to_string(),
@@ -316,7 +355,13 @@ async fn stream_to(
             }
         }
     };
-    let lost: usize = unacked.lock().drain(..).map(|(_, n)| n).sum();
+    let mut lost = 0;
+    for batch in unacked.lock().drain(..) {
+        lost += batch.messages;
+        for ticket in batch.tickets {
+            ticket.complete(false);
+        }
+    }
     if lost > 0 {
         Metrics::add(&metrics.forward_dropped, lost as u64);
         warn!(%node, lost, "messages in flight to a peer were lost with its stream");

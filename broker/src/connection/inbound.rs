@@ -11,7 +11,7 @@ use starling_codec::{
 use tracing::debug;
 
 use super::{Connection, Ending};
-use crate::message::{Delivery, Message};
+use crate::message::{Delivery, ForwardTicket, Message};
 use crate::metrics::Metrics;
 use crate::router::trie::Subscriber;
 use crate::session::state::{OutboundPhase, StoredSubscription};
@@ -142,27 +142,62 @@ impl Connection {
             };
             self.broker.router.retain(Arc::new(stored));
         }
-        let delivered = self.broker.router.route(&message);
+        // QoS 1/2 in a cluster: the ack waits until every node the message
+        // went to has it (forward_ack), so a PUBACK means "in the cluster".
+        let track = qos != QoS::AtMostOnce && self.broker.config.forward_ack;
+        let (delivered, ticket) = self.broker.router.route_tracked(&message, track);
         let code = if delivered == 0 && self.n.version.is_v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
         };
+        let mut ack = PubAck::new(packet_id);
+        ack.code = code;
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                let mut ack = PubAck::new(packet_id);
-                ack.code = code;
-                self.send(&Packet::PubAck(ack));
-            }
+            QoS::AtLeastOnce => self.queue_ack(Packet::PubAck(ack), ticket),
             QoS::ExactlyOnce => {
                 self.session.awaiting_rel.insert(packet_id);
-                let mut rec = PubAck::new(packet_id);
-                rec.code = code;
-                self.send(&Packet::PubRec(rec));
+                self.queue_ack(Packet::PubRec(ack), ticket);
             }
         }
         Ok(())
+    }
+
+    /// Sends an ack now, or after the acks before it and its forward
+    /// ticket: PUBACKs leave in the order the PUBLISHes came
+    /// (MQTT-4.6.0-2).
+    fn queue_ack(&mut self, ack: Packet, ticket: Option<Arc<ForwardTicket>>) {
+        if ticket.is_none() && self.pending_acks.is_empty() {
+            self.send(&ack);
+        } else {
+            self.pending_acks.push_back((ack, ticket));
+        }
+    }
+
+    /// Sends every ack at the front whose forward finished. A forward that
+    /// failed (a node could not get the message) is reported to v5 clients
+    /// with 0x80 and ends a QoS 2 flow; 3.1.1 has no way to say so.
+    pub(super) fn release_acks(&mut self) {
+        while let Some((_, ticket)) = self.pending_acks.front() {
+            let delivered = match ticket {
+                Some(ticket) if !ticket.is_done() => return,
+                Some(ticket) => ticket.delivered(),
+                None => true,
+            };
+            let Some((mut ack, _)) = self.pending_acks.pop_front() else {
+                return;
+            };
+            if !delivered && self.n.version.is_v5() {
+                if let Packet::PubAck(a) | Packet::PubRec(a) = &mut ack {
+                    a.code = ReasonCode::UNSPECIFIED_ERROR;
+                }
+                if let Packet::PubRec(a) = &ack {
+                    self.session.awaiting_rel.remove(&a.packet_id);
+                }
+            }
+            self.send(&ack);
+        }
     }
 
     /// The topic of a PUBLISH after Topic Alias processing (MQTT 5.0

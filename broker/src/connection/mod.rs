@@ -11,7 +11,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, trace};
 
 use crate::broker::Broker;
-use crate::message::Delivery;
+use crate::message::{Delivery, ForwardTicket};
 use crate::metrics::Metrics;
 use crate::session::lifecycle::{self, Closing};
 use crate::session::mailbox::Mailbox;
@@ -78,6 +78,8 @@ pub(crate) struct Connection {
     scratch: Vec<Delivery>,
     /// Session expiry, possibly changed by DISCONNECT.
     expiry: u32,
+    /// Acks waiting, in order, for their publish to reach other nodes.
+    pending_acks: VecDeque<(Packet, Option<Arc<ForwardTicket>>)>,
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -219,6 +221,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         aliases_in: HashMap::new(),
         aliases_out: HashMap::new(),
         scratch: Vec::new(),
+        pending_acks: VecDeque::new(),
     };
     let ack = handshake::accepted(&connection.n, &broker.config, opened.session_present);
     connection.send(&Packet::ConnAck(ack));
@@ -294,6 +297,7 @@ impl Connection {
             if let Err(ending) = self.flush_now() {
                 return ending;
             }
+            let front_ticket = self.pending_acks.front().and_then(|(_, t)| t.clone());
             let take_mail = self.wbuf.len() < WRITE_HIGH_WATER;
             let read = self.wbuf.len() < WRITE_STOP_READING;
             // One readiness future for both directions keeps the task small.
@@ -339,6 +343,7 @@ impl Connection {
                     // Writable: the loop's next flush writes.
                 }
                 _ = mailbox.notified(), if take_mail => self.deliver(),
+                _ = wait_ticket(&front_ticket), if front_ticket.is_some() => self.release_acks(),
                 _ = &mut keep_alive_timer, if keep_alive.is_some() => {
                     debug!(peer = %self.peer, client_id = %self.n.client_id, "keep-alive timeout");
                     return Ending::ServerClose(ReasonCode::KEEP_ALIVE_TIMEOUT);
@@ -456,6 +461,12 @@ impl Connection {
             closing,
         );
         debug!(peer = %self.peer, client_id = %self.n.client_id, "disconnected");
+    }
+}
+
+async fn wait_ticket(ticket: &Option<Arc<ForwardTicket>>) {
+    if let Some(ticket) = ticket {
+        ticket.wait().await;
     }
 }
 

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use starling_codec::QoS;
 use starling_codec::topic::ParsedFilter;
 
-use crate::message::{Delivery, Message, SessionId, ShareKey};
+use crate::message::{Delivery, ForwardTicket, Message, SessionId, ShareKey};
 use crate::metrics::Metrics;
 use crate::session::mailbox::PushOutcome;
 use retained::RetainedStore;
@@ -80,10 +80,6 @@ impl RoutePlan {
             }
         }
         targets
-    }
-
-    fn remote_count(&self) -> usize {
-        self.remote_targets().len()
     }
 }
 use trie::{Matches, Subscriber, Trie};
@@ -254,8 +250,22 @@ impl Router {
     /// Returns the number of local deliveries plus target nodes (0 means
     /// nobody wanted it).
     pub fn route(&self, message: &Arc<Message>) -> usize {
+        self.route_tracked(message, false).0
+    }
+
+    /// [`route`](Self::route), and with `track` a ticket that completes
+    /// once every other node it was forwarded to acknowledged it (`None`
+    /// when it went to no other node).
+    pub fn route_tracked(
+        &self,
+        message: &Arc<Message>,
+        track: bool,
+    ) -> (usize, Option<Arc<ForwardTicket>>) {
         let Some(forwarder) = &self.forwarder else {
-            return self.count_unwanted(self.route_local(message, Scope::All));
+            return (
+                self.count_unwanted(self.route_local(message, Scope::All)),
+                None,
+            );
         };
         let mut plan = RoutePlan::default();
         self.store
@@ -272,10 +282,13 @@ impl Router {
                 groups: &plan.local_groups,
             },
         );
-        for (node, plain, groups) in plan.remote_targets() {
-            forwarder.forward(&node, message, plain, groups);
+        let targets = plan.remote_targets();
+        let ticket = (track && !targets.is_empty()).then(|| ForwardTicket::new(targets.len()));
+        let remote = targets.len();
+        for (node, plain, groups) in targets {
+            forwarder.forward(&node, message, plain, groups, ticket.clone());
         }
-        self.count_unwanted(local + plan.remote_count())
+        (self.count_unwanted(local + remote), ticket)
     }
 
     fn count_unwanted(&self, delivered: usize) -> usize {

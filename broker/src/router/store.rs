@@ -39,12 +39,15 @@ pub trait Forwarder: Send + Sync + 'static {
     /// queued is dropped and counted by the forwarder.
     /// `plain`: deliver to the node's plain subscriptions; `groups`: the
     /// share groups the node was chosen for.
+    /// `ticket`, when given, is completed once the node acknowledged the
+    /// message (or failed if it cannot get it).
     fn forward(
         &self,
         node: &NodeId,
         message: &Arc<crate::message::Message>,
         plain: bool,
         groups: Vec<Arc<crate::message::ShareKey>>,
+        ticket: Option<Arc<crate::message::ForwardTicket>>,
     );
     /// Sends a delivery for one session that moved to `node`.
     fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: crate::message::Delivery);
