@@ -49,6 +49,11 @@ pub struct Config {
     pub etcd: Vec<String>,
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
+    /// PEM CA bundle that signs etcd's server certificate (turns TLS on).
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for etcd's client-cert auth.
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
     /// Where the inter-node gRPC service listens.
     pub peer_listen: SocketAddr,
     /// The address other nodes use to reach `peer_listen` (default: it).
@@ -98,6 +103,9 @@ impl Default for Config {
             etcd: Vec::new(),
             etcd_username: None,
             etcd_password: None,
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
             peer_listen: SocketAddr::from(([0, 0, 0, 0], 7946)),
             peer_advertise: None,
             peer_token: None,
@@ -172,6 +180,9 @@ pub struct FileConfig {
     pub etcd: Option<Vec<String>>,
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
+    pub etcd_ca_file: Option<PathBuf>,
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
     pub peer_listen: Option<SocketAddr>,
     pub peer_advertise: Option<String>,
     pub peer_token: Option<String>,
@@ -267,6 +278,15 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub etcd_password: Option<String>,
+    /// PEM CA bundle for etcd's server certificate (turns TLS to etcd on).
+    #[arg(long, env = "STARLING_ETCD_CA_FILE", value_name = "FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key-file).
+    #[arg(long, env = "STARLING_ETCD_CERT_FILE", value_name = "FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM private key of the etcd client certificate.
+    #[arg(long, env = "STARLING_ETCD_KEY_FILE", value_name = "FILE")]
+    pub etcd_key_file: Option<PathBuf>,
     /// Inter-node gRPC listener.
     #[arg(long, env = "STARLING_PEER_LISTEN", value_name = "HOST:PORT")]
     pub peer_listen: Option<SocketAddr>,
@@ -401,6 +421,9 @@ impl Config {
             },
             etcd_username: cli.etcd_username.or(file.etcd_username),
             etcd_password: cli.etcd_password.or(file.etcd_password),
+            etcd_ca_file: cli.etcd_ca_file.or(file.etcd_ca_file),
+            etcd_cert_file: cli.etcd_cert_file.or(file.etcd_cert_file),
+            etcd_key_file: cli.etcd_key_file.or(file.etcd_key_file),
             peer_listen: cli
                 .peer_listen
                 .or(file.peer_listen)
@@ -477,6 +500,18 @@ impl Config {
         }
         if self.lease_ttl_secs < 2 {
             return invalid("lease_ttl_secs", "must be at least 2");
+        }
+        if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() {
+            return invalid(
+                "etcd_cert_file",
+                "etcd_cert_file and etcd_key_file go together",
+            );
+        }
+        if self.etcd_cert_file.is_some() && self.etcd_ca_file.is_none() {
+            return invalid(
+                "etcd_ca_file",
+                "a client certificate needs TLS: set etcd_ca_file too",
+            );
         }
         if self.etcd_password.is_some() && self.etcd_username.is_none() {
             return invalid("etcd_password", "needs etcd_username too");

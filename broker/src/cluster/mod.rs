@@ -45,6 +45,12 @@ pub enum ClusterError {
         endpoints: String,
         source: etcd_client::Error,
     },
+    #[error("cannot read {key} ({path}): {source}")]
+    TlsFile {
+        key: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen for peers on {addr}: {source}")]
     PeerBind {
         addr: std::net::SocketAddr,
@@ -65,6 +71,31 @@ pub struct Cluster {
     record: watch::Sender<NodeRecord>,
 }
 
+/// TLS settings for etcd from the configured PEM files, if any.
+fn etcd_tls(config: &Config) -> Result<Option<etcd_client::TlsOptions>, ClusterError> {
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ClusterError::TlsFile {
+            key,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let Some(ca) = &config.etcd_ca_file else {
+        return Ok(None);
+    };
+    let mut tls = etcd_client::TlsOptions::new().ca_certificate(
+        etcd_client::Certificate::from_pem(read("etcd_ca_file", ca)?),
+    );
+    if let (Some(cert), Some(key)) = (&config.etcd_cert_file, &config.etcd_key_file) {
+        let identity = etcd_client::Identity::from_pem(
+            read("etcd_cert_file", cert)?,
+            read("etcd_key_file", key)?,
+        );
+        tls = tls.identity(identity);
+    }
+    Ok(Some(tls))
+}
+
 /// How long start-up keeps trying to reach etcd before giving up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -76,6 +107,9 @@ impl Cluster {
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
         if let (Some(user), Some(password)) = (&config.etcd_username, &config.etcd_password) {
             options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = etcd_tls(config)? {
+            options = options.with_tls(tls);
         }
         let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
         let client = loop {
