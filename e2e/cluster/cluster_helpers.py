@@ -53,8 +53,6 @@ DEFAULT_LEASE_TTL = int(os.environ.get("STARLING_TEST_LEASE_TTL", "2"))
 PROBE = b"\x00probe:"
 
 
-
-
 def stable_port() -> int:
     """A free loopback port outside the ephemeral range (no connect() can be handed it)."""
     low, _high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
@@ -67,6 +65,8 @@ def stable_port() -> int:
                 continue
             return port
     raise AssertionError("no free port below the ephemeral range")
+
+
 class HarnessError(AssertionError):
     """A process of the harness could not be started or did not become ready."""
 
