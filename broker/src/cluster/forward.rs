@@ -24,6 +24,10 @@ use crate::router::store::{Forwarder, NodeId};
 const LINK_QUEUE: usize = 16 * 1024;
 /// Messages per batch on the wire.
 const BATCH: usize = 256;
+/// Payload bytes per batch (one larger message still goes, alone): a batch
+/// is one gRPC message, and a few large publishes must not exceed what the
+/// receiver accepts in one.
+const BATCH_BYTES: usize = 1024 * 1024;
 /// Batches sent and not yet acknowledged per link.
 const BATCHES_IN_FLIGHT: usize = 16;
 
@@ -141,6 +145,15 @@ impl PeerForwarder {
 }
 
 impl Outgoing {
+    /// The bytes it adds to a batch, roughly.
+    fn size(&self) -> usize {
+        let message = match self {
+            Outgoing::Publish { message, .. } => message,
+            Outgoing::Redirect { delivery, .. } => &delivery.message,
+        };
+        message.payload.len() + message.topic.len()
+    }
+
     fn ticket(&self) -> Option<&Arc<ForwardTicket>> {
         match self {
             Outgoing::Publish { ticket, .. } => ticket.as_ref(),
@@ -318,43 +331,66 @@ async fn stream_to(
     let mut sequence = 0u64;
     let mut pending: Vec<Outgoing> = Vec::with_capacity(BATCH);
     let end = loop {
-        tokio::select! {
-            reason = &mut ack_reader => break StreamEnd::Failed { error: reason, was_up: true },
-            received = queue.recv_many(&mut pending, BATCH) => {
-                if received == 0 {
-                    break StreamEnd::QueueClosed;
-                }
-                sequence += 1;
-                let now = Instant::now();
-                let tickets: Vec<Arc<ForwardTicket>> = pending.iter().filter_map(|i| i.ticket().cloned()).collect();
-                let batch = ForwardBatch {
-                    sequence,
-                    messages: pending
-                        .drain(..)
-                        .map(|item| match item {
-                            Outgoing::Publish { message, plain, groups, .. } => {
-                                publish_to_wire(&message, plain, &groups, now, own_node)
-                            }
-                            Outgoing::Redirect { client_id, delivery } => {
-                                redirect_to_wire(&client_id, &delivery, now, own_node)
-                            }
-                        })
-                        .collect(),
-                };
-                unacked.lock().push_back(Unacked {
-                    sequence,
-                    messages: batch.messages.len(),
-                    tickets,
-                });
-                if batches.send(batch).await.is_err() {
-                    break StreamEnd::Failed {
-                        error: "request stream closed".to_string(),
-                        was_up: true,
-                    };
+        if pending.is_empty() {
+            tokio::select! {
+                reason = &mut ack_reader => break StreamEnd::Failed { error: reason, was_up: true },
+                received = queue.recv_many(&mut pending, BATCH) => {
+                    if received == 0 {
+                        break StreamEnd::QueueClosed;
+                    }
                 }
             }
         }
+        // Send what is pending, at most BATCH_BYTES of it per batch.
+        let mut bytes = 0;
+        let take = pending
+            .iter()
+            .take_while(|item| {
+                bytes += item.size();
+                bytes <= BATCH_BYTES
+            })
+            .count()
+            .max(1);
+        sequence += 1;
+        let now = Instant::now();
+        let tickets: Vec<Arc<ForwardTicket>> = pending[..take]
+            .iter()
+            .filter_map(|i| i.ticket().cloned())
+            .collect();
+        let batch = ForwardBatch {
+            sequence,
+            messages: pending
+                .drain(..take)
+                .map(|item| match item {
+                    Outgoing::Publish {
+                        message,
+                        plain,
+                        groups,
+                        ..
+                    } => publish_to_wire(&message, plain, &groups, now, own_node),
+                    Outgoing::Redirect {
+                        client_id,
+                        delivery,
+                    } => redirect_to_wire(&client_id, &delivery, now, own_node),
+                })
+                .collect(),
+        };
+        unacked.lock().push_back(Unacked {
+            sequence,
+            messages: batch.messages.len(),
+            tickets,
+        });
+        if batches.send(batch).await.is_err() {
+            break StreamEnd::Failed {
+                error: "request stream closed".to_string(),
+                was_up: true,
+            };
+        }
     };
+    // Taken from the queue but not sent: lost with the stream too.
+    for item in pending.drain(..) {
+        item.lost(metrics);
+    }
     let mut lost = 0;
     for batch in unacked.lock().drain(..) {
         lost += batch.messages;

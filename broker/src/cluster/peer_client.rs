@@ -41,5 +41,7 @@ pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Peer, String
         .await
         .map_err(|e| e.to_string())?;
     let bearer = token.and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok());
-    Ok(PeerClient::with_interceptor(channel, Bearer(bearer)))
+    Ok(PeerClient::with_interceptor(channel, Bearer(bearer))
+        .max_decoding_message_size(super::peer_service::MAX_PEER_MESSAGE)
+        .max_encoding_message_size(super::peer_service::MAX_PEER_MESSAGE))
 }

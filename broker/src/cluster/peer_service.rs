@@ -24,6 +24,11 @@ use crate::metrics::Metrics;
 use crate::router::Scope;
 use crate::session::directory::MovedSession;
 
+/// Largest gRPC message between peers: a batch of at most 1 MiB of
+/// payloads, or one message up to MQTT's largest packet (256 MiB), or a
+/// session with its queue. Peers are authenticated; this only bounds them.
+pub const MAX_PEER_MESSAGE: usize = 272 * 1024 * 1024;
+
 pub struct PeerService {
     broker: Arc<Broker>,
 }
@@ -34,7 +39,10 @@ pub fn server(
     token: Option<String>,
 ) -> InterceptedService<PeerServer<PeerService>, impl tonic::service::Interceptor + Clone> {
     let expected = token.map(|t| format!("Bearer {t}"));
-    PeerServer::with_interceptor(PeerService { broker }, move |request: Request<()>| {
+    let service = PeerServer::new(PeerService { broker })
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
+    InterceptedService::new(service, move |request: Request<()>| {
         if let Some(expected) = &expected {
             let presented = request
                 .metadata()
