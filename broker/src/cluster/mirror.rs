@@ -33,15 +33,7 @@ async fn mirror_once(
     prefix: &str,
     sink: &mut impl MirrorSink,
 ) -> Result<(), etcd_client::Error> {
-    let snapshot = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = snapshot.header().map_or(0, |h| h.revision());
-    let entries = snapshot
-        .kvs()
-        .iter()
-        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
-        .collect();
+    let (entries, revision) = snapshot(client, prefix).await?;
     sink.reset(entries);
 
     let options = WatchOptions::new()
@@ -63,6 +55,58 @@ async fn mirror_once(
         }
     }
     Ok(())
+}
+
+/// Keys per snapshot page: a whole prefix in one response would exceed
+/// gRPC's message limit long before etcd's limits (1M routes ~ 100 MB).
+const PAGE: i64 = 10_000;
+
+/// Every key under `prefix` as of one revision, read in pages pinned to
+/// that revision so that the pages form one consistent snapshot.
+async fn snapshot(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(Vec<(String, Vec<u8>)>, i64), etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut entries = Vec::new();
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let page = client.get(from.clone(), Some(options)).await?;
+        if revision == 0 {
+            revision = page.header().map_or(0, |h| h.revision());
+        }
+        for kv in page.kvs() {
+            if let Ok(key) = kv.key_str() {
+                entries.push((key.to_string(), kv.value().to_vec()));
+            }
+        }
+        match page.kvs().last() {
+            Some(last) if page.more() => {
+                // The next page starts right after the last key.
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((entries, revision)),
+        }
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the keyspace.
+    vec![0]
 }
 
 /// Exponential backoff from 100 ms to 5 s.
@@ -87,5 +131,19 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         *self = Backoff::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(
+            prefix_end(b"/starling/c/routes/"),
+            b"/starling/c/routes0".to_vec()
+        );
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
     }
 }
