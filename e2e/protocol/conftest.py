@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import rawmqtt  # noqa: E402
-from helpers import BROKER_KIND, IS_MOSQUITTO, Broker, PahoClient  # noqa: E402
+from helpers import BROKER_KIND, IS_MOSQUITTO, Broker, PahoClient, SubProc  # noqa: E402
 
 
 def pytest_configure(config):
@@ -122,3 +122,18 @@ def raw():
     yield make
     for c in clients:
         c.close()
+
+
+@pytest.fixture
+def sub_proc():
+    """``sub_proc(broker, args)`` -> a background mosquitto_sub (SubProc), killed at teardown."""
+    procs: list[SubProc] = []
+
+    def start(broker, args: list[str]) -> SubProc:
+        p = SubProc(broker, args)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from helpers import SubProc, mosquitto_pub
+from helpers import mosquitto_pub
 
 
 
@@ -25,20 +25,6 @@ def _require_mosquitto_clients():
                     "(or apt-get install mosquitto-clients coreutils)")
 
 VERSIONS = pytest.mark.parametrize("cli_version", ["311", "5"], ids=["v311", "v5"])
-
-
-@pytest.fixture
-def sub_proc():
-    procs: list[SubProc] = []
-
-    def start(broker, args: list[str]) -> SubProc:
-        p = SubProc(broker, args)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        p.kill()
 
 
 def pub_ok(broker, args: list[str]) -> None:

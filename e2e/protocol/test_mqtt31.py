@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import rawmqtt as r
-from helpers import SubProc, mosquitto_pub
+from helpers import mosquitto_pub
 
 V31, V311, V5 = 3, 4, 5
 
@@ -60,26 +60,12 @@ def test_v31_persistent_session_resumes(broker, paho):
     assert again.get().payload == b"kept"
 
 
-def test_v31_with_mosquitto_clients_and_retained(broker, sub_proc_31):
+def test_v31_with_mosquitto_clients_and_retained(broker, sub_proc):
     """mosquitto_pub / mosquitto_sub with -V 31: retained message stored and delivered with the
     RETAIN flag to a later 3.1 subscriber (MQTT V3.1 §3.3 Retain)."""
     res = mosquitto_pub(broker, ["-V", "31", "-i", "v31-cli-pub", "-t", "v31/ret", "-m", "r31", "-r", "-q", "1"])
     assert res.returncode == 0, res.stderr
-    s = sub_proc_31(broker, ["-V", "31", "-i", "v31-cli-sub", "-t", "v31/ret", "-C", "1", "-W", "5", "-v"])
+    s = sub_proc(broker, ["-V", "31", "-i", "v31-cli-sub", "-t", "v31/ret", "-C", "1", "-W", "5", "-v"])
     rc, lines = s.finish()
     assert rc == 0
     assert lines == ["v31/ret r31"]
-
-
-@pytest.fixture
-def sub_proc_31():
-    procs: list[SubProc] = []
-
-    def start(broker, args: list[str]) -> SubProc:
-        p = SubProc(broker, args)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        p.kill()
