@@ -188,6 +188,19 @@ class Etcd:
         kvs = json.loads(r.stdout or b"{}").get("kvs", [])
         return base64.b64decode(kvs[0].get("value", "")) if kvs else None
 
+    def lease_of(self, key: str) -> int | None:
+        """The lease id a key is attached to (None: no key, 0: no lease)."""
+        r = self.ctl("get", "-w", "json", key)
+        if r.returncode != 0:
+            raise AssertionError(f"etcdctl get {key} failed: {r.stderr.decode(errors='replace')}")
+        kvs = json.loads(r.stdout or b"{}").get("kvs", [])
+        return int(kvs[0].get("lease", 0)) if kvs else None
+
+    def revoke(self, lease: int) -> None:
+        r = self.ctl("lease", "revoke", format(lease, "x"))
+        if r.returncode != 0:
+            raise AssertionError(f"etcdctl lease revoke {lease:x} failed: {r.stderr.decode(errors='replace')}")
+
     def log_tail(self, n: int = 40) -> str:
         return _tail(self.log_path, n)
 
@@ -829,8 +842,16 @@ class IptablesPartition:
     kind = "iptables"
     UIDS = (64001, 64002)
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, etcd: Etcd):
         self.fw = Firewall(path)
+        self.etcd = etcd
+        # A rule that needs conntrack, added before any node starts: iptables-nft enables
+        # connection tracking only once a rule needs it, and a connection first seen by
+        # conntrack at the cut gets an entry that dies unconfirmed with the dropped packet (and
+        # its mark with it), so later packets of the closed socket would pass. This rule never
+        # matches; it only keeps every peer connection tracked from its first packet.
+        self.tracker = Firewall(path)
+        self.tracker._add(["-m", "connmark", "--mark", "0x5e2effff"], ["-j", "DROP"])
 
     def node_options(self) -> dict:
         return {"uids": {0: self.UIDS[0], 1: self.UIDS[1]}}
@@ -839,17 +860,23 @@ class IptablesPartition:
         self.fw.drop(dport=b.peer_port, uid=self.UIDS[0])
         self.fw.drop(dport=a.peer_port, uid=self.UIDS[1])
 
+    def cut_etcd(self, a: Node) -> None:
+        """Cut n1 (the first node) from etcd only."""
+        assert a.uid == self.UIDS[0], "only n1 can be cut from etcd"
+        self.fw.drop(dport=self.etcd.client_port, uid=self.UIDS[0])
+
     def restore(self) -> None:
         self.fw.clear()
 
     def close(self) -> None:
         self.fw.clear()
+        self.tracker.clear()
 
 
 class NetnsPartition:
     """n1 runs in a network namespace of its own, linked to the host by a veth pair
     (10.203.S.2 inside, 10.203.S.1 outside); n2 and n3 bind 10.203.S.12 and 10.203.S.13 on the
-    host side and etcd also listens on 10.203.S.1. The cut is a blackhole route to n2's address
+    host side and etcd also listens on 10.203.S.11. The cut is a blackhole route to n2's address
     inside n1's namespace: nothing goes from n1 to n2 (neither requests nor replies), n3 is
     untouched. Needs root and iproute2 only."""
 
@@ -861,6 +888,7 @@ class NetnsPartition:
         self.veth_host, self.veth_ns = f"se2e{tag}h", f"se2e{tag}n"
         self.subnet = 10 + int(tag[:2], 16) % 200
         self.gw = f"10.203.{self.subnet}.1"
+        self.etcd_host = f"10.203.{self.subnet}.11"
         self.addr = {0: f"10.203.{self.subnet}.2", 1: f"10.203.{self.subnet}.12",
                      2: f"10.203.{self.subnet}.13"}
         self.etcd = etcd
@@ -880,13 +908,13 @@ class NetnsPartition:
         self._ip("link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns)
         self._ip("link", "set", self.veth_ns, "netns", self.ns)
         self._ip("addr", "add", f"{self.gw}/24", "dev", self.veth_host)
-        for i in (1, 2):
-            self._ip("addr", "add", f"{self.addr[i]}/32", "dev", self.veth_host)
+        for a in (self.addr[1], self.addr[2], self.etcd_host):
+            self._ip("addr", "add", f"{a}/32", "dev", self.veth_host)
         self._ip("link", "set", self.veth_host, "up")
         self._ip("addr", "add", f"{self.addr[0]}/24", "dev", self.veth_ns, ns=self.ns)
         self._ip("link", "set", self.veth_ns, "up", ns=self.ns)
         self._ip("link", "set", "lo", "up", ns=self.ns)
-        self.etcd.extra_host = self.gw
+        self.etcd.extra_host = self.etcd_host
         self.etcd.restart()  # now also listening where n1 can reach it
         return self
 
@@ -896,6 +924,13 @@ class NetnsPartition:
     def cut(self, a: Node, b: Node) -> None:
         self._ip("route", "add", "blackhole", f"{b.host}/32", ns=self.ns)
         self.blackholed.append(b.host)
+
+    def cut_etcd(self, a: Node) -> None:
+        """Cut n1 (the node in the namespace) from etcd only (etcd has an address of its own;
+        host clients reach n1 from the veth's primary address, which stays routable)."""
+        assert a.netns == self.ns, "only n1 can be cut from etcd"
+        self._ip("route", "add", "blackhole", f"{self.etcd_host}/32", ns=self.ns)
+        self.blackholed.append(self.etcd_host)
 
     def restore(self) -> None:
         for h in self.blackholed:

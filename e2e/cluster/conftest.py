@@ -183,7 +183,7 @@ def partition(etcd):
         except HarnessError as e:
             pytest.fail(f"network namespace setup failed: {e}", pytrace=False)
     elif path is not None:
-        p = IptablesPartition(path)
+        p = IptablesPartition(path, etcd)
     elif want == "netns":
         pytest.fail(f"STARLING_TEST_PARTITION=netns but {why_ns}", pytrace=False)
     elif want == "iptables":

@@ -193,3 +193,83 @@ def test_partition_between_two_nodes(partition, cluster, paho, measure):
     print("cut/hold messages that reached n2 after the restore:", len(set(cut + hold) & set(seen2)),
           "of", len(cut + hold))
     assert n1.alive() and n2.alive() and n3.alive()
+
+
+@pytest.mark.outage
+def test_lost_lease_is_replaced_and_keys_rewritten(cluster, paho, measure):
+    """Issue point 8 (DESIGN: changes are written back when etcd returns, "with a new lease if
+    the old one expired"): n2's lease is revoked in etcd (what an expiry during a long outage
+    does) -> its nodes/, routes/ and clients/ keys vanish; n2 notices, takes a new lease and
+    rewrites them (bounded: 3x TTL + 2 s), and n1 -> n2 forwarding works again."""
+    c = cluster(2)
+    n1, n2 = c
+    sub = paho(n2, "lease-sub")
+    sub.subscribe("lease/a", 1)
+    sub.subscribe("lease/b/#", 0)
+    pub = paho(n1, "pub")
+    await_delivery(pub, sub, "lease/a")
+    lease = c.etcd.lease_of(n2.node_key)
+    assert lease, f"nodes/n2 has no lease: {lease}"
+    assert c.etcd.lease_of(n2.route_key("lease/a")) == lease
+    c.etcd.revoke(lease)
+    t0 = time.monotonic()
+    assert c.rel_keys("routes/n2/") == [] and not c.keys("nodes/n2")
+
+    def rewritten():
+        return (c.keys("nodes/n2") and c.keys("clients/lease-sub")
+                and c.rel_keys("routes/n2/") == ["routes/n2/lease/a", "routes/n2/lease/b/#"])
+
+    try:
+        wait_for(rewritten, 3 * 2 + 2, 0.05, "n2's keys to be rewritten under a new lease")
+    finally:
+        print("keys after revoke:", c.rel_keys())
+    measure("lease_lost_to_keys_rewritten", time.monotonic() - t0)
+    new = c.etcd.lease_of(n2.node_key)
+    assert new and new != lease
+    assert c.etcd.lease_of(n2.route_key("lease/a")) == new
+    await_delivery(pub, sub, "lease/b/x", timeout=10)
+    pub.publish("lease/a", b"after", qos=1)
+    assert sub.get().payload == b"after"
+    assert n2.status("/readyz") == 200
+
+
+@pytest.mark.outage
+@pytest.mark.partition
+def test_node_cut_from_etcd_expires_then_rejoins(partition, cluster, paho, measure):
+    """Issue points 1 and 8: only n1 loses etcd (the others keep it), for longer than its lease:
+    the cluster sees n1 go (nodes/n1 and routes/n1/* expire); meanwhile n1 keeps serving its
+    local clients and keeps forwarding to n2 on its last known routes, and a subscription made on
+    n1 meanwhile is accepted; when n1 reaches etcd again it re-registers under a new lease with
+    all its routes (including the new one), and n2 -> n1 delivery works again."""
+    c = cluster(3, **partition.node_options())
+    n1, n2, _n3 = c
+    sub1 = paho(n1, "sub1")
+    sub1.subscribe("iso/t", 1)
+    sub2 = paho(n2, "sub2")
+    sub2.subscribe("iso/t", 1)
+    pub1, pub2 = paho(n1, "pub1"), paho(n2, "pub2")
+    await_delivery(pub2, sub1, "iso/t")
+    await_delivery(pub1, sub2, "iso/t")
+    lease = c.etcd.lease_of(n1.node_key)
+
+    partition.cut_etcd(n1)
+    t_cut = time.monotonic()
+    wait_for(lambda: not c.keys("nodes/n1") and not c.keys("routes/n1/"), 3 * 2 + 2, 0.05,
+             f"n1's keys to expire (have {c.rel_keys()})")
+    measure("etcd_cut_to_n1_expired", time.monotonic() - t_cut)
+    # n1 still serves: local delivery, and forwarding to n2 on the routes it knew
+    pub1.publish("iso/t", b"during", qos=1)
+    assert sub1.get().payload == b"during"
+    assert sub2.get().payload == b"during"
+    late = paho(n1, "late")
+    assert late.subscribe("iso/late", 1) == [1]
+    assert n1.alive()
+
+    partition.restore()
+    t_back = time.monotonic()
+    wait_for(lambda: c.keys("nodes/n1") and c.rel_keys("routes/n1/") == ["routes/n1/iso/late", "routes/n1/iso/t"],
+             15, 0.05, f"n1 to re-register with its routes (have {c.rel_keys()})")
+    measure("etcd_back_to_n1_registered", time.monotonic() - t_back)
+    assert c.etcd.lease_of(n1.node_key) not in (None, 0, lease)
+    await_delivery(pub2, [sub1], "iso/t", timeout=10)
+    await_delivery(pub2, [late], "iso/late", timeout=10)
