@@ -103,3 +103,24 @@ def test_retained_message_expiry_cluster_wide(cluster, paho):
     elapse(max(0.0, 2.5 - (time.monotonic() - t0)))  # message expiry is time-based
     assert _retained_on(n2, paho, "expired2", "exp/t", expect=None) is None
     assert _retained_on(n1, paho, "expired1", "exp/t", expect=None) is None
+
+
+def test_many_retained_topics_seen_from_another_node(cluster, paho):
+    """Issue point 5: 200 retained messages set on n1 in a burst are all delivered (once each,
+    RETAIN set) to a wildcard subscription made afterwards on n2, and all are in etcd."""
+    c = cluster(2)
+    n1, n2 = c
+    pub = paho(n1, "pub")
+    want = {f"many/r/{i}": f"v{i}".encode() for i in range(200)}
+    infos = [pub.publish(t, p, qos=1, retain=True, wait=False) for t, p in want.items()]
+    for info in infos:
+        assert pub.wait_published(info, timeout=10) < 0x80
+    from helpers import wait_for
+    wait_for(lambda: len(c.keys("retained/many/r/")) == 200, 10, 0.1,
+             f"200 retained keys (have {len(c.keys('retained/many/r/'))})")
+    s = paho(n2, "late")
+    s.subscribe("many/r/#", 1)
+    got = s.collect(200, timeout=10)
+    assert {m.topic: m.payload for m in got} == want
+    assert all(m.retain for m in got)
+    assert s.collect_quiet(0.3) == []

@@ -99,3 +99,35 @@ def test_route_propagation_delay(cluster, paho, measure):
     measure("route_propagation_median", statistics.median(delays))
     measure("route_propagation_max", max(delays))
     assert max(delays) < 2.0, delays
+
+
+def test_many_filters_at_once(cluster, paho, measure):
+    """Issue point 2 (DESIGN: route writes are batched into transactions; etcd refuses a
+    transaction of more than 128 operations by default): 300 filters subscribed in one
+    SUBSCRIBE on n2 all become routes/n2/ keys and all work from n1; unsubscribed in one
+    UNSUBSCRIBE, all keys go."""
+    c = cluster(2)
+    n1, n2 = c
+    s = paho(n2, "many")
+    filters = [f"many/{i}/+" for i in range(300)]
+    t0 = time.monotonic()
+    rc, mid = s.client.subscribe([(f, 1) for f in filters])
+    assert rc == 0
+    codes, _ = s._wait_ack(s._acks, mid, "SUBACK", 10)
+    assert codes == [1] * 300, codes[:10]
+    want = sorted(f"routes/n2/{f}" for f in filters)
+    from helpers import wait_for
+    try:
+        wait_for(lambda: c.rel_keys("routes/n2/") == want, 10, 0.1, "300 route keys")
+    finally:
+        print(f"{len(c.keys('routes/n2/'))} of 300 route keys")
+    measure("routes_300_written", time.monotonic() - t0)
+    pub = paho(n1, "pub")
+    await_delivery(pub, s, "many/0/x")
+    for i in (1, 150, 299):
+        pub.publish(f"many/{i}/x", f"m{i}".encode(), qos=1)
+        assert s.get().payload == f"m{i}".encode()
+    rc, mid = s.client.unsubscribe(filters)
+    assert rc == 0
+    s._wait_ack(s._acks, mid, "UNSUBACK", 10)
+    wait_for(lambda: c.keys("routes/n2/") == [], 10, 0.1, "route keys to go")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cluster_helpers import CLIENT_RECORD, await_delivery, background, decode_record, wait_key
+from cluster_helpers import CLIENT_RECORD, await_delivery, background, decode_record, stays, wait_key
 from helpers import pprops, wait_for
 
 pytestmark = pytest.mark.takeover
@@ -126,3 +126,67 @@ def test_clean_start_elsewhere_discards_session(cluster, paho):
     assert reason == RC_SESSION_TAKEN_OVER
     wait_key(c, n1.route_key("dev3/t"), present=False)
     assert c.rel_keys("routes/n2/") == []
+
+
+def test_concurrent_connects_with_one_client_id(cluster, paho):
+    """Issue point 6 (a race across nodes): the same client id connects to n2 and n3 at the
+    same moment, 5 times over: each time exactly one connection survives (the other gets 0x8E
+    or a refusal), clients/<id> names the survivor's node, and a message published on n1 for the
+    session's subscription reaches the survivor exactly once."""
+    import threading
+    c = cluster(3)
+    n1, n2, n3 = c
+    first = paho(n1, "racer", clean=False, props=_persistent())
+    first.subscribe("race/t", 1)
+    pub = paho(n1, "pub")
+    await_delivery(pub, first, "race/t")
+    first.disconnect()
+    for round_ in range(5):
+        a = paho(n2, "racer", clean=False, props=_persistent(), connect=False)
+        b = paho(n3, "racer", clean=False, props=_persistent(), connect=False)
+        go = threading.Barrier(2)
+        acks = {}
+
+        def connect(cl):
+            go.wait()
+            try:
+                acks[cl.broker.node_id] = cl.connect(expect_success=False)[:2]
+            except AssertionError as e:
+                acks[cl.broker.node_id] = repr(e)
+
+        ts = [threading.Thread(target=connect, args=(cl,)) for cl in (a, b)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(15)
+        try:
+            wait_for(lambda: [a.connected, b.connected].count(True) == 1, 10, 0.05,
+                     "exactly one connection to survive")
+        except AssertionError as e:
+            rec = decode_record(c.etcd.get(c.key("clients/racer")) or b"", CLIENT_RECORD)
+            raise AssertionError(f"round {round_}: {e}: CONNACKs (session present, rc) {acks}, still "
+                                 f"connected n2={a.connected} n3={b.connected}, clients/racer = {rec}, "
+                                 f"sessions n2={n2.info()['sessions']} n3={n3.info()['sessions']}") from None
+        winner = a if a.connected else b
+        assert stays(lambda: winner.connected and not (a if winner is b else b).connected, 0.5)
+        rec = decode_record(c.etcd.get(c.key("clients/racer")) or b"", CLIENT_RECORD)
+        if rec is not None and rec.get("node"):
+            wait_for(lambda: decode_record(c.etcd.get(c.key("clients/racer")) or b"", CLIENT_RECORD)["node"]
+                     == winner.broker.node_id, 5, 0.05, f"clients/racer to name {winner.broker.node_id}")
+        payload = f"round{round_}".encode()
+        wait_for(lambda: _try_deliver(pub, winner, payload), 10, 0.0,
+                 f"round {round_}: delivery to the survivor on {winner.broker.node_id}")
+        assert winner.collect_quiet(0.3) == []
+        winner.disconnect()
+        print(f"round {round_}: acks {acks}, survivor {winner.broker.node_id}")
+
+
+def _try_deliver(pub, sub, payload: bytes) -> bool:
+    """Publish QoS 1 and wait briefly for it (the route to the survivor's node may lag)."""
+    pub.publish("race/t", payload, qos=1)
+    try:
+        got = sub.messages.get(timeout=0.3)
+    except Exception:
+        return False
+    extra = sub.collect_quiet(0.2)
+    return got.payload == payload and all(m.payload == payload for m in extra)
