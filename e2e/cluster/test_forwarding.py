@@ -189,3 +189,22 @@ def test_large_messages_cross_node(cluster, paho):
                              f"on n2: { {k: v for k, v in n2.info()['counters'].items() if 'forward' in k} })") from None
     assert [(len(p), p[:1]) for p in got] == [(len(p), p[:1]) for p in payloads]
     assert got == payloads
+
+
+def test_will_message_reaches_other_nodes(cluster, paho):
+    """Issue point 3 (a Will is a publish like any other): a client on n1 whose connection
+    drops without DISCONNECT has its Will (QoS 1, with properties) delivered to subscribers on
+    n2 and n3."""
+    c = cluster(3)
+    n1, n2, n3 = c
+    s2, s3 = paho(n2, "w2"), paho(n3, "w3")
+    s2.subscribe("will/t", 1)
+    s3.subscribe("will/t", 1)
+    probe = paho(n1, "probe")
+    await_delivery(probe, [s2, s3], "will/t")
+    dying = paho(n1, "dying", will={"topic": "will/t", "payload": b"gone", "qos": 1,
+                                    "props": pprops("PUBLISH", UserProperty=[("why", "test")])})
+    dying.kill()
+    for s in (s2, s3):
+        m = s.get()
+        assert (m.payload, m.qos, prop(m, "UserProperty")) == (b"gone", 1, [("why", "test")])
