@@ -4,7 +4,6 @@ the peer link between two nodes)."""
 from __future__ import annotations
 
 import os
-import re
 import time
 
 import pytest

@@ -3,11 +3,10 @@ the fixtures before (and independently of) Starling's cluster mode."""
 
 from __future__ import annotations
 
-import subprocess
 
 import pytest
 
-from cluster_helpers import ETCDCTL_BIN, CLIENT_RECORD, NODE_RECORD, decode_record, pb_fields
+from cluster_helpers import CLIENT_RECORD, NODE_RECORD, decode_record, pb_fields
 
 pytestmark = pytest.mark.harness
 
