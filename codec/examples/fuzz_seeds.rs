@@ -3,8 +3,10 @@
 //! packet decoder instead of rediscovering the grammar. Run by hand after
 //! changing the packet types:
 //!
-//! cargo test -p starling-codec --test fuzz_seeds -- --ignored
+//! cargo run -p starling-codec --example fuzz_seeds
 
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
 mod common;
 
 use std::path::Path;
@@ -13,9 +15,7 @@ use common::*;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 
-#[test]
-#[ignore = "writes files into codec/fuzz/seeds; run by hand"]
-fn write_fuzz_seeds() {
+fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/decode");
     std::fs::create_dir_all(&dir).unwrap();
     let mut runner = TestRunner::deterministic();
