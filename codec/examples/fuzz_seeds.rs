@@ -6,7 +6,6 @@
 //! cargo run -p starling-codec --example fuzz_seeds
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::path::Path;
