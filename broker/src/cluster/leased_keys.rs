@@ -53,6 +53,26 @@ impl LeasedKeys {
         self.wake.notify_one();
     }
 
+    /// Inserts `key` unless this node already owns it (no write then).
+    pub fn insert_if_absent(&self, key: String) {
+        if !self.pending.lock().owned.contains(&key) {
+            self.insert(key);
+        }
+    }
+
+    /// Records a key the caller already wrote under the current lease: it is
+    /// owned (and rewritten under a new lease) without another write now.
+    pub fn adopt(&self, key: String) {
+        let mut pending = self.pending.lock();
+        pending.dirty.remove(&key);
+        pending.owned.insert(key);
+    }
+
+    /// The value every key carries.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
     pub fn remove(&self, key: String) {
         let mut pending = self.pending.lock();
         pending.owned.remove(&key);

@@ -152,6 +152,7 @@ impl Cluster {
             client.clone(),
             forwarder.clone(),
             config.peer_token.clone(),
+            lease.clone(),
         );
         tokio::spawn(routes.owned.clone().run(client.clone(), lease.clone()));
         tokio::spawn(

@@ -6,15 +6,20 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::Client;
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use prost::Message as _;
 use starling_proto::v1::{AdoptRequest, ClientRecord, SessionSnapshot, TakeoverRequest};
 use tracing::{debug, info, warn};
 
 use super::forward::PeerForwarder;
 use super::keys::Keys;
+use super::lease::LeaseWatch;
 use super::leased_keys::LeasedKeys;
 use crate::session::directory::{Claim, MovedSession, SessionDirectory};
+
+/// How many times a connect retries registering against concurrent
+/// connects of the same client id on other nodes.
+const CLAIM_ROUNDS: usize = 3;
 
 /// How long a connect waits for etcd and for the owner node.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,6 +31,7 @@ pub struct ClusterSessions {
     client: Client,
     forwarder: Arc<PeerForwarder>,
     token: Option<String>,
+    lease: LeaseWatch,
     pub registrations: Arc<LeasedKeys>,
 }
 
@@ -36,6 +42,7 @@ impl ClusterSessions {
         client: Client,
         forwarder: Arc<PeerForwarder>,
         token: Option<String>,
+        lease: LeaseWatch,
     ) -> Arc<Self> {
         // One value for every registration of this node process: the node,
         // and its start time as the epoch (a restarted node is a new owner).
@@ -52,18 +59,16 @@ impl ClusterSessions {
             client,
             forwarder,
             token,
+            lease,
             registrations: LeasedKeys::new(record.encode_to_vec(), true),
         })
     }
 
-    async fn owner_of(&self, client_id: &str) -> Option<String> {
-        let key = self.keys.client(client_id);
-        let response = match tokio::time::timeout(
-            LOOKUP_TIMEOUT,
-            self.client.clone().get(key, None),
-        )
-        .await
-        {
+    /// The registered owner of `key` (if another node) and the key's
+    /// modification revision (0 when absent); `None` when etcd cannot say.
+    async fn lookup(&self, client_id: &str, key: &str) -> Option<(Option<String>, i64)> {
+        let mut client = self.client.clone();
+        let response = match tokio::time::timeout(LOOKUP_TIMEOUT, client.get(key, None)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 warn!(%error, client_id, "cannot look the client up in etcd; serving it locally");
@@ -77,8 +82,32 @@ impl ClusterSessions {
                 return None;
             }
         };
-        let record = ClientRecord::decode(response.kvs().first()?.value()).ok()?;
-        (record.node != self.node).then_some(record.node)
+        let Some(kv) = response.kvs().first() else {
+            return Some((None, 0));
+        };
+        let owner = ClientRecord::decode(kv.value())
+            .ok()
+            .map(|record| record.node)
+            .filter(|node| *node != self.node);
+        Some((owner, kv.mod_revision()))
+    }
+
+    /// Registers this node as the owner of `key` if nobody changed it since
+    /// `revision`. `None` when etcd cannot say (or there is no lease).
+    async fn register_if_unchanged(&self, key: &str, revision: i64) -> Option<bool> {
+        let lease = (*self.lease.borrow())?;
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then(vec![TxnOp::put(
+                key,
+                self.registrations.value().to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let mut client = self.client.clone();
+        match tokio::time::timeout(LOOKUP_TIMEOUT, client.txn(txn)).await {
+            Ok(Ok(response)) => Some(response.succeeded()),
+            _ => None,
+        }
     }
 
     async fn take_from(
@@ -132,28 +161,57 @@ impl ClusterSessions {
 }
 
 impl SessionDirectory for ClusterSessions {
+    /// Looks the owner up, takes the session from it, and registers this
+    /// node with a compare-and-swap on the key's revision. If another node
+    /// registered meanwhile (the same client connecting there at the same
+    /// moment), it is the newer owner: take over from it and try again. The
+    /// last connect wins, and exactly one connection stays.
     fn claim<'a>(&'a self, client_id: &'a str) -> Claim<'a> {
         Box::pin(async move {
-            let owner = self.owner_of(client_id).await?;
-            match self.take_from(&owner, client_id).await {
-                Ok(Some(moved)) => {
-                    info!(client_id, from = %owner, "session taken over from another node");
-                    Some(moved)
+            let key = self.keys.client(client_id);
+            let mut moved = None;
+            for _ in 0..CLAIM_ROUNDS {
+                let (owner, revision) = self.lookup(client_id, &key).await?;
+                if let Some(owner) = owner {
+                    match self.take_from(&owner, client_id).await {
+                        Ok(Some(session)) => {
+                            info!(client_id, from = %owner, "session taken over from another node");
+                            moved = Some(session);
+                        }
+                        Ok(None) => {
+                            debug!(client_id, from = %owner, "previous owner had no session to hand over")
+                        }
+                        Err(error) => {
+                            warn!(client_id, from = %owner, %error, "session takeover failed")
+                        }
+                    }
                 }
-                Ok(None) => {
-                    debug!(client_id, from = %owner, "previous owner had no session to hand over");
-                    None
-                }
-                Err(error) => {
-                    warn!(client_id, from = %owner, %error, "session takeover failed; starting a new session");
-                    None
+                match self.register_if_unchanged(&key, revision).await {
+                    Some(true) => {
+                        self.registrations.adopt(key);
+                        return moved;
+                    }
+                    Some(false) => debug!(
+                        client_id,
+                        "client registered elsewhere meanwhile; taking over again"
+                    ),
+                    // etcd is away: serve locally, register when it is back.
+                    None => return moved,
                 }
             }
+            warn!(
+                client_id,
+                "client id contended across nodes; keeping this connection"
+            );
+            moved
         })
     }
 
     fn register(&self, client_id: &str) {
-        self.registrations.insert(self.keys.client(client_id));
+        // Usually already written by the claim; this covers etcd outages
+        // and sessions resumed locally.
+        self.registrations
+            .insert_if_absent(self.keys.client(client_id));
     }
 
     fn unregister(&self, client_id: &str) {

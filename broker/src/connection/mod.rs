@@ -297,6 +297,16 @@ impl Connection {
             if let Err(ending) = self.flush_now() {
                 return ending;
             }
+            // Take more from the mailbox whenever the buffer has room: a task
+            // that stopped taking at the high-water mark has no other wake-up
+            // for deliveries already queued (the mailbox's notification keeps
+            // one permit, long since used).
+            if self.wbuf.len() < WRITE_HIGH_WATER {
+                self.deliver();
+                if let Err(ending) = self.flush_now() {
+                    return ending;
+                }
+            }
             let front_ticket = self.pending_acks.front().and_then(|(_, t)| t.clone());
             let take_mail = self.wbuf.len() < WRITE_HIGH_WATER;
             let read = self.wbuf.len() < WRITE_STOP_READING;
@@ -338,7 +348,6 @@ impl Connection {
                             Ok(false) => {}
                             Err(ending) => return ending,
                         }
-                        self.deliver();
                     }
                     // Writable: the loop's next flush writes.
                 }
