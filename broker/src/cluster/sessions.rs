@@ -169,14 +169,20 @@ impl SessionDirectory for ClusterSessions {
     fn claim<'a>(&'a self, client_id: &'a str) -> Claim<'a> {
         Box::pin(async move {
             let key = self.keys.client(client_id);
-            let mut moved = None;
+            let mut moved: Option<MovedSession> = None;
             for _ in 0..CLAIM_ROUNDS {
                 let (owner, revision) = self.lookup(client_id, &key).await?;
                 if let Some(owner) = owner {
                     match self.take_from(&owner, client_id).await {
                         Ok(Some(session)) => {
                             info!(client_id, from = %owner, "session taken over from another node");
-                            moved = Some(session);
+                            // A second round takes the session a racing node
+                            // made meanwhile: fold it into the first, which
+                            // holds the client's history.
+                            moved = Some(match moved {
+                                Some(first) => first.absorb(session),
+                                None => session,
+                            });
                         }
                         Ok(None) => {
                             debug!(client_id, from = %owner, "previous owner had no session to hand over")

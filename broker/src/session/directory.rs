@@ -30,6 +30,23 @@ impl MovedSession {
     pub fn decode(bytes: &[u8]) -> Result<MovedSession, postcard::Error> {
         postcard::from_bytes(bytes)
     }
+
+    /// Merges `later`, a session of the same client made while this one was
+    /// on its way (a racing connect on another node), into this one:
+    /// subscriptions this one lacks are added, and its messages, in flight
+    /// or queued, are queued after this one's (to be sent afresh).
+    pub fn absorb(mut self, later: MovedSession) -> MovedSession {
+        for (filter, subscription) in later.state.subscriptions {
+            self.state
+                .subscriptions
+                .entry(filter)
+                .or_insert(subscription);
+        }
+        self.queued
+            .extend(later.state.outbound.into_iter().map(|o| o.delivery));
+        self.queued.extend(later.queued);
+        self
+    }
 }
 
 pub type Claim<'a> = Pin<Box<dyn Future<Output = Option<MovedSession>> + Send + 'a>>;
@@ -42,4 +59,43 @@ pub trait SessionDirectory: Send + Sync + 'static {
     fn register(&self, client_id: &str);
     /// The session of `client_id` ended (or left) this node.
     fn unregister(&self, client_id: &str);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::SessionId;
+    use crate::session::state::StoredSubscription;
+
+    #[test]
+    fn absorbing_a_racers_fresh_session_keeps_the_real_one() {
+        let mut real = SessionState::new(SessionId(1), "c".into(), 60);
+        real.subscriptions.insert(
+            "a/b".into(),
+            StoredSubscription {
+                options: Default::default(),
+                identifier: Some(7),
+            },
+        );
+        let mut racer = SessionState::new(SessionId(2), "c".into(), 60);
+        racer.subscriptions.insert(
+            "x/#".into(),
+            StoredSubscription {
+                options: Default::default(),
+                identifier: None,
+            },
+        );
+        let first = MovedSession {
+            state: real,
+            queued: Vec::new(),
+        };
+        let later = MovedSession {
+            state: racer,
+            queued: Vec::new(),
+        };
+        let merged = first.absorb(later);
+        assert_eq!(merged.state.id, SessionId(1));
+        assert_eq!(merged.state.subscriptions.len(), 2);
+        assert_eq!(merged.state.subscriptions["a/b"].identifier, Some(7));
+    }
 }
