@@ -292,19 +292,22 @@ impl Connection {
             Box::pin(tokio::time::sleep(keep_alive.unwrap_or(Duration::MAX / 4)));
         let shutdown = self.broker.shutdown.clone();
         let mailbox = self.mailbox.clone();
-        self.deliver();
         loop {
             if let Err(ending) = self.flush_now() {
                 return ending;
             }
-            // Take more from the mailbox whenever the buffer has room: a task
-            // that stopped taking at the high-water mark has no other wake-up
-            // for deliveries already queued (the mailbox's notification keeps
-            // one permit, long since used).
+            // Take more from the mailbox whenever the buffer has room, and
+            // go round again without sleeping while a backlog drains: a task
+            // that stopped taking at the high-water mark has no wake-up for
+            // deliveries already queued (the mailbox's notification keeps one
+            // permit, long since used).
             if self.wbuf.len() < WRITE_HIGH_WATER {
-                self.deliver();
+                let backlog = self.deliver();
                 if let Err(ending) = self.flush_now() {
                     return ending;
+                }
+                if backlog && self.wbuf.len() < WRITE_HIGH_WATER {
+                    continue;
                 }
             }
             let front_ticket = self.pending_acks.front().and_then(|(_, t)| t.clone());
@@ -351,7 +354,9 @@ impl Connection {
                     }
                     // Writable: the loop's next flush writes.
                 }
-                _ = mailbox.notified(), if take_mail => self.deliver(),
+                _ = mailbox.notified(), if take_mail => {
+                    // The loop's top delivers (and keeps delivering).
+                }
                 _ = wait_ticket(&front_ticket), if front_ticket.is_some() => self.release_acks(),
                 _ = &mut keep_alive_timer, if keep_alive.is_some() => {
                     debug!(peer = %self.peer, client_id = %self.n.client_id, "keep-alive timeout");

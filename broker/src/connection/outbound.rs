@@ -14,10 +14,18 @@ use crate::session::state::{Outbound, OutboundPhase, SessionState};
 
 impl Connection {
     /// Moves deliveries from the mailbox to the socket buffer while the
-    /// inflight window and the write buffer have room.
-    pub(super) fn deliver(&mut self) {
+    /// inflight window and the write buffer have room. Returns true when it
+    /// stopped because the write buffer is full, with mail possibly left:
+    /// the caller must come back once the buffer drained, as no
+    /// notification will say so.
+    pub(super) fn deliver(&mut self) -> bool {
         let mut scratch = std::mem::take(&mut self.scratch);
-        while self.wbuf.len() < WRITE_HIGH_WATER {
+        let mut backlog = false;
+        loop {
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                backlog = true;
+                break;
+            }
             let room = self
                 .n
                 .outbound_window
@@ -36,6 +44,7 @@ impl Connection {
             }
         }
         self.scratch = scratch;
+        backlog
     }
 
     fn send_delivery(&mut self, delivery: Delivery, now: Instant) {
