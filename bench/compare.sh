@@ -11,8 +11,9 @@
 # on a free 127.0.0.1 port and kills it (by PID) afterwards. Builds
 # target/release/starling and starling-bench if missing and installs
 # Debian's mosquitto if missing. Before each full-size run it waits (up to
-# 10 minutes) for running cargo/rustc processes to end, so that a build
-# does not share the 2 cores with a measurement.
+# 10 minutes) for running cargo, rustc, fuzzing or pytest processes to
+# end, so that they do not share the 2 cores with a measurement
+# (BENCH_WAIT_BUILD=SECONDS changes the 10 minutes).
 #
 # --out FILE   also write the Markdown table to FILE
 # --keep       keep the scratch directory (broker logs, JSON summaries)
@@ -23,7 +24,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
     exit 2
 }
 
@@ -72,6 +73,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM INT
 
+# Measure one binary throughout, even if a build replaces the original.
+cp "$STARLING_BIN" "$WORK/starling"
+STARLING_BIN="$WORK/starling"
+log "starling: $(sha256sum "$STARLING_BIN" | cut -c1-12), built $(date -r "$BENCH_ROOT/target/release/starling" '+%F %T'), HEAD $(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); $("$(mosquitto_bin)" -h 2>/dev/null | head -1)"
+
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
 FAILURES=0
@@ -83,14 +89,14 @@ for ((rep = 1; rep <= REPS; rep++)); do
         for ((i = ${#BROKER_LIST[@]} - 1; i >= 0; i--)); do order+=("${BROKER_LIST[i]}"); done
     fi
     for broker in "${order[@]}"; do
-        if ((!SMOKE)) && ! wait_no_build 600; then
+        if ((!SMOKE)) && ! wait_no_build "${BENCH_WAIT_BUILD:-600}"; then
             log "warning: a cargo/rustc process is still running; this run shares the CPU with it"
         fi
         dir="$WORK/$broker-$rep"
         mkdir -p "$dir"
         port=$(free_port)
         start_broker "$broker" "$port" "$dir"
-        log "$SCENARIO rep $rep/$REPS: $broker (pid $BROKER_PID, port $port)"
+        log "$SCENARIO rep $rep/$REPS: $broker (pid $BROKER_PID, port $port, load $(cut -d' ' -f1-3 /proc/loadavg))"
         rc=0
         SCENARIO_PORT=$port SCENARIO_BROKER_PID=$BROKER_PID SCENARIO_SMOKE=$SMOKE \
             SCENARIO_DIR="$dir" BENCH_BIN="$BENCH_BIN" \
@@ -104,7 +110,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
         while read -r tag metric value unit better; do
             case "$tag" in
                 RESULT) printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$broker" "$rep" "$metric" "$value" "$unit" "$better" >>"$RESULTS" ;;
-                LOST) printf '%s\t%s\tlost:%s\t%s\tmsgs\tlower\n' "$broker" "$rep" "$metric" "$value" >>"$RESULTS" ;;
+                LOST) printf '%s\t%s\tlost:%s\t%s\tcount\tlower\n' "$broker" "$rep" "$metric" "$value" >>"$RESULTS" ;;
             esac
         done <"$dir/out.txt"
         grep -h '^RESULT' "$dir/out.txt" | sed "s/^RESULT /  $broker: /" >&2 || true

@@ -126,12 +126,15 @@ stop_broker() {
     BROKER_PID=
 }
 
-# Waits (up to $1 seconds) until no cargo or rustc process runs, so that a
-# build does not share the CPU with a measurement. Returns 1 if one still
-# runs.
+# Waits (up to $1 seconds) until no build, fuzzing or test run (cargo,
+# rustc, cargo-fuzz, pytest) is going on, so that it does not share the CPU
+# with a measurement. Returns 1 if one still runs.
 wait_no_build() {
     local deadline=$((SECONDS + $1))
-    while pgrep -f "cargo|rustc" >/dev/null 2>&1; do
+    # Matched on the executable at the start of the command line: other
+    # processes may mention .cargo/bin in their arguments.
+    while pgrep -f '^(\S*/)?(cargo|rustc|cargo-fuzz|cargo-clippy|clippy-driver|cargo-nextest)( |$)' >/dev/null 2>&1 ||
+        pgrep -f '^(\S*/)?python3?(\.[0-9]+)? -m pytest' >/dev/null 2>&1; do
         if ((SECONDS >= deadline)); then
             return 1
         fi
