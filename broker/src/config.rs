@@ -76,6 +76,12 @@ pub struct Config {
     /// Cluster: a QoS 1/2 publisher's PUBACK/PUBREC waits until every node
     /// the message goes to acknowledged it.
     pub forward_ack: bool,
+    /// Cluster: a SUBACK waits until every other node's route index holds
+    /// the subscription's route ("subscribed" means "reachable from every
+    /// node").
+    pub route_sync: bool,
+    /// Longest a SUBACK waits for route sync; it is sent after that anyway.
+    pub route_sync_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -115,6 +121,8 @@ impl Default for Config {
             drain_rate: 500,
             drain_session_wait_secs: 5,
             forward_ack: true,
+            route_sync: false,
+            route_sync_timeout_secs: 5,
         }
     }
 }
@@ -192,6 +200,8 @@ pub struct FileConfig {
     pub drain_rate: Option<u32>,
     pub drain_session_wait_secs: Option<u64>,
     pub forward_ack: Option<bool>,
+    pub route_sync: Option<bool>,
+    pub route_sync_timeout_secs: Option<u64>,
 }
 
 /// Command-line flags; each also reads a `STARLING_*` environment variable.
@@ -320,6 +330,12 @@ pub struct Cli {
     /// Cluster: PUBACK/PUBREC only once every target node has the message.
     #[arg(long, env = "STARLING_FORWARD_ACK", value_name = "BOOL")]
     pub forward_ack: Option<bool>,
+    /// Cluster: SUBACK only once every node's route index has the route.
+    #[arg(long, env = "STARLING_ROUTE_SYNC", value_name = "BOOL")]
+    pub route_sync: Option<bool>,
+    /// Longest a SUBACK waits for route sync, in seconds.
+    #[arg(long, env = "STARLING_ROUTE_SYNC_TIMEOUT_SECS", value_name = "SECS")]
+    pub route_sync_timeout_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -445,6 +461,11 @@ impl Config {
                 .forward_ack
                 .or(file.forward_ack)
                 .unwrap_or(d.forward_ack),
+            route_sync: cli.route_sync.or(file.route_sync).unwrap_or(d.route_sync),
+            route_sync_timeout_secs: cli
+                .route_sync_timeout_secs
+                .or(file.route_sync_timeout_secs)
+                .unwrap_or(d.route_sync_timeout_secs),
         };
         config.validate()?;
         Ok(config)
@@ -497,6 +518,9 @@ impl Config {
         }
         if self.drain_rate == 0 {
             return invalid("drain_rate", "must be at least 1 client per second");
+        }
+        if self.route_sync_timeout_secs == 0 {
+            return invalid("route_sync_timeout_secs", "must be at least 1");
         }
         if self.lease_ttl_secs < 2 {
             return invalid("lease_ttl_secs", "must be at least 2");

@@ -60,6 +60,8 @@ counters! {
     forward_received,
     /// Sessions given to another node whose redirect stub still runs.
     handovers_active,
+    /// SUBACKs sent before every node confirmed the route (route_sync).
+    route_sync_timeouts,
 }
 
 impl Metrics {

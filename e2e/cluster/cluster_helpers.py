@@ -240,6 +240,8 @@ def broker_binary() -> Path:
 # extra options accepted by Node besides the protocol suite's STARLING_FLAGS
 CLUSTER_FLAGS = {
     "lease_ttl": "--lease-ttl-secs",
+    "route_sync": "--route-sync",
+    "route_sync_timeout": "--route-sync-timeout-secs",
 }
 
 

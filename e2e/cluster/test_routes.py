@@ -3,6 +3,8 @@ subscriber of that filter exists on that node; route propagation delay is bounde
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import time
 
@@ -131,3 +133,63 @@ def test_many_filters_at_once(cluster, paho, measure):
     assert rc == 0
     s._wait_ack(s._acks, mid, "UNSUBACK", 10)
     wait_for(lambda: c.keys("routes/n2/") == [], 10, 0.1, "route keys to go")
+
+
+def test_route_sync_suback_means_reachable_from_every_node(cluster, paho, measure):
+    """Issue point 2 (goal beyond every peer): with route_sync on, a SUBACK on n2 is sent only
+    once n1's and n3's route indexes hold the route, so a QoS 1 message published on n1 and on
+    n3 at once after the SUBACK reaches the subscriber (PUBACK success, not 0x10 No matching
+    subscribers), for 20 fresh filters in a row, a share group, and a second subscriber of a
+    filter whose route is still being written. Without route sync these publishes fall inside the
+    ~10 ms propagation window and are lost."""
+    c = cluster(3, route_sync=True)
+    n1, n2, n3 = c
+    pubs = [paho(n1, "sync-p1"), paho(n3, "sync-p3")]
+    s = paho(n2, "sync-sub")
+    suback_times = []
+    for i in range(20):
+        t0 = time.monotonic()
+        assert s.subscribe(f"sync/{i}/+", 1) == [1]
+        suback_times.append(time.monotonic() - t0)
+        for p in pubs:
+            rc = p.publish(f"sync/{i}/x", p.client_id.encode(), qos=1)
+            assert rc == 0, f"filter {i}: publish on {p.client_id} after the SUBACK got {rc!r}"
+        got = sorted(m.payload for m in s.get_n(2))
+        assert got == [b"sync-p1", b"sync-p3"], (i, got)
+    measure("route_sync_suback_median", statistics.median(suback_times))
+    measure("route_sync_suback_max", max(suback_times))
+
+    member = paho(n2, "sync-member")
+    assert member.subscribe("$share/g/syncshare/#", 1) == [1]
+    assert pubs[0].publish("syncshare/a", b"shared", qos=1) == 0
+    assert member.get().payload == b"shared"
+
+    # Two subscribers of one new filter in quick succession: the second SUBACK waits for the
+    # write the first one started, so it too means "reachable".
+    first, second = paho(n2, "sync-first"), paho(n2, "sync-second")
+    first.client.subscribe("sync/pair", 1)
+    assert second.subscribe("sync/pair", 1) == [1]
+    assert pubs[1].publish("sync/pair", b"pair", qos=1) == 0
+    assert second.get().payload == b"pair"
+    assert n2.info()["counters"]["route_sync_timeouts"] == 0
+
+
+def test_route_sync_does_not_wait_forever_for_a_frozen_node(cluster, paho):
+    """Issue point 2 / 9: with route_sync on and n3 frozen (SIGSTOP: a member that cannot
+    answer), a SUBACK on n2 still comes, after route_sync_timeout_secs, counted in
+    route_sync_timeouts; n1 was confirmed, so a publish there right after the SUBACK arrives."""
+    c = cluster(3, route_sync=True, route_sync_timeout=1, lease_ttl=30)
+    n1, n2, n3 = c
+    pub = paho(n1, "frozen-pub")
+    s = paho(n2, "frozen-sub")
+    os.kill(n3.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        assert s.subscribe("frozen/+", 1, timeout=10) == [1]
+        took = time.monotonic() - t0
+        assert 0.9 <= took < 5.0, f"SUBACK after {took:.2f} s with a 1 s route sync timeout"
+        assert pub.publish("frozen/x", b"ok", qos=1) == 0
+        assert s.get().payload == b"ok"
+        assert n2.info()["counters"]["route_sync_timeouts"] == 1
+    finally:
+        os.kill(n3.pid, signal.SIGCONT)

@@ -356,6 +356,12 @@ class PahoClient:
             kwargs["clean_start"] = clean
             kwargs["properties"] = self.connect_props
         self.client.connect(self.broker.host, self.broker.port, keepalive=self.keepalive, **kwargs)
+        # paho leaves Nagle on: a packet written while an earlier small one
+        # is unacknowledged (a PUBACK) would wait up to 40 ms for the peer's
+        # delayed ACK, which timing assertions would blame on the broker.
+        sock = self.client.socket()
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._looping:
             self.client.loop_start()
             self._looping = True

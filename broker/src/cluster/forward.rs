@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::convert::{publish_to_wire, redirect_to_wire};
 use super::mirror::Backoff;
+use super::peer_client::{Peer, PeerChannels};
 use crate::message::{Delivery, ForwardTicket, Message, ShareKey};
 use crate::metrics::Metrics;
 use crate::router::store::{Forwarder, NodeId};
@@ -67,6 +68,8 @@ pub struct PeerForwarder {
     links: RwLock<HashMap<NodeId, Link>>,
     token: Option<String>,
     metrics: Arc<Metrics>,
+    /// Channels for unary calls to the same peers.
+    channels: PeerChannels,
 }
 
 impl PeerForwarder {
@@ -74,6 +77,7 @@ impl PeerForwarder {
         Arc::new(PeerForwarder {
             own_node: Arc::from(own_node),
             links: RwLock::new(HashMap::new()),
+            channels: PeerChannels::new(token.clone()),
             token,
             metrics,
         })
@@ -82,6 +86,8 @@ impl PeerForwarder {
     /// Makes the set of links match `peers` (node id -> peer endpoint):
     /// opens links to new nodes, closes links to nodes that left.
     pub fn set_peers(&self, peers: &HashMap<NodeId, PeerInfo>) {
+        self.channels
+            .retain(|address| peers.values().any(|peer| peer.endpoint == address));
         let mut links = self.links.write();
         links.retain(|node, link| match peers.get(node) {
             Some(peer) if peer.endpoint == link.endpoint => {
@@ -124,6 +130,19 @@ impl PeerForwarder {
             .read()
             .get(node)
             .map(|link| link.endpoint.clone())
+    }
+
+    /// A client of a live member's `Peer` service for unary calls.
+    pub fn client_of(&self, node: &str) -> Result<Peer, String> {
+        let endpoint = self
+            .endpoint_of(node)
+            .ok_or_else(|| format!("node {node} is not a live member"))?;
+        self.channels.get(&endpoint)
+    }
+
+    /// Every other live member, draining or not.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.links.read().keys().cloned().collect()
     }
 
     /// Live members that are not draining: where sessions can go.

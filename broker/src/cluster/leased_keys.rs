@@ -2,13 +2,15 @@
 //! registrations. Changes are coalesced per key (the latest wins), written
 //! in batched transactions in the background, retried while etcd is away,
 //! and all written again under a new lease when the old one was lost.
+//! Each key remembers the etcd revision it was last written at, so that a
+//! caller can wait until its key is in etcd ([`LeasedKeys::written`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
 use super::lease::LeaseWatch;
@@ -19,8 +21,9 @@ const TXN_OPS: usize = 128;
 
 #[derive(Default)]
 struct Pending {
-    /// Every key this node wants to exist.
-    owned: HashSet<String>,
+    /// Every key this node wants to exist, with the revision it was last
+    /// written at under the current lease (0: not yet).
+    owned: HashMap<String, i64>,
     /// Writes not yet in etcd: key -> present.
     dirty: HashMap<String, bool>,
 }
@@ -33,6 +36,8 @@ pub struct LeasedKeys {
     guarded_delete: bool,
     pending: Mutex<Pending>,
     wake: Notify,
+    /// Bumped after every successful write, for [`LeasedKeys::written`].
+    writes: watch::Sender<u64>,
 }
 
 impl LeasedKeys {
@@ -42,12 +47,13 @@ impl LeasedKeys {
             guarded_delete,
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
+            writes: watch::channel(0).0,
         })
     }
 
     pub fn insert(&self, key: String) {
         let mut pending = self.pending.lock();
-        pending.owned.insert(key.clone());
+        pending.owned.insert(key.clone(), 0);
         pending.dirty.insert(key, true);
         drop(pending);
         self.wake.notify_one();
@@ -55,17 +61,17 @@ impl LeasedKeys {
 
     /// Inserts `key` unless this node already owns it (no write then).
     pub fn insert_if_absent(&self, key: String) {
-        if !self.pending.lock().owned.contains(&key) {
+        if !self.pending.lock().owned.contains_key(&key) {
             self.insert(key);
         }
     }
 
     /// Records a key the caller already wrote under the current lease: it is
     /// owned (and rewritten under a new lease) without another write now.
-    pub fn adopt(&self, key: String) {
+    pub fn adopt(&self, key: String, revision: i64) {
         let mut pending = self.pending.lock();
         pending.dirty.remove(&key);
-        pending.owned.insert(key);
+        pending.owned.insert(key, revision);
     }
 
     /// The value every key carries.
@@ -95,6 +101,24 @@ impl LeasedKeys {
         self.pending.lock().dirty.len()
     }
 
+    /// Waits until `key` is in etcd under the current lease and returns the
+    /// revision it was written at; `None` once the key is no longer owned
+    /// (removed meanwhile). Waits as long as etcd is away: bound it.
+    pub async fn written(&self, key: &str) -> Option<i64> {
+        let mut writes = self.writes.subscribe();
+        loop {
+            writes.borrow_and_update();
+            match self.pending.lock().owned.get(key) {
+                None => return None,
+                Some(&revision) if revision > 0 => return Some(revision),
+                Some(_) => {}
+            }
+            if writes.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
     /// Writes pending changes until the process ends.
     pub async fn run(self: Arc<Self>, mut client: Client, mut lease: LeaseWatch) {
         let mut backoff = Backoff::default();
@@ -107,7 +131,8 @@ impl LeasedKeys {
                     // A new lease: every key must be written under it.
                     let mut guard = self.pending.lock();
                     let pending = &mut *guard;
-                    for key in &pending.owned {
+                    for (key, revision) in pending.owned.iter_mut() {
+                        *revision = 0;
                         pending.dirty.insert(key.clone(), true);
                     }
                 }
@@ -131,9 +156,10 @@ impl LeasedKeys {
                 continue;
             }
             match self.write(&mut client, lease_id, &batch).await {
-                Ok(()) => {
+                Ok(revision) => {
                     backoff.reset();
-                    debug!(changes = batch.len(), "leased keys written");
+                    self.record_written(&batch, revision);
+                    debug!(changes = batch.len(), revision, "leased keys written");
                 }
                 Err(error) => {
                     warn!(%error, changes = batch.len(), "cannot write to etcd; will retry");
@@ -150,12 +176,30 @@ impl LeasedKeys {
         }
     }
 
+    /// Marks the keys of a written batch with the revision they got, unless
+    /// they changed again meanwhile (then a newer write is pending).
+    fn record_written(&self, batch: &[(String, bool)], revision: i64) {
+        let mut guard = self.pending.lock();
+        let pending = &mut *guard;
+        for (key, present) in batch {
+            if *present
+                && !pending.dirty.contains_key(key)
+                && let Some(written) = pending.owned.get_mut(key)
+            {
+                *written = revision;
+            }
+        }
+        drop(guard);
+        self.writes.send_modify(|n| *n += 1);
+    }
+
+    /// Writes one batch; returns the revision of its puts.
     async fn write(
         &self,
         client: &mut Client,
         lease: i64,
         batch: &[(String, bool)],
-    ) -> Result<(), etcd_client::Error> {
+    ) -> Result<i64, etcd_client::Error> {
         let mut puts = Vec::new();
         for (key, present) in batch {
             if *present {
@@ -178,9 +222,11 @@ impl LeasedKeys {
                 puts.push(TxnOp::delete(key.clone(), None));
             }
         }
+        let mut revision = 0;
         if !puts.is_empty() {
-            client.txn(Txn::new().and_then(puts)).await?;
+            let response = client.txn(Txn::new().and_then(puts)).await?;
+            revision = response.header().map_or(0, |h| h.revision());
         }
-        Ok(())
+        Ok(revision)
     }
 }

@@ -2,11 +2,64 @@
 //! the snapshot's revision, and a fresh snapshot whenever the watch breaks
 //! or falls behind a compaction. A mirror therefore never misses a change
 //! and never keeps a key that is gone (no phantom routes or peers).
+//!
+//! [`MirrorProgress`] tells how far the copy has caught up (an etcd
+//! revision), and can ask etcd to confirm it, for route sync.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
+
+/// The etcd revision up to which a mirror holds every change of its
+/// prefix.
+#[derive(Debug, Default)]
+pub struct MirrorProgress {
+    applied: watch::Sender<i64>,
+    /// Someone waits for a revision the mirror has not seen: ask etcd for a
+    /// progress notification (the prefix may have no change at that
+    /// revision, so no event would ever say it was reached).
+    asked: Notify,
+}
+
+/// How often a waiter asks again: etcd ignores a progress request while
+/// the watch is catching up.
+const PROGRESS_RETRY: Duration = Duration::from_millis(100);
+
+impl MirrorProgress {
+    pub fn new() -> Arc<MirrorProgress> {
+        Arc::default()
+    }
+
+    /// Waits until the mirror holds every change up to `revision`; returns
+    /// the revision reached, which is below `revision` if `patience` ran
+    /// out first.
+    pub async fn reach(&self, revision: i64, patience: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut applied = self.applied.subscribe();
+        loop {
+            let now = *applied.borrow_and_update();
+            if now >= revision || tokio::time::Instant::now() >= deadline {
+                return now;
+            }
+            self.asked.notify_one();
+            let wake = (tokio::time::Instant::now() + PROGRESS_RETRY).min(deadline);
+            let _ = tokio::time::timeout_at(wake, applied.changed()).await;
+        }
+    }
+
+    fn advance(&self, revision: i64) {
+        self.applied.send_if_modified(|applied| {
+            let moved = revision > *applied;
+            if moved {
+                *applied = revision;
+            }
+            moved
+        });
+    }
+}
 
 /// What a mirror does with what it learns.
 pub trait MirrorSink: Send + 'static {
@@ -17,10 +70,15 @@ pub trait MirrorSink: Send + 'static {
 }
 
 /// Mirrors `prefix` into `sink` until the process ends.
-pub async fn run(mut client: Client, prefix: String, mut sink: impl MirrorSink) {
+pub async fn run(
+    mut client: Client,
+    prefix: String,
+    mut sink: impl MirrorSink,
+    progress: Arc<MirrorProgress>,
+) {
     let mut backoff = Backoff::default();
     loop {
-        match mirror_once(&mut client, &prefix, &mut sink).await {
+        match mirror_once(&mut client, &prefix, &mut sink, &progress).await {
             Ok(()) => debug!(%prefix, "watch ended; resynchronising"),
             Err(error) => warn!(%prefix, %error, "etcd watch failed; resynchronising"),
         }
@@ -32,29 +90,48 @@ async fn mirror_once(
     client: &mut Client,
     prefix: &str,
     sink: &mut impl MirrorSink,
+    progress: &MirrorProgress,
 ) -> Result<(), etcd_client::Error> {
     let (entries, revision) = snapshot(client, prefix).await?;
     sink.reset(entries);
+    progress.advance(revision);
 
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
-    let (_watcher, mut stream) = client.watch(prefix, Some(options)).await?;
-    while let Some(response) = stream.message().await? {
+    let (mut watcher, mut stream) = client.watch(prefix, Some(options)).await?;
+    loop {
+        let response = tokio::select! {
+            response = stream.message() => match response? {
+                Some(response) => response,
+                None => return Ok(()),
+            },
+            _ = progress.asked.notified() => {
+                watcher.request_progress().await?;
+                continue;
+            }
+        };
         if response.canceled() || response.compact_revision() > 0 {
             // Fell behind a compaction: the only safe answer is a new snapshot.
             return Ok(());
         }
+        let mut reached = 0;
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
+            reached = reached.max(kv.mod_revision());
             let Ok(key) = kv.key_str() else { continue };
             match event.event_type() {
                 EventType::Put => sink.put(key, kv.value()),
                 EventType::Delete => sink.delete(key),
             }
         }
+        if response.events().is_empty() && !response.created() {
+            // A progress notification: every change up to the header's
+            // revision has been sent.
+            reached = response.header().map_or(0, |h| h.revision());
+        }
+        progress.advance(reached);
     }
-    Ok(())
 }
 
 /// Keys per snapshot page: a whole prefix in one response would exceed

@@ -19,6 +19,7 @@ pub mod peer_client;
 pub mod peer_service;
 pub mod retained;
 pub mod route_index;
+pub mod route_sync;
 pub mod routes;
 pub mod sessions;
 
@@ -68,6 +69,8 @@ pub struct Cluster {
     pub routes: Arc<EtcdRouteStore>,
     pub forwarder: Arc<PeerForwarder>,
     pub sessions: Arc<sessions::ClusterSessions>,
+    /// How far the route index has caught up with etcd.
+    pub routes_progress: Arc<mirror::MirrorProgress>,
     record: watch::Sender<NodeRecord>,
 }
 
@@ -133,7 +136,17 @@ impl Cluster {
         let lease = lease::start(client.clone(), config.lease_ttl_secs);
         let index = RouteIndex::new(&config.node_id, keys.clone());
         let routes = EtcdRouteStore::new(&config.node_id, keys.clone(), index.clone());
-        let forwarder = PeerForwarder::new(&config.node_id, config.peer_token.clone(), metrics);
+        let forwarder =
+            PeerForwarder::new(&config.node_id, config.peer_token.clone(), metrics.clone());
+        if config.route_sync {
+            let sync = route_sync::RouteSync::new(
+                routes.owned.clone(),
+                forwarder.clone(),
+                metrics,
+                Duration::from_secs(config.route_sync_timeout_secs),
+            );
+            let _ = routes.route_sync.set(sync);
+        }
         let (record, _) = watch::channel(NodeRecord {
             node: config.node_id.clone(),
             mqtt_endpoint: config
@@ -151,7 +164,6 @@ impl Cluster {
             keys.clone(),
             client.clone(),
             forwarder.clone(),
-            config.peer_token.clone(),
             lease.clone(),
         );
         tokio::spawn(routes.owned.clone().run(client.clone(), lease.clone()));
@@ -161,10 +173,12 @@ impl Cluster {
                 .clone()
                 .run(client.clone(), lease.clone()),
         );
+        let routes_progress = mirror::MirrorProgress::new();
         tokio::spawn(mirror::run(
             client.clone(),
             keys.routes_prefix(),
             index.sink(),
+            routes_progress.clone(),
         ));
         Ok(Cluster {
             keys,
@@ -174,6 +188,7 @@ impl Cluster {
             routes,
             forwarder,
             sessions,
+            routes_progress,
             record,
         })
     }
@@ -189,12 +204,25 @@ impl Cluster {
                 source,
             })?;
         info!(addr = %config.peer_listen, "listening for peers");
-        let service = peer_service::server(broker.clone(), config.peer_token.clone());
+        let service = peer_service::server(
+            broker.clone(),
+            config.peer_token.clone(),
+            self.routes_progress.clone(),
+        );
         let shutdown = broker.shutdown.clone();
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // The builder's tcp_nodelay only applies to listeners it binds
+            // itself: set it on each accepted stream, or small answers
+            // (forward acks, AwaitRoutes) wait for delayed ACKs (40 ms).
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |accepted| {
+                    accepted.inspect(|stream| {
+                        let _ = stream.set_nodelay(true);
+                    })
+                },
+            );
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await;
@@ -217,6 +245,7 @@ impl Cluster {
             self.client.clone(),
             self.keys.retained_prefix(),
             sink,
+            mirror::MirrorProgress::new(),
         ));
 
         tokio::spawn(membership::publish_self(
@@ -235,6 +264,7 @@ impl Cluster {
             self.client.clone(),
             self.keys.nodes_prefix(),
             peers,
+            mirror::MirrorProgress::new(),
         ));
         Ok(())
     }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use starling_proto::v1::peer_server::{Peer, PeerServer};
 use starling_proto::v1::{
-    AdoptRequest, AdoptResponse, DrainRequest, DrainResponse, ForwardAck, ForwardBatch,
-    KickRequest, KickResponse, SessionSnapshot, StatusRequest, StatusResponse, TakeoverRequest,
-    TakeoverResponse,
+    AdoptRequest, AdoptResponse, AwaitRoutesRequest, AwaitRoutesResponse, DrainRequest,
+    DrainResponse, ForwardAck, ForwardBatch, KickRequest, KickResponse, SessionSnapshot,
+    StatusRequest, StatusResponse, TakeoverRequest, TakeoverResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use super::convert::{Target, from_wire};
+use super::mirror::MirrorProgress;
 use crate::broker::Broker;
 use crate::message::Delivery;
 use crate::metrics::Metrics;
@@ -31,17 +32,25 @@ pub const MAX_PEER_MESSAGE: usize = 272 * 1024 * 1024;
 
 pub struct PeerService {
     broker: Arc<Broker>,
+    routes_progress: Arc<MirrorProgress>,
 }
+
+/// Longest an `AwaitRoutes` call waits, whatever the caller asks.
+const MAX_ROUTE_WAIT: Duration = Duration::from_secs(30);
 
 /// The service wrapped in the shared-token check.
 pub fn server(
     broker: Arc<Broker>,
     token: Option<String>,
+    routes_progress: Arc<MirrorProgress>,
 ) -> InterceptedService<PeerServer<PeerService>, impl tonic::service::Interceptor + Clone> {
     let expected = token.map(|t| format!("Bearer {t}"));
-    let service = PeerServer::new(PeerService { broker })
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE);
+    let service = PeerServer::new(PeerService {
+        broker,
+        routes_progress,
+    })
+    .max_decoding_message_size(MAX_PEER_MESSAGE)
+    .max_encoding_message_size(MAX_PEER_MESSAGE);
     InterceptedService::new(service, move |request: Request<()>| {
         if let Some(expected) = &expected {
             let presented = request
@@ -186,6 +195,17 @@ impl Peer for PeerService {
         Err(Status::unimplemented(
             "drain over gRPC is not implemented yet",
         ))
+    }
+
+    async fn await_routes(
+        &self,
+        request: Request<AwaitRoutesRequest>,
+    ) -> Result<Response<AwaitRoutesResponse>, Status> {
+        let request = request.into_inner();
+        let patience = Duration::from_millis(u64::from(request.timeout_ms)).min(MAX_ROUTE_WAIT);
+        let applied = self.routes_progress.reach(request.revision, patience).await;
+        debug!(revision = request.revision, applied, "AwaitRoutes answered");
+        Ok(Response::new(AwaitRoutesResponse { applied }))
     }
 
     async fn status(

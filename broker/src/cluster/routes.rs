@@ -3,12 +3,13 @@
 //! coalesced, retried, rewritten under a new lease); other nodes' routes
 //! come from the mirrored [`RouteIndex`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::keys::Keys;
 use super::leased_keys::LeasedKeys;
 use super::route_index::RouteIndex;
-use crate::message::ShareKey;
+use super::route_sync::RouteSync;
+use crate::message::{ForwardTicket, ShareKey};
 use crate::router::store::{NodeId, RouteStore};
 
 pub struct EtcdRouteStore {
@@ -16,6 +17,8 @@ pub struct EtcdRouteStore {
     keys: Keys,
     index: Arc<RouteIndex>,
     pub owned: Arc<LeasedKeys>,
+    /// Set when route sync is on.
+    pub route_sync: OnceLock<Arc<RouteSync>>,
 }
 
 impl EtcdRouteStore {
@@ -25,6 +28,7 @@ impl EtcdRouteStore {
             keys,
             index,
             owned: LeasedKeys::new(Vec::new(), false),
+            route_sync: OnceLock::new(),
         })
     }
 
@@ -53,5 +57,14 @@ impl RouteStore for EtcdRouteStore {
 
     fn local_route_count(&self) -> usize {
         self.owned.len()
+    }
+
+    fn sync(&self, filters: &[String]) -> Option<Arc<ForwardTicket>> {
+        let sync = self.route_sync.get()?;
+        let keys = filters
+            .iter()
+            .map(|filter| self.keys.route(&self.node, filter))
+            .collect();
+        Some(sync.ticket(keys))
     }
 }

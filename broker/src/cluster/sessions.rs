@@ -30,7 +30,6 @@ pub struct ClusterSessions {
     keys: Keys,
     client: Client,
     forwarder: Arc<PeerForwarder>,
-    token: Option<String>,
     lease: LeaseWatch,
     pub registrations: Arc<LeasedKeys>,
 }
@@ -41,7 +40,6 @@ impl ClusterSessions {
         keys: Keys,
         client: Client,
         forwarder: Arc<PeerForwarder>,
-        token: Option<String>,
         lease: LeaseWatch,
     ) -> Arc<Self> {
         // One value for every registration of this node process: the node,
@@ -58,7 +56,6 @@ impl ClusterSessions {
             keys,
             client,
             forwarder,
-            token,
             lease,
             registrations: LeasedKeys::new(record.encode_to_vec(), true),
         })
@@ -93,8 +90,9 @@ impl ClusterSessions {
     }
 
     /// Registers this node as the owner of `key` if nobody changed it since
-    /// `revision`. `None` when etcd cannot say (or there is no lease).
-    async fn register_if_unchanged(&self, key: &str, revision: i64) -> Option<bool> {
+    /// `revision`: `Some(Ok(written_at))`, or `Some(Err(()))` when somebody
+    /// did. `None` when etcd cannot say (or there is no lease).
+    async fn register_if_unchanged(&self, key: &str, revision: i64) -> Option<Result<i64, ()>> {
         let lease = (*self.lease.borrow())?;
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(key, CompareOp::Equal, revision)])
@@ -105,7 +103,10 @@ impl ClusterSessions {
             )]);
         let mut client = self.client.clone();
         match tokio::time::timeout(LOOKUP_TIMEOUT, client.txn(txn)).await {
-            Ok(Ok(response)) => Some(response.succeeded()),
+            Ok(Ok(response)) if response.succeeded() => {
+                Some(Ok(response.header().map_or(0, |h| h.revision())))
+            }
+            Ok(Ok(_)) => Some(Err(())),
             _ => None,
         }
     }
@@ -115,11 +116,7 @@ impl ClusterSessions {
         owner: &str,
         client_id: &str,
     ) -> Result<Option<MovedSession>, String> {
-        let endpoint = self
-            .forwarder
-            .endpoint_of(owner)
-            .ok_or_else(|| format!("node {owner} is not a live member"))?;
-        let mut peer = super::peer_client::connect(&endpoint, self.token.as_deref()).await?;
+        let mut peer = self.forwarder.client_of(owner)?;
         let request = TakeoverRequest {
             client_id: client_id.to_string(),
             node: self.node.clone(),
@@ -140,11 +137,7 @@ impl ClusterSessions {
 impl ClusterSessions {
     /// Gives a session to `node`, which adopts it (drain).
     pub async fn hand_to(&self, node: &str, moved: &MovedSession) -> Result<bool, String> {
-        let endpoint = self
-            .forwarder
-            .endpoint_of(node)
-            .ok_or_else(|| format!("node {node} is not a live member"))?;
-        let mut peer = super::peer_client::connect(&endpoint, self.token.as_deref()).await?;
+        let mut peer = self.forwarder.client_of(node)?;
         let state = moved.encode().map_err(|e| e.to_string())?;
         let request = AdoptRequest {
             session: Some(SessionSnapshot {
@@ -193,11 +186,11 @@ impl SessionDirectory for ClusterSessions {
                     }
                 }
                 match self.register_if_unchanged(&key, revision).await {
-                    Some(true) => {
-                        self.registrations.adopt(key);
+                    Some(Ok(written_at)) => {
+                        self.registrations.adopt(key, written_at);
                         return moved;
                     }
-                    Some(false) => debug!(
+                    Some(Err(())) => debug!(
                         client_id,
                         "client registered elsewhere meanwhile; taking over again"
                     ),

@@ -13,6 +13,7 @@ use tracing::debug;
 use super::{Connection, Ending};
 use crate::message::{Delivery, ForwardTicket, Message};
 use crate::metrics::Metrics;
+use crate::router::route_name;
 use crate::router::trie::Subscriber;
 use crate::session::state::{OutboundPhase, StoredSubscription};
 
@@ -155,23 +156,41 @@ impl Connection {
         ack.code = code;
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.queue_ack(Packet::PubAck(ack), ticket),
+            QoS::AtLeastOnce => self.queue_ack(Packet::PubAck(ack), ticket, Vec::new()),
             QoS::ExactlyOnce => {
                 self.session.awaiting_rel.insert(packet_id);
-                self.queue_ack(Packet::PubRec(ack), ticket);
+                self.queue_ack(Packet::PubRec(ack), ticket, Vec::new());
             }
         }
         Ok(())
     }
 
-    /// Sends an ack now, or after the acks before it and its forward
-    /// ticket: PUBACKs leave in the order the PUBLISHes came
-    /// (MQTT-4.6.0-2).
-    fn queue_ack(&mut self, ack: Packet, ticket: Option<Arc<ForwardTicket>>) {
+    /// Sends an ack now, or after the acks before it and its ticket:
+    /// PUBACKs leave in the order the PUBLISHes came (MQTT-4.6.0-2).
+    /// `then`: retained messages to queue once the ack (a SUBACK) is sent.
+    fn queue_ack(
+        &mut self,
+        packet: Packet,
+        ticket: Option<Arc<ForwardTicket>>,
+        then: Vec<Delivery>,
+    ) {
         if ticket.is_none() && self.pending_acks.is_empty() {
-            self.send(&ack);
+            self.send(&packet);
+            self.queue_deliveries(then);
         } else {
-            self.pending_acks.push_back((ack, ticket));
+            self.pending_acks.push_back(super::PendingAck {
+                packet,
+                ticket,
+                then,
+            });
+        }
+    }
+
+    /// Through the mailbox, so that the inflight window and queue bounds
+    /// apply to retained messages too.
+    fn queue_deliveries(&mut self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries {
+            self.mailbox.push(delivery);
         }
     }
 
@@ -179,13 +198,18 @@ impl Connection {
     /// failed (a node could not get the message) is reported to v5 clients
     /// with 0x80 and ends a QoS 2 flow; 3.1.1 has no way to say so.
     pub(super) fn release_acks(&mut self) {
-        while let Some((_, ticket)) = self.pending_acks.front() {
-            let delivered = match ticket {
+        while let Some(front) = self.pending_acks.front() {
+            let delivered = match &front.ticket {
                 Some(ticket) if !ticket.is_done() => return,
                 Some(ticket) => ticket.delivered(),
                 None => true,
             };
-            let Some((mut ack, _)) = self.pending_acks.pop_front() else {
+            let Some(super::PendingAck {
+                packet: mut ack,
+                then,
+                ..
+            }) = self.pending_acks.pop_front()
+            else {
                 return;
             };
             if !delivered && self.n.version.is_v5() {
@@ -197,6 +221,7 @@ impl Connection {
                 }
             }
             self.send(&ack);
+            self.queue_deliveries(then);
         }
     }
 
@@ -241,6 +266,8 @@ impl Connection {
         let config = &self.broker.config;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
+        // Routes the SUBACK waits for (route sync).
+        let mut routes: Vec<String> = Vec::new();
         for request in &subscribe.filters {
             let full = &request.filter;
             let parsed = match parse_filter(full) {
@@ -286,6 +313,9 @@ impl Connection {
                 },
             );
             codes.push(ReasonCode(request.options.qos.as_u8()));
+            if config.route_sync {
+                routes.push(route_name(&parsed));
+            }
 
             // Retained messages at subscribe (MQTT 5.0 §3.3.1.3, §3.8.3.1);
             // never for shared subscriptions (MQTT-3.8.4-?/§4.8.2).
@@ -320,12 +350,13 @@ impl Connection {
                 "one or more filters were refused (invalid filter, limit, or quota)",
             ));
         }
-        self.send(&Packet::SubAck(ack));
-        // After the SUBACK, through the mailbox so that the inflight window
-        // and queue bounds apply to retained messages too.
-        for delivery in retained {
-            self.mailbox.push(delivery);
-        }
+        let ticket = if routes.is_empty() {
+            None
+        } else {
+            self.broker.router.sync_routes(&routes)
+        };
+        // Retained messages follow the SUBACK.
+        self.queue_ack(Packet::SubAck(ack), ticket, retained);
         Ok(())
     }
 

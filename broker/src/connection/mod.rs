@@ -78,8 +78,17 @@ pub(crate) struct Connection {
     scratch: Vec<Delivery>,
     /// Session expiry, possibly changed by DISCONNECT.
     expiry: u32,
-    /// Acks waiting, in order, for their publish to reach other nodes.
-    pending_acks: VecDeque<(Packet, Option<Arc<ForwardTicket>>)>,
+    /// Acks waiting, in order, for their publish to reach other nodes (or
+    /// a SUBACK for its routes to, with route sync).
+    pending_acks: VecDeque<PendingAck>,
+}
+
+/// An ack held back until its ticket completes.
+struct PendingAck {
+    packet: Packet,
+    ticket: Option<Arc<ForwardTicket>>,
+    /// Retained messages that follow a held-back SUBACK.
+    then: Vec<Delivery>,
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -310,7 +319,7 @@ impl Connection {
                     continue;
                 }
             }
-            let front_ticket = self.pending_acks.front().and_then(|(_, t)| t.clone());
+            let front_ticket = self.pending_acks.front().and_then(|a| a.ticket.clone());
             let take_mail = self.wbuf.len() < WRITE_HIGH_WATER;
             let read = self.wbuf.len() < WRITE_STOP_READING;
             // One readiness future for both directions keeps the task small.

@@ -112,7 +112,7 @@ fn shard_of(first_level: &str) -> usize {
 
 /// The route a subscription stands for: its filter, or
 /// `$share/<group>/<filter>` for a member of a share group.
-fn route_name(filter: &ParsedFilter<'_>) -> String {
+pub fn route_name(filter: &ParsedFilter<'_>) -> String {
     match filter.share_group {
         None => filter.filter.to_string(),
         Some(group) => format!("$share/{group}/{}", filter.filter),
@@ -177,6 +177,12 @@ impl Router {
             self.store.add_route(&route_name(filter));
         }
         change.existed
+    }
+
+    /// With route sync on (cluster): a ticket completed once every other
+    /// node routes these filters (names from [`route_name`]) here.
+    pub fn sync_routes(&self, routes: &[String]) -> Option<Arc<ForwardTicket>> {
+        self.store.sync(routes)
     }
 
     /// Removes a subscription; returns whether it existed.

@@ -31,6 +31,12 @@ pub trait RouteStore: Send + Sync + 'static {
     }
     /// The filters this node currently advertises.
     fn local_route_count(&self) -> usize;
+    /// With route sync on (cluster): a ticket completed once every other
+    /// node can route to these filters (route names as in `add_route`).
+    /// `None`: nothing to wait for.
+    fn sync(&self, _filters: &[String]) -> Option<Arc<crate::message::ForwardTicket>> {
+        None
+    }
 }
 
 /// Hands messages to other nodes (the cluster's peer links).
