@@ -23,6 +23,10 @@ use crate::cluster::Cluster;
 use crate::session::lifecycle::{self, WillOnMove};
 use crate::session::registry::{Kick, Owner, SessionRegistry};
 
+/// A drain asked for by an operator (admin API, `Drain` call) waits at most
+/// this long for clients; SIGTERM uses `shutdown_timeout_secs`.
+pub const REQUESTED_DRAIN_PATIENCE: Duration = Duration::from_secs(3600);
+
 /// How often a drain re-checks whether everything has left.
 const RECHECK: Duration = Duration::from_millis(100);
 

@@ -248,3 +248,70 @@ def test_drain_server_reference_and_v311_client(cluster, paho):
         assert ack[0] is True, f"{cl.client_id}: session present 0 on n2"
         pub.publish(topic, b"after-drain", qos=1)
         assert cl.get().payload == b"after-drain"
+
+
+def _peer_call(node, method: str, request: bytes = b""):
+    import grpc_raw
+    res = grpc_raw.call(node.host, node.peer_port, method, request,
+                        metadata={"authorization": f"Bearer {node.cluster.peer_token}"})
+    return res
+
+
+def test_drain_and_status_over_grpc(cluster, paho):
+    """Issue interface ("the same drain is a gRPC call"): `Peer/Drain` on n1's peer port (with the
+    peer token) starts the drain: the call answers state "draining", /readyz turns 503, a v5
+    client gets DISCONNECT 0x9C and resumes its session on n2; `Peer/Status` then reports
+    "draining" or "drained"."""
+    from cluster_helpers import pb_fields
+    c = cluster(2)
+    n1, n2 = c
+    cl = paho(n1, "grpc-drained", clean=False, props=_persistent())
+    cl.subscribe("grpcdrain/t", 1)
+    status = _peer_call(n1, "Status")
+    assert status.ok, status
+    assert pb_fields(status.messages()[0])[3][0] == b"serving"
+
+    res = _peer_call(n1, "Drain")
+    assert res.ok, res
+    assert pb_fields(res.messages()[0])[1][0] in (b"draining", b"drained")
+    assert wait_for(lambda: n1.status("/readyz") == 503, 5), "readyz still ready after the Drain call"
+    from_server, reason, _ = cl.wait_disconnect(10)
+    assert (from_server, reason) == (True, RC_USE_ANOTHER_SERVER)
+    assert cl.move_to(n2, clean=False)[0] is True
+    status = _peer_call(n1, "Status")
+    assert status.ok, status
+    assert pb_fields(status.messages()[0])[3][0] in (b"draining", b"drained")
+
+
+def test_kick_over_grpc(cluster, paho):
+    """DESIGN (Peer service): `Peer/Kick` disconnects one client without moving its session: with
+    reason 0 the v5 client gets DISCONNECT 0x98 Administrative action and KickResponse.found is
+    true; with 0x89 it gets 0x89 Server busy; an unknown client id answers found false; a code a
+    server may not send (0x04) is refused with INVALID_ARGUMENT and kicks nobody. The kicked
+    client's persistent session stays on the node (session present on reconnect)."""
+    from cluster_helpers import pb_fields
+    import grpc_raw
+    c = cluster(1)
+    n1 = c[0]
+    victim = paho(n1, "kick-me", clean=False, props=_persistent())
+    victim.subscribe("kick/t", 1)
+    bystander = paho(n1, "kick-bystander")
+
+    res = _peer_call(n1, "Kick", grpc_raw.pb_bytes(1, "kick-me"))
+    assert res.ok, res
+    assert pb_fields(res.messages()[0]).get(1) == [1], "KickResponse.found should be true"
+    assert victim.wait_disconnect(10)[:2] == (True, 0x98)
+    assert victim.move_to(n1, clean=False)[0] is True, "the kicked client's session was not kept"
+
+    res = _peer_call(n1, "Kick", grpc_raw.pb_bytes(1, "kick-me") + grpc_raw.pb_uint(2, 0x89))
+    assert res.ok, res
+    assert victim.wait_disconnect(10)[:2] == (True, 0x89)
+
+    res = _peer_call(n1, "Kick", grpc_raw.pb_bytes(1, "nobody"))
+    assert res.ok, res
+    assert pb_fields(res.messages()[0]).get(1) in (None, [0]), "found for an unknown client"
+
+    res = _peer_call(n1, "Kick", grpc_raw.pb_bytes(1, "kick-bystander") + grpc_raw.pb_uint(2, 0x04))
+    assert res.grpc_status == 3, f"reason 0x04 should be INVALID_ARGUMENT: {res}"
+    assert bystander.publish("kick/t", b"still here", qos=1) == 0
+    assert bystander.disconnects.empty(), "a refused Kick disconnected its client anyway"

@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -22,9 +21,6 @@ use tracing::{info, warn};
 use crate::broker::{Broker, NodeState};
 use crate::cluster::Cluster;
 use crate::metrics::MetricsSnapshot;
-
-/// A drain started from the API waits at most this long for clients.
-const DRAIN_PATIENCE: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 struct Admin {
@@ -90,7 +86,11 @@ async fn node(State(admin): State<Admin>) -> Json<NodeView> {
 }
 
 async fn start_drain(State(admin): State<Admin>) -> impl IntoResponse {
-    crate::drain::start(admin.broker.clone(), admin.cluster.clone(), DRAIN_PATIENCE);
+    crate::drain::start(
+        admin.broker.clone(),
+        admin.cluster.clone(),
+        crate::drain::REQUESTED_DRAIN_PATIENCE,
+    );
     (StatusCode::ACCEPTED, Json(view(&admin)))
 }
 

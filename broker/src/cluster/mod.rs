@@ -195,7 +195,7 @@ impl Cluster {
 
     /// Serves the peer gRPC service, announces this node and starts
     /// following the other nodes.
-    pub async fn start(&self, broker: &Arc<Broker>) -> Result<(), ClusterError> {
+    pub async fn start(self: &Arc<Self>, broker: &Arc<Broker>) -> Result<(), ClusterError> {
         let config = &broker.config;
         let listener = tokio::net::TcpListener::bind(config.peer_listen)
             .await
@@ -204,11 +204,7 @@ impl Cluster {
                 source,
             })?;
         info!(addr = %config.peer_listen, "listening for peers");
-        let service = peer_service::server(
-            broker.clone(),
-            config.peer_token.clone(),
-            self.routes_progress.clone(),
-        );
+        let service = peer_service::server(broker.clone(), self.clone(), config.peer_token.clone());
         let shutdown = broker.shutdown.clone();
         tokio::spawn(async move {
             // The builder's tcp_nodelay only applies to listeners it binds

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use starling_codec::ReasonCode;
 use starling_proto::v1::peer_server::{Peer, PeerServer};
 use starling_proto::v1::{
     AdoptRequest, AdoptResponse, AwaitRoutesRequest, AwaitRoutesResponse, DrainRequest,
@@ -15,15 +16,32 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::Cluster;
 use super::convert::{Target, from_wire};
-use super::mirror::MirrorProgress;
 use crate::broker::Broker;
 use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::router::Scope;
 use crate::session::directory::MovedSession;
+use crate::session::registry::{Kick, SessionRegistry};
+
+/// The DISCONNECT reason a `Kick` call asked for: 0 means Administrative
+/// action; otherwise one a server may send (MQTT 5.0 §3.14.2.1).
+fn kick_reason(requested: u32) -> Result<ReasonCode, Status> {
+    const SERVER_DISCONNECT_CODES: [u8; 25] = [
+        0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98,
+        0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    ];
+    match u8::try_from(requested) {
+        Ok(0) => Ok(ReasonCode::ADMINISTRATIVE_ACTION),
+        Ok(code) if SERVER_DISCONNECT_CODES.contains(&code) => Ok(ReasonCode(code)),
+        _ => Err(Status::invalid_argument(format!(
+            "reason code {requested:#x} is not one a server may send in DISCONNECT"
+        ))),
+    }
+}
 
 /// Largest gRPC message between peers: a batch of at most 1 MiB of
 /// payloads, or one message up to MQTT's largest packet (256 MiB), or a
@@ -32,7 +50,7 @@ pub const MAX_PEER_MESSAGE: usize = 272 * 1024 * 1024;
 
 pub struct PeerService {
     broker: Arc<Broker>,
-    routes_progress: Arc<MirrorProgress>,
+    cluster: Arc<Cluster>,
 }
 
 /// Longest an `AwaitRoutes` call waits, whatever the caller asks.
@@ -41,16 +59,13 @@ const MAX_ROUTE_WAIT: Duration = Duration::from_secs(30);
 /// The service wrapped in the shared-token check.
 pub fn server(
     broker: Arc<Broker>,
+    cluster: Arc<Cluster>,
     token: Option<String>,
-    routes_progress: Arc<MirrorProgress>,
 ) -> InterceptedService<PeerServer<PeerService>, impl tonic::service::Interceptor + Clone> {
     let expected = token.map(|t| format!("Bearer {t}"));
-    let service = PeerServer::new(PeerService {
-        broker,
-        routes_progress,
-    })
-    .max_decoding_message_size(MAX_PEER_MESSAGE)
-    .max_encoding_message_size(MAX_PEER_MESSAGE);
+    let service = PeerServer::new(PeerService { broker, cluster })
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
     InterceptedService::new(service, move |request: Request<()>| {
         if let Some(expected) = &expected {
             let presented = request
@@ -184,17 +199,31 @@ impl Peer for PeerService {
         Ok(Response::new(AdoptResponse { adopted }))
     }
 
-    async fn kick(&self, _request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
-        Err(Status::unimplemented("kick is not implemented yet"))
+    async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
+        let request = request.into_inner();
+        let code = kick_reason(request.reason_code)?;
+        let found = self
+            .broker
+            .sessions
+            .lookup(&request.client_id)
+            .is_some_and(|slot| SessionRegistry::kick(&slot, Kick::Administrative(code)));
+        info!(client_id = %request.client_id, code = code.0, found, "client kicked by a peer call");
+        Ok(Response::new(KickResponse { found }))
     }
 
     async fn drain(
         &self,
         _request: Request<DrainRequest>,
     ) -> Result<Response<DrainResponse>, Status> {
-        Err(Status::unimplemented(
-            "drain over gRPC is not implemented yet",
-        ))
+        info!("drain requested by a peer call");
+        crate::drain::start(
+            self.broker.clone(),
+            Some(self.cluster.clone()),
+            crate::drain::REQUESTED_DRAIN_PATIENCE,
+        );
+        Ok(Response::new(DrainResponse {
+            state: self.broker.state().as_str().to_string(),
+        }))
     }
 
     async fn await_routes(
@@ -203,7 +232,11 @@ impl Peer for PeerService {
     ) -> Result<Response<AwaitRoutesResponse>, Status> {
         let request = request.into_inner();
         let patience = Duration::from_millis(u64::from(request.timeout_ms)).min(MAX_ROUTE_WAIT);
-        let applied = self.routes_progress.reach(request.revision, patience).await;
+        let applied = self
+            .cluster
+            .routes_progress
+            .reach(request.revision, patience)
+            .await;
         debug!(revision = request.revision, applied, "AwaitRoutes answered");
         Ok(Response::new(AwaitRoutesResponse { applied }))
     }
@@ -216,7 +249,7 @@ impl Peer for PeerService {
         Ok(Response::new(StatusResponse {
             node: self.broker.config.node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            state: "serving".to_string(),
+            state: self.broker.state().as_str().to_string(),
             connections: snapshot.connections,
             sessions: snapshot.sessions,
             subscriptions: self.broker.router.filter_count() as u64,

@@ -335,6 +335,7 @@ impl Connection {
                         let code = match reason {
                             Kick::TakenOver => ReasonCode::SESSION_TAKEN_OVER,
                             Kick::UseAnotherServer => ReasonCode::USE_ANOTHER_SERVER,
+                            Kick::Administrative(code) => code,
                         };
                         // Packets that arrived before the kick count: a
                         // DISCONNECT among them decides the session's expiry

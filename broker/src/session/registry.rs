@@ -21,6 +21,8 @@ pub enum Kick {
     TakenOver,
     /// The node is draining: the client should connect elsewhere.
     UseAnotherServer,
+    /// An operator disconnects the client (`Kick` call), with this reason.
+    Administrative(starling_codec::ReasonCode),
 }
 
 /// Who has the session right now.
