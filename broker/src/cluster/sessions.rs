@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 use prost::Message as _;
 use starling_proto::v1::{AdoptRequest, ClientRecord, SessionSnapshot, TakeoverRequest};
 use tracing::{debug, info, warn};
@@ -24,6 +24,18 @@ const CLAIM_ROUNDS: usize = 3;
 /// How long a connect waits for etcd and for the owner node.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// What a registration attempt found.
+enum Registration {
+    /// This node owns the client id, registered at this revision.
+    Ours(i64),
+    /// Somebody else holds it (`owner`: another node, `None` for an older
+    /// record of this node or an unreadable one), as of `revision`.
+    Held {
+        owner: Option<String>,
+        revision: i64,
+    },
+}
 
 pub struct ClusterSessions {
     node: String,
@@ -65,49 +77,113 @@ impl ClusterSessions {
     /// modification revision (0 when absent); `None` when etcd cannot say.
     async fn lookup(&self, client_id: &str, key: &str) -> Option<(Option<String>, i64)> {
         let mut client = self.client.clone();
-        let response = match tokio::time::timeout(LOOKUP_TIMEOUT, client.get(key, None)).await {
-            Ok(Ok(response)) => response,
+        match tokio::time::timeout(LOOKUP_TIMEOUT, client.get(key, None)).await {
+            Ok(Ok(response)) => Some(self.holder(response.kvs().first())),
             Ok(Err(error)) => {
                 warn!(%error, client_id, "cannot look the client up in etcd; serving it locally");
-                return None;
+                None
             }
             Err(_) => {
                 warn!(
                     client_id,
                     "etcd lookup timed out; serving the client locally"
                 );
-                return None;
+                None
             }
-        };
-        let Some(kv) = response.kvs().first() else {
-            return Some((None, 0));
+        }
+    }
+
+    /// Who a registration names (`None`: nobody, or this node) and its
+    /// revision (0 when absent).
+    fn holder(&self, kv: Option<&KeyValue>) -> (Option<String>, i64) {
+        let Some(kv) = kv else {
+            return (None, 0);
         };
         let owner = ClientRecord::decode(kv.value())
             .ok()
             .map(|record| record.node)
             .filter(|node| *node != self.node);
-        Some((owner, kv.mod_revision()))
+        (owner, kv.mod_revision())
     }
 
-    /// Registers this node as the owner of `key` if nobody changed it since
-    /// `revision`: `Some(Ok(written_at))`, or `Some(Err(()))` when somebody
-    /// did. `None` when etcd cannot say (or there is no lease).
-    async fn register_if_unchanged(&self, key: &str, revision: i64) -> Option<Result<i64, ()>> {
-        let lease = (*self.lease.borrow())?;
+    /// One round trip: registers this node as the owner of `key` if the key
+    /// is unchanged since `revision` (0: absent, a new client id), and
+    /// otherwise reads who holds it. `None` when etcd cannot say.
+    async fn register_or_read(
+        &self,
+        client_id: &str,
+        key: &str,
+        revision: i64,
+        lease: i64,
+    ) -> Option<Registration> {
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(key, CompareOp::Equal, revision)])
             .and_then(vec![TxnOp::put(
                 key,
                 self.registrations.value().to_vec(),
                 Some(PutOptions::new().with_lease(lease)),
-            )]);
+            )])
+            .or_else(vec![TxnOp::get(key, None)]);
         let mut client = self.client.clone();
-        match tokio::time::timeout(LOOKUP_TIMEOUT, client.txn(txn)).await {
-            Ok(Ok(response)) if response.succeeded() => {
-                Some(Ok(response.header().map_or(0, |h| h.revision())))
+        let response = match tokio::time::timeout(LOOKUP_TIMEOUT, client.txn(txn)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                warn!(%error, client_id, "cannot register the client in etcd; serving it locally");
+                return None;
             }
-            Ok(Ok(_)) => Some(Err(())),
+            Err(_) => {
+                warn!(
+                    client_id,
+                    "etcd registration timed out; serving the client locally"
+                );
+                return None;
+            }
+        };
+        if response.succeeded() {
+            return Some(Registration::Ours(
+                response.header().map_or(0, |h| h.revision()),
+            ));
+        }
+        let current = response.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get),
             _ => None,
+        });
+        let kv = current.as_ref().and_then(|get| get.kvs().first());
+        if let Some(kv) = kv
+            && kv.value() == self.registrations.value()
+        {
+            // This very process registered it already (a reconnect).
+            return Some(Registration::Ours(kv.mod_revision()));
+        }
+        let (owner, revision) = self.holder(kv);
+        Some(Registration::Held { owner, revision })
+    }
+
+    /// Takes the session `owner` holds for `client_id` and folds it into
+    /// what earlier rounds took: a second round takes the session a racing
+    /// node made meanwhile, and the first holds the client's history.
+    async fn take_into(
+        &self,
+        owner: &str,
+        client_id: &str,
+        moved: Option<MovedSession>,
+    ) -> Option<MovedSession> {
+        match self.take_from(owner, client_id).await {
+            Ok(Some(session)) => {
+                info!(client_id, from = %owner, "session taken over from another node");
+                Some(match moved {
+                    Some(first) => first.absorb(session),
+                    None => session,
+                })
+            }
+            Ok(None) => {
+                debug!(client_id, from = %owner, "previous owner had no session to hand over");
+                moved
+            }
+            Err(error) => {
+                warn!(client_id, from = %owner, %error, "session takeover failed");
+                moved
+            }
         }
     }
 
@@ -154,48 +230,49 @@ impl ClusterSessions {
 }
 
 impl SessionDirectory for ClusterSessions {
-    /// Looks the owner up, takes the session from it, and registers this
-    /// node with a compare-and-swap on the key's revision. If another node
-    /// registered meanwhile (the same client connecting there at the same
-    /// moment), it is the newer owner: take over from it and try again. The
-    /// last connect wins, and exactly one connection stays.
+    /// Registers this node with a compare-and-swap that expects a new
+    /// client id (one round trip, the common case); if somebody holds the
+    /// id, takes the session from that node and swaps again against the
+    /// revision it read. If another node registered meanwhile (the same
+    /// client connecting there at the same moment), it is the newer owner:
+    /// take over from it and try again. The last connect wins, and exactly
+    /// one connection stays.
     fn claim<'a>(&'a self, client_id: &'a str) -> Claim<'a> {
         Box::pin(async move {
             let key = self.keys.client(client_id);
             let mut moved: Option<MovedSession> = None;
-            for _ in 0..CLAIM_ROUNDS {
-                let (owner, revision) = self.lookup(client_id, &key).await?;
-                if let Some(owner) = owner {
-                    match self.take_from(&owner, client_id).await {
-                        Ok(Some(session)) => {
-                            info!(client_id, from = %owner, "session taken over from another node");
-                            // A second round takes the session a racing node
-                            // made meanwhile: fold it into the first, which
-                            // holds the client's history.
-                            moved = Some(match moved {
-                                Some(first) => first.absorb(session),
-                                None => session,
-                            });
-                        }
-                        Ok(None) => {
-                            debug!(client_id, from = %owner, "previous owner had no session to hand over")
-                        }
-                        Err(error) => {
-                            warn!(client_id, from = %owner, %error, "session takeover failed")
-                        }
-                    }
+            let Some(lease) = *self.lease.borrow() else {
+                // No lease (etcd away, or a new one being granted): take the
+                // session if a node has it, register once the lease is back.
+                if let (Some(owner), _) = self.lookup(client_id, &key).await? {
+                    moved = self.take_into(&owner, client_id, moved).await;
                 }
-                match self.register_if_unchanged(&key, revision).await {
-                    Some(Ok(written_at)) => {
+                return moved;
+            };
+            let mut expected = 0;
+            // One more round than takeovers allowed: the first only learns
+            // who holds the id.
+            for _ in 0..=CLAIM_ROUNDS {
+                match self
+                    .register_or_read(client_id, &key, expected, lease)
+                    .await?
+                {
+                    Registration::Ours(written_at) => {
                         self.registrations.adopt(key, written_at);
                         return moved;
                     }
-                    Some(Err(())) => debug!(
-                        client_id,
-                        "client registered elsewhere meanwhile; taking over again"
-                    ),
-                    // etcd is away: serve locally, register when it is back.
-                    None => return moved,
+                    Registration::Held { owner, revision } => {
+                        if expected != 0 {
+                            debug!(
+                                client_id,
+                                "client registered elsewhere meanwhile; taking over again"
+                            );
+                        }
+                        if let Some(owner) = owner {
+                            moved = self.take_into(&owner, client_id, moved).await;
+                        }
+                        expected = revision;
+                    }
                 }
             }
             warn!(
