@@ -15,6 +15,11 @@
 # end, so that they do not share the 2 cores with a measurement
 # (BENCH_WAIT_BUILD=SECONDS changes the 10 minutes).
 #
+# --brokers    which brokers, in table order; the ratio column is the first
+#              over the second. `cluster` is 3 Starling nodes on one etcd
+#              (installed if missing), publishers on node 1, subscribers on
+#              node 2, connections spread over all three:
+#              --brokers "cluster starling" compares it with one node.
 # --out FILE   also write the Markdown table to FILE
 # --keep       keep the scratch directory (broker logs, JSON summaries)
 #
@@ -59,6 +64,7 @@ ensure_bench
 ensure_starling
 for b in "${BROKER_LIST[@]}"; do
     [[ "$b" != mosquitto ]] || ensure_mosquitto
+    [[ "$b" != cluster ]] || ensure_etcd
 done
 
 WORK=$(mktemp -d)
@@ -98,7 +104,8 @@ for ((rep = 1; rep <= REPS; rep++)); do
         start_broker "$broker" "$port" "$dir"
         log "$SCENARIO rep $rep/$REPS: $broker (pid $BROKER_PID, port $port, load $(cut -d' ' -f1-3 /proc/loadavg))"
         rc=0
-        SCENARIO_PORT=$port SCENARIO_BROKER_PID=$BROKER_PID SCENARIO_SMOKE=$SMOKE \
+        SCENARIO_PORT=$port SCENARIO_SUB_PORT=$BROKER_SUB_PORT SCENARIO_PORTS=$BROKER_PORTS \
+            SCENARIO_BROKER_PID=$BROKER_PID SCENARIO_BROKER_PIDS=$BROKER_NODE_PIDS SCENARIO_SMOKE=$SMOKE \
             SCENARIO_DIR="$dir" BENCH_BIN="$BENCH_BIN" \
             timeout 900 "$SCRIPT" >"$dir/out.txt" 2>"$dir/err.txt" || rc=$?
         if ! kill -0 "$BROKER_PID" 2>/dev/null; then
@@ -155,8 +162,11 @@ def fmt(x):
 mode = "smoke" if smoke == "1" else "full"
 print(f"### {scenario} ({mode} size, {reps} repetition(s), medians)\n")
 head = ["metric", "unit"] + brokers
-if brokers[:2] == ["starling", "mosquitto"]:
-    head.append("starling ÷ mosquitto")
+# The first broker against the second (Starling against Mosquitto, or a
+# cluster against a single node).
+ratio = len(brokers) >= 2
+if ratio:
+    head.append(f"{brokers[0]} ÷ {brokers[1]}")
 head.append("runs")
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
@@ -169,8 +179,8 @@ for metric in order:
     is_loss = metric.startswith("lost:")
     row = [metric, unit + ("" if is_loss else f" ({better} is better)")]
     row += [fmt(sum(values[metric].get(b, [])) if is_loss else medians[b]) for b in brokers]
-    if brokers[:2] == ["starling", "mosquitto"]:
-        s, m = medians["starling"], medians["mosquitto"]
+    if ratio:
+        s, m = medians[brokers[0]], medians[brokers[1]]
         row.append("–" if is_loss or s is None or not m else f"{s / m:.2f}")
     runs = "; ".join(
         b + " " + ", ".join(fmt(v) for v in values[metric].get(b, [])) for b in brokers

@@ -63,18 +63,118 @@ wait_port() {
     return 1
 }
 
-# start_broker NAME PORT DIR: starts starling or mosquitto listening on
-# 127.0.0.1:PORT with the shared limits; sets BROKER_PID. Logs go to
+ETCD_BIN=${ETCD_BIN:-/usr/bin/etcd}
+# Nodes of the `cluster` broker.
+CLUSTER_NODES=${BENCH_CLUSTER_NODES:-3}
+
+ensure_etcd() {
+    if [[ -x "$ETCD_BIN" ]]; then
+        return 0
+    fi
+    log "installing etcd-server"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends etcd-server >&2; then
+        apt-get update >&2
+        apt-get install -y --no-install-recommends etcd-server >&2
+    fi
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl stop etcd >/dev/null 2>&1 || true
+    fi
+}
+
+# starling_limits: the flags that give Starling the shared limits.
+starling_limits() {
+    echo --max-inflight "$BROKER_MAX_INFLIGHT" --max-queued-messages "$BROKER_MAX_QUEUED" \
+        --max-connections 1000000 --log-level warn
+}
+
+# start_cluster PORT DIR: one etcd and CLUSTER_NODES Starling nodes on
+# loopback; node 1 listens on PORT. Sets BROKER_PID (node 1),
+# BROKER_SUB_PORT (node 2: where scenarios put subscribers), BROKER_PORTS
+# and BROKER_NODE_PIDS (every node), and waits until every node sees every
+# other. Nodes run with route_sync on, so that a subscription is reachable
+# from every node when its SUBACK arrives, as on a single node.
+start_cluster() {
+    local port=$1 dir=$2 client_port peer_port i node_port
+    client_port=$(free_port)
+    peer_port=$(free_port)
+    "$ETCD_BIN" --name bench --data-dir "$dir/etcd-data" \
+        --listen-client-urls "http://127.0.0.1:$client_port" \
+        --advertise-client-urls "http://127.0.0.1:$client_port" \
+        --listen-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-cluster "bench=http://127.0.0.1:$peer_port" \
+        --log-level warn --logger zap >"$dir/etcd.log" 2>&1 &
+    ETCD_PID=$!
+    if ! wait_port "$client_port" 15; then
+        log "etcd did not start; its log:"
+        tail -20 "$dir/etcd.log" >&2
+        return 1
+    fi
+    BROKER_PORTS=
+    BROKER_NODE_PIDS=
+    local admin_ports=()
+    for ((i = 1; i <= CLUSTER_NODES; i++)); do
+        if ((i == 1)); then node_port=$port; else node_port=$(free_port); fi
+        local node_peer node_admin
+        node_peer=$(free_port)
+        node_admin=$(free_port)
+        # shellcheck disable=SC2046
+        "$STARLING_BIN" --node-id "n$i" --cluster bench --etcd "http://127.0.0.1:$client_port" \
+            --listen "127.0.0.1:$node_port" --peer-listen "127.0.0.1:$node_peer" \
+            --admin-listen "127.0.0.1:$node_admin" --peer-token bench-token \
+            --route-sync true $(starling_limits) >"$dir/starling-n$i.log" 2>&1 &
+        BROKER_NODE_PIDS+="${BROKER_NODE_PIDS:+ }$!"
+        BROKER_PORTS+="${BROKER_PORTS:+,}$node_port"
+        admin_ports+=("$node_admin")
+        ((i == 1)) && BROKER_PID=$!
+        ((i == 2)) && BROKER_SUB_PORT=$node_port
+    done
+    ((CLUSTER_NODES >= 2)) || BROKER_SUB_PORT=$port
+    # Every node up, and aware of every other (peers = nodes - 1).
+    if ! python3 - "$((CLUSTER_NODES - 1))" "${admin_ports[@]}" <<'PY'; then
+import json, sys, time, urllib.request
+peers, ports = int(sys.argv[1]), sys.argv[2:]
+deadline = time.monotonic() + 30
+pending = set(ports)
+while pending and time.monotonic() < deadline:
+    for port in list(pending):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/node", timeout=1) as r:
+                if json.load(r).get("peers") == peers:
+                    pending.discard(port)
+        except OSError:
+            pass
+    time.sleep(0.05)
+sys.exit(1 if pending else 0)
+PY
+        log "the cluster did not form within 30 s; node logs:"
+        tail -n 5 "$dir"/starling-n*.log >&2
+        return 1
+    fi
+}
+
+# start_broker NAME PORT DIR: starts starling, mosquitto, or a Starling
+# cluster (`cluster`, see start_cluster) listening on 127.0.0.1:PORT with
+# the shared limits; sets BROKER_PID, and BROKER_SUB_PORT, BROKER_PORTS and
+# BROKER_NODE_PIDS (for a single broker: its port and PID). Logs go to
 # DIR/NAME.log.
 start_broker() {
     local name=$1 port=$2 dir=$3
+    BROKER_SUB_PORT=$port
+    BROKER_PORTS=$port
     case "$name" in
+        cluster)
+            if ! start_cluster "$port" "$dir"; then
+                stop_broker
+                return 1
+            fi
+            return 0
+            ;;
         starling)
-            "$STARLING_BIN" --listen "127.0.0.1:$port" \
-                --max-inflight "$BROKER_MAX_INFLIGHT" \
-                --max-queued-messages "$BROKER_MAX_QUEUED" \
-                --max-connections 1000000 \
-                --log-level warn >"$dir/$name.log" 2>&1 &
+            # shellcheck disable=SC2046
+            "$STARLING_BIN" --listen "127.0.0.1:$port" $(starling_limits) \
+                >"$dir/$name.log" 2>&1 &
             BROKER_PID=$!
             ;;
         mosquitto)
@@ -102,6 +202,7 @@ EOF
             return 2
             ;;
     esac
+    BROKER_NODE_PIDS=$BROKER_PID
     if ! wait_port "$port" 10; then
         log "$name did not start; its log:"
         tail -20 "$dir/$name.log" >&2
@@ -110,10 +211,9 @@ EOF
     fi
 }
 
-# stop_broker: SIGTERM, then SIGKILL after 5 s, the broker started last.
-stop_broker() {
-    local pid=${BROKER_PID:-}
-    [[ -n "$pid" ]] || return 0
+# stop_pid PID: SIGTERM, then SIGKILL after 5 s.
+stop_pid() {
+    local pid=$1
     if kill -0 "$pid" 2>/dev/null; then
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 100); do
@@ -123,7 +223,25 @@ stop_broker() {
         kill -9 "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
+}
+
+# stop_broker: stops the broker started last (every node, then etcd, for
+# a cluster). A cluster's nodes are killed at once: a SIGTERM would make
+# each drain its sessions into the others.
+stop_broker() {
+    local pid
+    if [[ -n "${ETCD_PID:-}" ]]; then
+        for pid in ${BROKER_NODE_PIDS:-}; do
+            kill -9 "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        done
+        stop_pid "$ETCD_PID"
+        ETCD_PID=
+    elif [[ -n "${BROKER_PID:-}" ]]; then
+        stop_pid "$BROKER_PID"
+    fi
     BROKER_PID=
+    BROKER_NODE_PIDS=
 }
 
 # Waits (up to $1 seconds) until no build, fuzzing or test run (cargo,

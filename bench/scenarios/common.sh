@@ -7,8 +7,15 @@
 # and exits non-zero when the tool failed or a message was lost.
 #
 # Environment (set by compare.sh / smoke.sh):
-#   SCENARIO_PORT        broker port on 127.0.0.1 (required)
+#   SCENARIO_PORT        broker port on 127.0.0.1 (required); publishers'
+#                        node when the broker is a cluster
+#   SCENARIO_SUB_PORT    subscribers' port (default SCENARIO_PORT): another
+#                        node of a cluster
+#   SCENARIO_PORTS       every node's port, comma separated (default
+#                        SCENARIO_PORT): connection scenarios spread over them
 #   SCENARIO_BROKER_PID  broker PID, for memory readings (conn-idle)
+#   SCENARIO_BROKER_PIDS every node's PID, space separated (default
+#                        SCENARIO_BROKER_PID)
 #   SCENARIO_SMOKE       1 = tiny parameters (seconds), 0 = full size
 #   SCENARIO_DIR         scratch directory (default: a new temporary one)
 #   BENCH_BIN            the starling-bench binary
@@ -16,6 +23,8 @@
 set -euo pipefail
 
 : "${SCENARIO_PORT:?SCENARIO_PORT is required}"
+SUB_PORT=${SCENARIO_SUB_PORT:-$SCENARIO_PORT}
+ALL_PORTS=${SCENARIO_PORTS:-$SCENARIO_PORT}
 SMOKE=${SCENARIO_SMOKE:-0}
 BENCH_BIN=${BENCH_BIN:-"$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/release/starling-bench"}
 if [[ -z "${SCENARIO_DIR:-}" ]]; then
@@ -36,11 +45,12 @@ cleanup_scenario() {
 trap cleanup_scenario EXIT
 trap 'exit 143' TERM INT
 
-# bench MODE ARGS...: starling-bench against the broker under test.
+# bench MODE ARGS...: starling-bench against the broker under test
+# (SCENARIO_PORT, or BENCH_PORT for one call).
 bench() {
     local mode=$1
     shift
-    "$BENCH_BIN" "$mode" -h 127.0.0.1 -p "$SCENARIO_PORT" --quiet "$@"
+    "$BENCH_BIN" "$mode" -h 127.0.0.1 -p "${BENCH_PORT:-$SCENARIO_PORT}" --quiet "$@"
 }
 
 # bench_exec MODE ARGS...: like bench, but replaces the (sub)shell, so that
@@ -48,7 +58,7 @@ bench() {
 bench_exec() {
     local mode=$1
     shift
-    exec "$BENCH_BIN" "$mode" -h 127.0.0.1 -p "$SCENARIO_PORT" --quiet "$@"
+    exec "$BENCH_BIN" "$mode" -h 127.0.0.1 -p "${BENCH_PORT:-$SCENARIO_PORT}" --quiet "$@"
 }
 
 # json FILE EXPR: a value from a summary, EXPR in Python over `s`.
@@ -72,13 +82,14 @@ wait_ready() {
     done
 }
 
-# start_sub NAME ARGS...: a `sub` in the background, waited for until every
-# client has subscribed. Its summary goes to $SCENARIO_DIR/NAME.json.
+# start_sub NAME ARGS...: a `sub` in the background (on SUB_PORT), waited
+# for until every client has subscribed. Its summary goes to
+# $SCENARIO_DIR/NAME.json.
 start_sub() {
     local name=$1
     shift
     rm -f "$SCENARIO_DIR/$name.ready" "$SCENARIO_DIR/$name.json"
-    bench_exec sub --json "$SCENARIO_DIR/$name.json" --ready-file "$SCENARIO_DIR/$name.ready" "$@" \
+    BENCH_PORT=$SUB_PORT bench_exec sub --json "$SCENARIO_DIR/$name.json" --ready-file "$SCENARIO_DIR/$name.ready" "$@" \
         2>"$SCENARIO_DIR/$name.err" &
     SUB_PID=$!
     BG_PIDS+=("$SUB_PID")

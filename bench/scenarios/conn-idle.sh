@@ -8,12 +8,19 @@ source "$(dirname "$0")/common.sh"
 if ((SMOKE)); then CONNS=200; else CONNS=10000; fi
 SOURCES=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
 
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$SCENARIO_BROKER_PID/status"; }
+# Summed over every node of a cluster (the connections are spread over them).
+rss_kb() {
+    local pid total=0
+    for pid in ${SCENARIO_BROKER_PIDS:-$SCENARIO_BROKER_PID}; do
+        total=$((total + $(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")))
+    done
+    echo "$total"
+}
 
 sleep 1
 before=$(rss_kb)
 rm -f "$SCENARIO_DIR/conn.ready"
-bench_exec conn -c "$CONNS" -R 0 --max-pending 1000 --ifaddr "$SOURCES" --hold 30 --duration 90 \
+BENCH_PORT=$ALL_PORTS bench_exec conn -c "$CONNS" -R 0 --max-pending 1000 --ifaddr "$SOURCES" --hold 30 --duration 90 \
     --ready-file "$SCENARIO_DIR/conn.ready" --json "$SCENARIO_DIR/conn.json" \
     2>"$SCENARIO_DIR/conn.err" &
 CONN_PID=$!

@@ -15,7 +15,7 @@ for variant in burst paced; do
     if [[ $variant == burst ]]; then pending=1000; else pending=64; fi
     rc=0
     f="$SCENARIO_DIR/conn-$variant.json"
-    bench conn -c "$CONNS" -R 0 --max-pending "$pending" --ifaddr "$SOURCES" --hold 0 \
+    BENCH_PORT=$ALL_PORTS bench conn -c "$CONNS" -R 0 --max-pending "$pending" --ifaddr "$SOURCES" --hold 0 \
         --duration 60 --json "$f" 2>"$SCENARIO_DIR/conn-$variant.err" || rc=$?
     if ((rc != 0)) || [[ ! -s "$f" ]]; then
         echo "conn ($variant) exited with $rc: $(tail -3 "$SCENARIO_DIR/conn-$variant.err" | tr '\n' ' ')" >&2

@@ -78,9 +78,10 @@ pub struct CommonArgs {
     /// Broker host name or address.
     #[arg(short = 'h', long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Broker port.
-    #[arg(short = 'p', long, default_value_t = 1883)]
-    pub port: u16,
+    /// Broker port; several, comma separated, spread the clients over them
+    /// round-robin by index (the nodes of a cluster on one host).
+    #[arg(short = 'p', long, value_delimiter = ',', default_value = "1883")]
+    pub port: Vec<u16>,
     /// Number of clients.
     #[arg(short = 'c', long, default_value_t = 1)]
     pub count: u32,
@@ -285,13 +286,22 @@ mod tests {
             panic!("not pub");
         };
         assert_eq!(args.common.host, "127.0.0.2");
-        assert_eq!(args.common.port, 1884);
+        assert_eq!(args.common.port, vec![1884]);
         assert_eq!(args.common.count, 10);
         assert_eq!(args.common.version, 4);
         assert_eq!(args.qos, 1);
         assert_eq!(args.size, 64);
         assert_eq!(args.limit, 5);
         assert_eq!(args.period(), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn several_ports_spread_the_clients() {
+        let cli = Cli::parse_from(["starling-bench", "conn", "-p", "1883,1884,1885", "-c", "9"]);
+        let Command::Conn(args) = cli.command else {
+            panic!("not conn");
+        };
+        assert_eq!(args.common.port, vec![1883, 1884, 1885]);
     }
 
     #[test]

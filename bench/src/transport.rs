@@ -87,16 +87,20 @@ impl AsyncWrite for Stream {
 /// Everything needed to open one more connection.
 pub struct Connector {
     transport: Transport,
-    addr: SocketAddr,
+    /// One per `--port`; client `index` uses `addrs[index % len]`.
+    addrs: Vec<SocketAddr>,
     sources: Vec<IpAddr>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    /// `ws://host:port/path`, for the WebSocket handshake.
-    ws_uri: String,
+    /// `ws://host:port/path` per address, for the WebSocket handshake.
+    ws_uris: Vec<String>,
 }
 
 impl Connector {
     pub async fn new(args: &CommonArgs) -> anyhow::Result<Connector> {
-        let addr = tokio::net::lookup_host((args.host.as_str(), args.port))
+        if args.port.is_empty() {
+            bail!("--port needs at least one port");
+        }
+        let addr = tokio::net::lookup_host((args.host.as_str(), args.port[0]))
             .await
             .with_context(|| format!("cannot resolve {}", args.host))?
             .next()
@@ -125,10 +129,18 @@ impl Connector {
         };
         Ok(Connector {
             transport: args.transport,
-            addr,
+            addrs: args
+                .port
+                .iter()
+                .map(|&port| SocketAddr::new(addr.ip(), port))
+                .collect(),
             sources: args.ifaddr.clone(),
             tls,
-            ws_uri: format!("ws://{host}:{}{path}", args.port),
+            ws_uris: args
+                .port
+                .iter()
+                .map(|port| format!("ws://{host}:{port}{path}"))
+                .collect(),
         })
     }
 
@@ -138,26 +150,31 @@ impl Connector {
         match self.transport {
             Transport::Tcp => Ok(Stream::Tcp(tcp)),
             Transport::Tls => Ok(Stream::Tls(Box::new(self.tls(tcp).await?))),
-            Transport::Ws => Ok(Stream::Ws(Box::new(self.websocket(tcp).await?))),
+            Transport::Ws => Ok(Stream::Ws(Box::new(self.websocket(tcp, index).await?))),
             Transport::Wss => {
                 let tls = self.tls(tcp).await?;
-                Ok(Stream::Wss(Box::new(self.websocket(tls).await?)))
+                Ok(Stream::Wss(Box::new(self.websocket(tls, index).await?)))
             }
         }
     }
 
+    fn pick<'a, T>(choices: &'a [T], index: u32) -> &'a T {
+        &choices[index as usize % choices.len()]
+    }
+
     async fn tcp(&self, index: u32) -> io::Result<TcpStream> {
-        let socket = if self.addr.is_ipv4() {
+        let addr = *Self::pick(&self.addrs, index);
+        let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
         if !self.sources.is_empty() {
-            let source = self.sources[index as usize % self.sources.len()];
+            let source = *Self::pick(&self.sources, index);
             sys::bind_address_no_port(&socket)?;
             socket.bind(SocketAddr::new(source, 0))?;
         }
-        let stream = socket.connect(self.addr).await?;
+        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
@@ -169,12 +186,11 @@ impl Connector {
         connector.connect(name.clone(), tcp).await
     }
 
-    async fn websocket<S>(&self, stream: S) -> io::Result<WsIo<S>>
+    async fn websocket<S>(&self, stream: S, index: u32) -> io::Result<WsIo<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut request = self
-            .ws_uri
+        let mut request = Self::pick(&self.ws_uris, index)
             .as_str()
             .into_client_request()
             .map_err(io::Error::other)?;
