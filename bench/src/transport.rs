@@ -158,7 +158,7 @@ impl Connector {
         }
     }
 
-    fn pick<'a, T>(choices: &'a [T], index: u32) -> &'a T {
+    fn pick<T>(choices: &[T], index: u32) -> &T {
         &choices[index as usize % choices.len()]
     }
 
