@@ -3,14 +3,22 @@
 //! acknowledged per batch. A link that breaks reconnects with backoff;
 //! messages that could not be delivered (queue full, or in flight on a
 //! stream that broke) are counted and logged.
+//!
+//! Backpressure: a link with more than `LINK_HIGH_WATER` messages queued
+//! is *congested*; the connections publishing into it stop reading their
+//! clients until it is back under `LINK_LOW_WATER`, as a single node's
+//! publishers wait on TCP. The hard bound `LINK_QUEUE` leaves room for what
+//! publishers had already read; only beyond it are messages dropped.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use starling_proto::v1::ForwardBatch;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
@@ -22,7 +30,11 @@ use crate::metrics::Metrics;
 use crate::router::store::{Forwarder, NodeId};
 
 /// Messages queued per peer link before new ones are dropped.
-const LINK_QUEUE: usize = 16 * 1024;
+const LINK_QUEUE: usize = 64 * 1024;
+/// Above this many queued messages a link holds its publishers back...
+const LINK_HIGH_WATER: usize = 16 * 1024;
+/// ...until it is down to this many.
+const LINK_LOW_WATER: usize = 4 * 1024;
 /// Messages per batch on the wire.
 const BATCH: usize = 256;
 /// Payload bytes per batch (one larger message still goes, alone): a batch
@@ -54,6 +66,15 @@ struct Link {
     /// False once the node announced it is draining.
     serving: bool,
     queue: mpsc::Sender<Outgoing>,
+    /// Notified when the queue is down to `LINK_LOW_WATER` (or the link
+    /// is gone), for publishers held back.
+    drained: Arc<Notify>,
+}
+
+impl Link {
+    fn queued(queue: &mpsc::Sender<Outgoing>) -> usize {
+        LINK_QUEUE - queue.capacity()
+    }
 }
 
 /// What membership knows of another node.
@@ -96,6 +117,7 @@ impl PeerForwarder {
             }
             _ => {
                 info!(%node, "closing peer link");
+                link.drained.notify_waiters();
                 false
             }
         });
@@ -105,13 +127,17 @@ impl PeerForwarder {
             }
             info!(%node, %endpoint, "opening peer link");
             let (tx, rx) = mpsc::channel(LINK_QUEUE);
+            let drained = Arc::new(Notify::new());
             tokio::spawn(run_link(
-                self.own_node.clone(),
-                node.clone(),
-                endpoint.clone(),
-                self.token.clone(),
+                LinkEnds {
+                    own_node: self.own_node.clone(),
+                    node: node.clone(),
+                    endpoint: endpoint.clone(),
+                    token: self.token.clone(),
+                    metrics: self.metrics.clone(),
+                    drained: drained.clone(),
+                },
                 rx,
-                self.metrics.clone(),
             ));
             links.insert(
                 node.clone(),
@@ -119,6 +145,7 @@ impl PeerForwarder {
                     endpoint: endpoint.clone(),
                     serving: *serving,
                     queue: tx,
+                    drained,
                 },
             );
         }
@@ -190,18 +217,26 @@ impl Outgoing {
 }
 
 impl PeerForwarder {
-    fn enqueue(&self, node: &NodeId, item: Outgoing) {
-        let refused = match self.links.read().get(node) {
-            Some(link) => link.queue.try_send(item).err().map(|e| match e {
-                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => {
-                    item
-                }
-            }),
-            None => Some(item),
+    /// Queues `item` for `node`; returns whether the link is congested.
+    fn enqueue(&self, node: &NodeId, item: Outgoing) -> bool {
+        let links = self.links.read();
+        let Some(link) = links.get(node) else {
+            drop(links);
+            item.lost(&self.metrics);
+            return false;
         };
-        match refused {
-            None => Metrics::inc(&self.metrics.forwarded),
-            Some(item) => item.lost(&self.metrics),
+        match link.queue.try_send(item) {
+            Ok(()) => {
+                Metrics::inc(&self.metrics.forwarded);
+                Link::queued(&link.queue) > LINK_HIGH_WATER
+            }
+            Err(
+                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item),
+            ) => {
+                drop(links);
+                item.lost(&self.metrics);
+                false
+            }
         }
     }
 }
@@ -214,7 +249,7 @@ impl Forwarder for PeerForwarder {
         plain: bool,
         groups: Vec<Arc<ShareKey>>,
         ticket: Option<Arc<ForwardTicket>>,
-    ) {
+    ) -> bool {
         let message = message.clone();
         self.enqueue(
             node,
@@ -224,7 +259,33 @@ impl Forwarder for PeerForwarder {
                 groups,
                 ticket,
             },
-        );
+        )
+    }
+
+    fn drained(&self, node: &NodeId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        let link = self
+            .links
+            .read()
+            .get(node)
+            .map(|link| (link.queue.downgrade(), link.drained.clone()));
+        Box::pin(async move {
+            let Some((queue, drained)) = link else {
+                return;
+            };
+            loop {
+                let notified = drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match queue.upgrade() {
+                    Some(queue) if Link::queued(&queue) > LINK_LOW_WATER => {}
+                    // Drained, or the link is gone (the node left).
+                    _ => return,
+                }
+                // The notification comes from the link's task; the timeout
+                // only guards against a link that stops without one.
+                let _ = tokio::time::timeout(DRAIN_RECHECK, notified).await;
+            }
+        })
     }
 
     fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: Delivery) {
@@ -239,27 +300,32 @@ impl Forwarder for PeerForwarder {
     }
 }
 
-/// Drives one link until its queue's sender is dropped (the node left).
-async fn run_link(
+/// How often a held-back publisher looks at its link again if no
+/// notification came.
+const DRAIN_RECHECK: Duration = Duration::from_millis(100);
+
+/// What a link's task needs besides its queue.
+struct LinkEnds {
     own_node: Arc<str>,
     node: NodeId,
     endpoint: String,
     token: Option<String>,
-    mut queue: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
-) {
+    drained: Arc<Notify>,
+}
+
+/// Drives one link until its queue's sender is dropped (the node left).
+async fn run_link(ends: LinkEnds, mut queue: mpsc::Receiver<Outgoing>) {
+    let LinkEnds {
+        node,
+        endpoint,
+        metrics,
+        drained,
+        ..
+    } = &ends;
     let mut backoff = Backoff::default();
     loop {
-        match stream_to(
-            &own_node,
-            &node,
-            &endpoint,
-            token.as_deref(),
-            &mut queue,
-            &metrics,
-        )
-        .await
-        {
+        match stream_to(&ends, &mut queue).await {
             StreamEnd::QueueClosed => return,
             StreamEnd::Failed { error, was_up } => {
                 if was_up {
@@ -271,8 +337,9 @@ async fn run_link(
                 // forwarding on stale messages after a long partition would
                 // deliver them late and out of order with newer traffic.
                 while let Ok(item) = queue.try_recv() {
-                    item.lost(&metrics);
+                    item.lost(metrics);
                 }
+                drained.notify_waiters();
                 if queue.is_closed() {
                     // The node left the cluster while we were reconnecting.
                     return;
@@ -302,15 +369,16 @@ fn failed(error: impl ToString) -> StreamEnd {
     }
 }
 
-async fn stream_to(
-    own_node: &str,
-    node: &NodeId,
-    endpoint: &str,
-    token: Option<&str>,
-    queue: &mut mpsc::Receiver<Outgoing>,
-    metrics: &Arc<Metrics>,
-) -> StreamEnd {
-    let mut client = match super::peer_client::connect(endpoint, token).await {
+async fn stream_to(ends: &LinkEnds, queue: &mut mpsc::Receiver<Outgoing>) -> StreamEnd {
+    let LinkEnds {
+        own_node,
+        node,
+        endpoint,
+        token,
+        metrics,
+        drained,
+    } = ends;
+    let mut client = match super::peer_client::connect(endpoint, token.as_deref()).await {
         Ok(client) => client,
         Err(error) => return failed(error),
     };
@@ -356,6 +424,9 @@ async fn stream_to(
                 received = queue.recv_many(&mut pending, BATCH) => {
                     if received == 0 {
                         break StreamEnd::QueueClosed;
+                    }
+                    if queue.len() <= LINK_LOW_WATER {
+                        drained.notify_waiters();
                     }
                 }
             }

@@ -146,8 +146,13 @@ impl Connection {
         // QoS 1/2 in a cluster: the ack waits until every node the message
         // went to has it (forward_ack), so a PUBACK means "in the cluster".
         let track = qos != QoS::AtMostOnce && self.broker.config.forward_ack;
-        let (delivered, ticket) = self.broker.router.route_tracked(&message, track);
-        let code = if delivered == 0 && self.n.version.is_v5() {
+        let routed = self.broker.router.route_tracked(&message, track);
+        if routed.congested.is_some() {
+            // A peer link is full: read nothing more until it drains.
+            self.held_back = routed.congested;
+        }
+        let ticket = routed.ticket;
+        let code = if routed.delivered == 0 && self.n.version.is_v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS

@@ -12,6 +12,7 @@ mod inbound;
 mod outbound;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use tracing::{debug, trace};
 use crate::broker::Broker;
 use crate::message::{Delivery, ForwardTicket};
 use crate::metrics::Metrics;
+use crate::router::store::NodeId;
 use crate::session::lifecycle::{self, Closing};
 use crate::session::mailbox::Mailbox;
 use crate::session::registry::{Kick, Slot};
@@ -81,6 +83,9 @@ pub(crate) struct Connection {
     /// Acks waiting, in order, for their publish to reach other nodes (or
     /// a SUBACK for its routes to, with route sync).
     pending_acks: VecDeque<PendingAck>,
+    /// Set while the link to this node is congested by what this client
+    /// published: nothing more is read or handled until it drains.
+    held_back: Option<NodeId>,
 }
 
 /// An ack held back until its ticket completes.
@@ -231,6 +236,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         aliases_out: HashMap::new(),
         scratch: Vec::new(),
         pending_acks: VecDeque::new(),
+        held_back: None,
     };
     let ack = handshake::accepted(&connection.n, &broker.config, opened.session_present);
     connection.send(&Packet::ConnAck(ack));
@@ -321,7 +327,12 @@ impl Connection {
             }
             let front_ticket = self.pending_acks.front().and_then(|a| a.ticket.clone());
             let take_mail = self.wbuf.len() < WRITE_HIGH_WATER;
-            let read = self.wbuf.len() < WRITE_STOP_READING;
+            let held = self.held_back.is_some();
+            let read = self.wbuf.len() < WRITE_STOP_READING && !held;
+            let drained = match &self.held_back {
+                Some(node) => self.broker.router.forward_drained(node),
+                None => None,
+            };
             // One readiness future for both directions keeps the task small.
             let interest = match (read, self.wbuf.is_empty()) {
                 (true, true) => Interest::READABLE,
@@ -368,7 +379,17 @@ impl Connection {
                     // The loop's top delivers (and keeps delivering).
                 }
                 _ = wait_ticket(&front_ticket), if front_ticket.is_some() => self.release_acks(),
-                _ = &mut keep_alive_timer, if keep_alive.is_some() => {
+                _ = wait_drained(drained), if held => {
+                    self.held_back = None;
+                    if let Err(ending) = self.handle_buffered() {
+                        return ending;
+                    }
+                    // The client kept sending while it was held back.
+                    if let Some(ka) = keep_alive {
+                        keep_alive_timer.as_mut().reset(Instant::now() + ka);
+                    }
+                }
+                _ = &mut keep_alive_timer, if keep_alive.is_some() && !held => {
                     debug!(peer = %self.peer, client_id = %self.n.client_id, "keep-alive timeout");
                     return Ending::ServerClose(ReasonCode::KEEP_ALIVE_TIMEOUT);
                 }
@@ -404,8 +425,15 @@ impl Connection {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
             Err(_) => return Err(Ending::Lost),
         }
+        self.handle_buffered()?;
+        Ok(true)
+    }
+
+    /// Handles every complete packet in the read buffer; stops early while
+    /// a congested peer link holds this publisher back.
+    fn handle_buffered(&mut self) -> Result<(), Ending> {
         let max = self.broker.config.max_packet_size as usize;
-        loop {
+        while self.held_back.is_none() {
             match starling_codec::decode(&mut self.rbuf, self.n.version, max) {
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => break,
@@ -416,7 +444,7 @@ impl Connection {
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Encodes a packet into the write buffer.
@@ -485,6 +513,12 @@ impl Connection {
             closing,
         );
         debug!(peer = %self.peer, client_id = %self.n.client_id, "disconnected");
+    }
+}
+
+async fn wait_drained(drained: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>) {
+    if let Some(drained) = drained {
+        drained.await;
     }
 }
 

@@ -119,6 +119,18 @@ pub fn route_name(filter: &ParsedFilter<'_>) -> String {
     }
 }
 
+/// What routing a publish did.
+#[derive(Debug)]
+pub struct Routed {
+    /// Local deliveries plus target nodes (0: nobody wanted the message).
+    pub delivered: usize,
+    /// With tracking: completed once every target node acknowledged.
+    pub ticket: Option<Arc<ForwardTicket>>,
+    /// A node whose link is congested: the publisher should take nothing
+    /// more until [`Router::forward_drained`] resolves.
+    pub congested: Option<NodeId>,
+}
+
 /// Which local subscriptions a message goes to.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {
@@ -256,45 +268,68 @@ impl Router {
     /// Returns the number of local deliveries plus target nodes (0 means
     /// nobody wanted it).
     pub fn route(&self, message: &Arc<Message>) -> usize {
-        self.route_tracked(message, false).0
+        self.route_tracked(message, false).delivered
     }
 
     /// [`route`](Self::route), and with `track` a ticket that completes
-    /// once every other node it was forwarded to acknowledged it (`None`
-    /// when it went to no other node).
-    pub fn route_tracked(
-        &self,
-        message: &Arc<Message>,
-        track: bool,
-    ) -> (usize, Option<Arc<ForwardTicket>>) {
+    /// once every other node it was forwarded to acknowledged it.
+    pub fn route_tracked(&self, message: &Arc<Message>, track: bool) -> Routed {
+        let topic: &str = &message.topic;
+        // One walk of the local tries serves both the share-group plan and
+        // the local deliveries.
+        let shard = self.shards[shard_of(first_level(topic))].read();
+        let wildcard = self.wildcard.read();
+        let mut matches = Matches::default();
+        shard.matches(topic, &mut matches);
+        wildcard.matches(topic, &mut matches);
         let Some(forwarder) = &self.forwarder else {
-            return (
-                self.count_unwanted(self.route_local(message, Scope::All)),
-                None,
-            );
+            let local = self.deliver(message, matches, Scope::All);
+            return Routed {
+                delivered: self.count_unwanted(local),
+                ticket: None,
+                congested: None,
+            };
         };
         let mut plan = RoutePlan::default();
-        self.store
-            .remote_nodes(&message.topic, &mut plan.plain_nodes);
+        self.store.remote_nodes(topic, &mut plan.plain_nodes);
         let mut remote_groups = Vec::new();
-        self.store.remote_groups(&message.topic, &mut remote_groups);
-        let local_groups = self.local_group_keys(&message.topic);
+        self.store.remote_groups(topic, &mut remote_groups);
+        let local_groups: Vec<Arc<ShareKey>> =
+            matches.groups.iter().map(|g| g.key.clone()).collect();
         plan.choose_group_nodes(message.seq, &local_groups, remote_groups);
-
-        let local = self.route_local(
+        let local = self.deliver(
             message,
+            matches,
             Scope::Selected {
                 plain: true,
                 groups: &plan.local_groups,
             },
         );
+        drop(wildcard);
+        drop(shard);
+
         let targets = plan.remote_targets();
         let ticket = (track && !targets.is_empty()).then(|| ForwardTicket::new(targets.len()));
         let remote = targets.len();
+        let mut congested = None;
         for (node, plain, groups) in targets {
-            forwarder.forward(&node, message, plain, groups, ticket.clone());
+            if forwarder.forward(&node, message, plain, groups, ticket.clone()) {
+                congested = Some(node);
+            }
         }
-        (self.count_unwanted(local + remote), ticket)
+        Routed {
+            delivered: self.count_unwanted(local + remote),
+            ticket,
+            congested,
+        }
+    }
+
+    /// Waits until the link to `node` takes messages again.
+    pub fn forward_drained(
+        &self,
+        node: &NodeId,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>> {
+        self.forwarder.as_ref().map(|f| f.drained(node))
     }
 
     fn count_unwanted(&self, delivered: usize) -> usize {
@@ -302,16 +337,6 @@ impl Router {
             Metrics::inc(&self.metrics.dropped_no_subscribers);
         }
         delivered
-    }
-
-    /// The share groups on this node with a filter matching `topic`.
-    fn local_group_keys(&self, topic: &str) -> Vec<Arc<ShareKey>> {
-        let shard = self.shards[shard_of(first_level(topic))].read();
-        let wildcard = self.wildcard.read();
-        let mut matches = Matches::default();
-        shard.matches(topic, &mut matches);
-        wildcard.matches(topic, &mut matches);
-        matches.groups.iter().map(|g| g.key.clone()).collect()
     }
 
     /// Delivers a message to every matching local subscription: one delivery
@@ -326,7 +351,11 @@ impl Router {
         let mut matches = Matches::default();
         shard.matches(topic, &mut matches);
         wildcard.matches(topic, &mut matches);
+        self.deliver(message, matches, scope)
+    }
 
+    /// Queues `message` for the matched subscriptions `scope` selects.
+    fn deliver(&self, message: &Arc<Message>, mut matches: Matches<'_>, scope: Scope<'_>) -> usize {
         let (plain, groups) = match scope {
             Scope::All => (true, None),
             Scope::Selected { plain, groups } => (plain, Some(groups)),

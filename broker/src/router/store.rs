@@ -7,6 +7,8 @@
 //! publish path for both.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -47,6 +49,8 @@ pub trait Forwarder: Send + Sync + 'static {
     /// share groups the node was chosen for.
     /// `ticket`, when given, is completed once the node acknowledged the
     /// message (or failed if it cannot get it).
+    /// Returns true when the link to `node` is congested: the publisher
+    /// should wait for [`Forwarder::drained`] before taking more.
     fn forward(
         &self,
         node: &NodeId,
@@ -54,7 +58,9 @@ pub trait Forwarder: Send + Sync + 'static {
         plain: bool,
         groups: Vec<Arc<crate::message::ShareKey>>,
         ticket: Option<Arc<crate::message::ForwardTicket>>,
-    );
+    ) -> bool;
+    /// Resolves once the link to `node` is no longer congested (or gone).
+    fn drained(&self, node: &NodeId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
     /// Sends a delivery for one session that moved to `node`.
     fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: crate::message::Delivery);
 }
