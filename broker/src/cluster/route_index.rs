@@ -2,9 +2,13 @@
 //! by the mirror of `routes/`. Read on every publish, rebuilt on resync.
 
 use std::collections::HashMap;
+
+/// Hashed on every publish: foldhash rather than SipHash (see the trie).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use smallvec::SmallVec;
 
 use super::keys::Keys;
 use super::mirror::MirrorSink;
@@ -12,7 +16,7 @@ use crate::message::ShareKey;
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: FastMap<Box<str>, Node>,
     /// Nodes with plain subscriptions of this filter.
     nodes: Vec<Arc<str>>,
     /// Share groups of this filter and the nodes with members.
@@ -80,7 +84,7 @@ impl Trie {
         }
     }
 
-    fn matches<'a>(&'a self, topic: &str, out: &mut Vec<&'a Node>) {
+    fn matches<'a>(&'a self, topic: &str, out: &mut SmallVec<[&'a Node; 8]>) {
         collect(
             &self.root,
             topic.split('/'),
@@ -132,7 +136,7 @@ fn collect<'a, 'b>(
     mut levels: impl Iterator<Item = &'b str> + Clone,
     dollar: bool,
     first: bool,
-    out: &mut Vec<&'a Node>,
+    out: &mut SmallVec<[&'a Node; 8]>,
 ) {
     match levels.next() {
         None => {
@@ -175,32 +179,40 @@ impl RouteIndex {
         })
     }
 
-    /// Appends each remote node with a plain route matching `topic`, once.
-    pub fn matching_nodes(&self, topic: &str, out: &mut Vec<Arc<str>>) {
-        let start = out.len();
+    /// One walk for a publish: appends each remote node with a plain route
+    /// matching `topic` (once), and each share group with a filter matching
+    /// `topic` that has members on other nodes, with those nodes.
+    pub fn matching(
+        &self,
+        topic: &str,
+        nodes: &mut Vec<Arc<str>>,
+        groups: &mut Vec<(Arc<ShareKey>, Vec<Arc<str>>)>,
+    ) {
+        let start = nodes.len();
         let trie = self.trie.read();
-        let mut matched = Vec::new();
+        let mut matched = SmallVec::<[&Node; 8]>::new();
         trie.matches(topic, &mut matched);
         for node in matched {
-            out.extend(node.nodes.iter().cloned());
+            nodes.extend(node.nodes.iter().cloned());
+            groups.extend(node.groups.iter().cloned());
         }
-        if out.len() - start > 1 {
-            out[start..].sort_unstable();
-            let mut unique: Vec<Arc<str>> = out.drain(start..).collect();
+        drop(trie);
+        if nodes.len() - start > 1 {
+            nodes[start..].sort_unstable();
+            let mut unique: Vec<Arc<str>> = nodes.drain(start..).collect();
             unique.dedup();
-            out.extend(unique);
+            nodes.extend(unique);
         }
     }
 
-    /// Appends each share group with a filter matching `topic` that has
-    /// members on other nodes, with those nodes.
+    /// The plain-route part of [`matching`](Self::matching).
+    pub fn matching_nodes(&self, topic: &str, out: &mut Vec<Arc<str>>) {
+        self.matching(topic, out, &mut Vec::new());
+    }
+
+    /// The share-group part of [`matching`](Self::matching).
     pub fn matching_groups(&self, topic: &str, out: &mut Vec<(Arc<ShareKey>, Vec<Arc<str>>)>) {
-        let trie = self.trie.read();
-        let mut matched = Vec::new();
-        trie.matches(topic, &mut matched);
-        for node in matched {
-            out.extend(node.groups.iter().cloned());
-        }
+        self.matching(topic, &mut Vec::new(), out);
     }
 
     /// Remote routes known, for metrics and tests.

@@ -47,12 +47,13 @@ impl RouteStore for EtcdRouteStore {
         self.owned.remove(self.keys.route(&self.node, filter));
     }
 
-    fn remote_nodes(&self, topic: &str, out: &mut Vec<NodeId>) {
-        self.index.matching_nodes(topic, out);
-    }
-
-    fn remote_groups(&self, topic: &str, out: &mut Vec<(Arc<ShareKey>, Vec<NodeId>)>) {
-        self.index.matching_groups(topic, out);
+    fn remote_routes(
+        &self,
+        topic: &str,
+        nodes: &mut Vec<NodeId>,
+        groups: &mut Vec<(Arc<ShareKey>, Vec<NodeId>)>,
+    ) {
+        self.index.matching(topic, nodes, groups);
     }
 
     fn local_route_count(&self) -> usize {

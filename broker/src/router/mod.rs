@@ -291,9 +291,9 @@ impl Router {
             };
         };
         let mut plan = RoutePlan::default();
-        self.store.remote_nodes(topic, &mut plan.plain_nodes);
         let mut remote_groups = Vec::new();
-        self.store.remote_groups(topic, &mut remote_groups);
+        self.store
+            .remote_routes(topic, &mut plan.plain_nodes, &mut remote_groups);
         let local_groups: Vec<Arc<ShareKey>> =
             matches.groups.iter().map(|g| g.key.clone()).collect();
         plan.choose_group_nodes(message.seq, &local_groups, remote_groups);

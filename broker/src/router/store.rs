@@ -21,16 +21,15 @@ pub trait RouteStore: Send + Sync + 'static {
     fn add_route(&self, filter: &str);
     /// The last local subscription of `filter` is gone.
     fn remove_route(&self, filter: &str);
-    /// Appends the remote nodes that have a plain route matching `topic`.
-    fn remote_nodes(&self, topic: &str, out: &mut Vec<NodeId>);
-    /// Appends the share groups with a filter matching `topic` that have
-    /// members on other nodes, with those nodes.
-    fn remote_groups(
+    /// Appends the remote nodes that have a plain route matching `topic`
+    /// (each once), and the share groups with a filter matching `topic`
+    /// that have members on other nodes, with those nodes.
+    fn remote_routes(
         &self,
-        _topic: &str,
-        _out: &mut Vec<(Arc<crate::message::ShareKey>, Vec<NodeId>)>,
-    ) {
-    }
+        topic: &str,
+        nodes: &mut Vec<NodeId>,
+        groups: &mut Vec<(Arc<crate::message::ShareKey>, Vec<NodeId>)>,
+    );
     /// The filters this node currently advertises.
     fn local_route_count(&self) -> usize;
     /// With route sync on (cluster): a ticket completed once every other
@@ -80,7 +79,13 @@ impl RouteStore for LocalRouteStore {
         self.routes.lock().remove(filter);
     }
 
-    fn remote_nodes(&self, _topic: &str, _out: &mut Vec<NodeId>) {}
+    fn remote_routes(
+        &self,
+        _topic: &str,
+        _nodes: &mut Vec<NodeId>,
+        _groups: &mut Vec<(Arc<crate::message::ShareKey>, Vec<NodeId>)>,
+    ) {
+    }
 
     fn local_route_count(&self) -> usize {
         self.routes.lock().len()
