@@ -90,9 +90,9 @@ starling_limits() {
 
 # start_cluster PORT DIR: one etcd and CLUSTER_NODES Starling nodes on
 # loopback; node 1 listens on PORT. Sets BROKER_PID (node 1),
-# BROKER_SUB_PORT (node 2: where scenarios put subscribers), BROKER_PORTS
-# and BROKER_NODE_PIDS (every node), and waits until every node sees every
-# other. Nodes run with route_sync on, so that a subscription is reachable
+# BROKER_SUB_PORT (node 2: where scenarios put subscribers), BROKER_PORTS,
+# BROKER_NODE_PIDS and BROKER_ADMIN_PORTS (every node), and waits until
+# every node sees every other. Nodes run with route_sync on, so that a subscription is reachable
 # from every node when its SUBACK arrives, as on a single node.
 start_cluster() {
     local port=$1 dir=$2 client_port peer_port i node_port
@@ -113,7 +113,7 @@ start_cluster() {
     fi
     BROKER_PORTS=
     BROKER_NODE_PIDS=
-    local admin_ports=()
+    BROKER_ADMIN_PORTS=()
     for ((i = 1; i <= CLUSTER_NODES; i++)); do
         if ((i == 1)); then node_port=$port; else node_port=$(free_port); fi
         local node_peer node_admin
@@ -123,16 +123,16 @@ start_cluster() {
         "$STARLING_BIN" --node-id "n$i" --cluster bench --etcd "http://127.0.0.1:$client_port" \
             --listen "127.0.0.1:$node_port" --peer-listen "127.0.0.1:$node_peer" \
             --admin-listen "127.0.0.1:$node_admin" --peer-token bench-token \
-            --route-sync true $(starling_limits) >"$dir/starling-n$i.log" 2>&1 &
+            --route-sync "${BENCH_ROUTE_SYNC:-true}" $(starling_limits) >"$dir/starling-n$i.log" 2>&1 &
         BROKER_NODE_PIDS+="${BROKER_NODE_PIDS:+ }$!"
         BROKER_PORTS+="${BROKER_PORTS:+,}$node_port"
-        admin_ports+=("$node_admin")
+        BROKER_ADMIN_PORTS+=("$node_admin")
         ((i == 1)) && BROKER_PID=$!
         ((i == 2)) && BROKER_SUB_PORT=$node_port
     done
     ((CLUSTER_NODES >= 2)) || BROKER_SUB_PORT=$port
     # Every node up, and aware of every other (peers = nodes - 1).
-    if ! python3 - "$((CLUSTER_NODES - 1))" "${admin_ports[@]}" <<'PY'; then
+    if ! python3 - "$((CLUSTER_NODES - 1))" "${BROKER_ADMIN_PORTS[@]}" <<'PY'; then
 import json, sys, time, urllib.request
 peers, ports = int(sys.argv[1]), sys.argv[2:]
 deadline = time.monotonic() + 30

@@ -193,6 +193,35 @@ impl LeasedKeys {
         self.writes.send_modify(|n| *n += 1);
     }
 
+    /// Deletes keys that still hold this node's value: all in one
+    /// transaction when none was taken over meanwhile (a wave of
+    /// disconnects), else each under its own condition.
+    async fn delete_guarded(
+        &self,
+        client: &mut Client,
+        keys: &[&String],
+    ) -> Result<(), etcd_client::Error> {
+        let guard =
+            |key: &String| Compare::value(key.clone(), CompareOp::Equal, self.value.clone());
+        let delete = |key: &String| TxnOp::delete(key.clone(), None);
+        let all = Txn::new()
+            .when(keys.iter().map(|k| guard(k)).collect::<Vec<_>>())
+            .and_then(keys.iter().map(|k| delete(k)).collect::<Vec<_>>());
+        if keys.len() > 1 && client.txn(all).await?.succeeded() {
+            return Ok(());
+        }
+        for key in keys {
+            client
+                .txn(
+                    Txn::new()
+                        .when(vec![guard(key)])
+                        .and_then(vec![delete(key)]),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Writes one batch; returns the revision of its puts.
     async fn write(
         &self,
@@ -201,6 +230,7 @@ impl LeasedKeys {
         batch: &[(String, bool)],
     ) -> Result<i64, etcd_client::Error> {
         let mut puts = Vec::new();
+        let mut guarded = Vec::new();
         for (key, present) in batch {
             if *present {
                 puts.push(TxnOp::put(
@@ -209,18 +239,13 @@ impl LeasedKeys {
                     Some(PutOptions::new().with_lease(lease)),
                 ));
             } else if self.guarded_delete {
-                // One transaction per guarded delete: its condition is its own.
-                let guard = Compare::value(key.clone(), CompareOp::Equal, self.value.clone());
-                client
-                    .txn(
-                        Txn::new()
-                            .when(vec![guard])
-                            .and_then(vec![TxnOp::delete(key.clone(), None)]),
-                    )
-                    .await?;
+                guarded.push(key);
             } else {
                 puts.push(TxnOp::delete(key.clone(), None));
             }
+        }
+        if !guarded.is_empty() {
+            self.delete_guarded(client, &guarded).await?;
         }
         let mut revision = 0;
         if !puts.is_empty() {

@@ -10,6 +10,7 @@
 
 pub mod convert;
 pub mod forward;
+mod fresh_claims;
 pub mod keys;
 pub mod lease;
 pub mod leased_keys;

@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 use prost::Message as _;
 use starling_proto::v1::{AdoptRequest, ClientRecord, SessionSnapshot, TakeoverRequest};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::forward::PeerForwarder;
+use super::fresh_claims::{self, FreshClaim};
 use super::keys::Keys;
 use super::lease::LeaseWatch;
 use super::leased_keys::LeasedKeys;
@@ -22,11 +24,13 @@ use crate::session::directory::{Claim, MovedSession, SessionDirectory};
 const CLAIM_ROUNDS: usize = 3;
 
 /// How long a connect waits for etcd and for the owner node.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connects waiting to be registered in a batch.
+const FRESH_QUEUE: usize = 4096;
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// What a registration attempt found.
-enum Registration {
+pub(super) enum Registration {
     /// This node owns the client id, registered at this revision.
     Ours(i64),
     /// Somebody else holds it (`owner`: another node, `None` for an older
@@ -44,6 +48,8 @@ pub struct ClusterSessions {
     forwarder: Arc<PeerForwarder>,
     lease: LeaseWatch,
     pub registrations: Arc<LeasedKeys>,
+    /// New client ids to register, batched (fresh_claims).
+    fresh: mpsc::Sender<FreshClaim>,
 }
 
 impl ClusterSessions {
@@ -63,14 +69,41 @@ impl ClusterSessions {
             node: node.to_string(),
             epoch,
         };
-        Arc::new(ClusterSessions {
+        let (fresh, claims) = mpsc::channel(FRESH_QUEUE);
+        let sessions = Arc::new(ClusterSessions {
             node: node.to_string(),
             keys,
             client,
             forwarder,
             lease,
             registrations: LeasedKeys::new(record.encode_to_vec(), true),
-        })
+            fresh,
+        });
+        tokio::spawn(fresh_claims::run(Arc::downgrade(&sessions), claims));
+        sessions
+    }
+
+    pub(super) fn current_lease(&self) -> Option<i64> {
+        *self.lease.borrow()
+    }
+
+    pub(super) fn etcd(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Registers a client id expected to be new, batched with the connects
+    /// of the same moment.
+    async fn register_fresh(&self, client_id: &str, key: &str) -> Option<Registration> {
+        let (reply, answer) = oneshot::channel();
+        let claim = FreshClaim {
+            client_id: client_id.to_string(),
+            key: key.to_string(),
+            reply,
+        };
+        if self.fresh.send(claim).await.is_err() {
+            return None;
+        }
+        answer.await.ok().flatten()
     }
 
     /// The registered owner of `key` (if another node) and the key's
@@ -109,7 +142,7 @@ impl ClusterSessions {
     /// One round trip: registers this node as the owner of `key` if the key
     /// is unchanged since `revision` (0: absent, a new client id), and
     /// otherwise reads who holds it. `None` when etcd cannot say.
-    async fn register_or_read(
+    pub(super) async fn register_or_read(
         &self,
         client_id: &str,
         key: &str,
@@ -148,15 +181,23 @@ impl ClusterSessions {
             TxnOpResponse::Get(get) => Some(get),
             _ => None,
         });
-        let kv = current.as_ref().and_then(|get| get.kvs().first());
-        if let Some(kv) = kv
-            && kv.value() == self.registrations.value()
-        {
-            // This very process registered it already (a reconnect).
-            return Some(Registration::Ours(kv.mod_revision()));
+        match current.as_ref().and_then(|get| get.kvs().first()) {
+            Some(kv) => Some(self.registration_of(kv)),
+            None => Some(Registration::Held {
+                owner: None,
+                revision: 0,
+            }),
         }
-        let (owner, revision) = self.holder(kv);
-        Some(Registration::Held { owner, revision })
+    }
+
+    /// What an existing registration means for a connect here.
+    pub(super) fn registration_of(&self, kv: &KeyValue) -> Registration {
+        if kv.value() == self.registrations.value() {
+            // This very process registered it already (a reconnect).
+            return Registration::Ours(kv.mod_revision());
+        }
+        let (owner, revision) = self.holder(Some(kv));
+        Registration::Held { owner, revision }
     }
 
     /// Takes the session `owner` holds for `client_id` and folds it into
@@ -252,11 +293,14 @@ impl SessionDirectory for ClusterSessions {
             let mut expected = 0;
             // One more round than takeovers allowed: the first only learns
             // who holds the id.
-            for _ in 0..=CLAIM_ROUNDS {
-                match self
-                    .register_or_read(client_id, &key, expected, lease)
-                    .await?
-                {
+            for round in 0..=CLAIM_ROUNDS {
+                let found = if round == 0 {
+                    self.register_fresh(client_id, &key).await
+                } else {
+                    self.register_or_read(client_id, &key, expected, lease)
+                        .await
+                };
+                match found? {
                     Registration::Ours(written_at) => {
                         self.registrations.adopt(key, written_at);
                         return moved;
