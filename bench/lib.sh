@@ -123,7 +123,8 @@ start_cluster() {
         "$STARLING_BIN" --node-id "n$i" --cluster bench --etcd "http://127.0.0.1:$client_port" \
             --listen "127.0.0.1:$node_port" --peer-listen "127.0.0.1:$node_peer" \
             --admin-listen "127.0.0.1:$node_admin" --peer-token bench-token \
-            --route-sync "${BENCH_ROUTE_SYNC:-true}" $(starling_limits) >"$dir/starling-n$i.log" 2>&1 &
+            --route-sync "${BENCH_ROUTE_SYNC:-true}" $(starling_limits) ${BENCH_NODE_ARGS:-} \
+            >"$dir/starling-n$i.log" 2>&1 &
         BROKER_NODE_PIDS+="${BROKER_NODE_PIDS:+ }$!"
         BROKER_PORTS+="${BROKER_PORTS:+,}$node_port"
         BROKER_ADMIN_PORTS+=("$node_admin")

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::cluster::Cluster;
@@ -26,6 +27,9 @@ use crate::session::registry::{Kick, Owner, SessionRegistry};
 /// A drain asked for by an operator (admin API, `Drain` call) waits at most
 /// this long for clients; SIGTERM uses `shutdown_timeout_secs`.
 pub const REQUESTED_DRAIN_PATIENCE: Duration = Duration::from_secs(3600);
+
+/// Sessions handed to other nodes at the same time.
+const PARALLEL_HANDOVERS: usize = 32;
 
 /// How often a drain re-checks whether everything has left.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -108,23 +112,35 @@ async fn hand_off_sessions(broker: &Arc<Broker>, cluster: &Cluster) {
         .into_iter()
         .filter(|slot| matches!(slot.inner.lock().owner, Owner::Offline { .. }))
         .collect();
-    for (i, slot) in offline.iter().enumerate() {
-        let to = targets[i % targets.len()].clone();
-        let Some(moved) =
-            lifecycle::give_away(broker, &slot.client_id, to.clone(), WillOnMove::Keep).await
-        else {
-            continue;
-        };
-        match cluster.sessions.hand_to(&to, &moved).await {
-            Ok(true) => info!(client_id = %slot.client_id, to = %to, "session handed over"),
-            Ok(false) => {
-                info!(client_id = %slot.client_id, to = %to, "the client already has a newer session there")
-            }
-            Err(error) => {
-                // Keep the session here and try again on the next round.
-                warn!(client_id = %slot.client_id, to = %to, %error, "handing a session over failed");
-                lifecycle::adopt(broker, moved).await;
-            }
+    // Several at once: each is a round trip to the adopting node, which
+    // registers the client in etcd.
+    let mut handovers = JoinSet::new();
+    for (i, slot) in offline.into_iter().enumerate() {
+        if handovers.len() >= PARALLEL_HANDOVERS {
+            handovers.join_next().await;
         }
+        let to = targets[i % targets.len()].clone();
+        let broker = broker.clone();
+        let sessions = cluster.sessions.clone();
+        handovers.spawn(async move {
+            let client_id = &slot.client_id;
+            let Some(moved) =
+                lifecycle::give_away(&broker, client_id, to.clone(), WillOnMove::Keep).await
+            else {
+                return;
+            };
+            match sessions.hand_to(&to, &moved).await {
+                Ok(true) => debug!(%client_id, %to, "session handed over"),
+                Ok(false) => {
+                    info!(%client_id, %to, "the client already has a newer session there")
+                }
+                Err(error) => {
+                    // Keep the session here and try again on the next round.
+                    warn!(%client_id, %to, %error, "handing a session over failed");
+                    lifecycle::adopt(&broker, moved).await;
+                }
+            }
+        });
     }
+    while handovers.join_next().await.is_some() {}
 }
