@@ -58,6 +58,8 @@ counters! {
     forward_dropped,
     /// Messages received from other nodes.
     forward_received,
+    /// Times a publisher was held back by a congested peer link.
+    forward_held_back,
     /// Sessions given to another node whose redirect stub still runs.
     handovers_active,
     /// SUBACKs sent before every node confirmed the route (route_sync).

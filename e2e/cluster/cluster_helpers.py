@@ -237,6 +237,17 @@ def broker_binary() -> Path:
         atexit.register(shutil.rmtree, d, True)
     return _BIN_SNAPSHOT
 
+def bench_binary() -> Path:
+    """starling-bench (the workspace's load tool), for tests that need more load than paho
+    gives: STARLING_BENCH_BIN, or target/debug/starling-bench next to the broker binary."""
+    explicit = os.environ.get("STARLING_BENCH_BIN")
+    path = Path(explicit) if explicit else starling_bin().parent / "starling-bench"
+    if not path.exists():
+        raise HarnessError(f"starling-bench not found at {path}: run `cargo build -p starling-bench` "
+                           "(or set STARLING_BENCH_BIN)")
+    return path
+
+
 # extra options accepted by Node besides the protocol suite's STARLING_FLAGS
 CLUSTER_FLAGS = {
     "lease_ttl": "--lease-ttl-secs",

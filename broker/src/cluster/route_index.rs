@@ -1,10 +1,11 @@
 //! Which other node wants which filter: a trie from filter to node ids, fed
 //! by the mirror of `routes/`. Read on every publish, rebuilt on resync.
+//!
+//! Built to hold millions of routes: most trie nodes of per-device filters
+//! (`devices/<id>/cmd/#`) have one child and one node id, so children stay
+//! a small vector until there are many of them, and node ids sit inline.
 
 use std::collections::HashMap;
-
-/// Hashed on every publish: foldhash rather than SipHash (see the trie).
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -14,11 +15,91 @@ use super::keys::Keys;
 use super::mirror::MirrorSink;
 use crate::message::ShareKey;
 
+/// Hashed on every publish: foldhash rather than SipHash (see the trie).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Up to this many children a node keeps them in a vector, searched
+/// linearly; beyond, in a hash map.
+const FEW_CHILDREN: usize = 8;
+
+/// A trie node's children by level.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Box<str>, Node)>),
+    Many(Box<FastMap<Box<str>, Node>>),
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Children::Few(few) => few.iter().find(|(l, _)| &**l == level).map(|(_, n)| n),
+            Children::Many(many) => many.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match self {
+            Children::Few(few) => few.iter_mut().find(|(l, _)| &**l == level).map(|(_, n)| n),
+            Children::Many(many) => many.get_mut(level),
+        }
+    }
+
+    fn get_or_insert(&mut self, level: &str) -> &mut Node {
+        if let Children::Few(few) = self
+            && few.len() >= FEW_CHILDREN
+            && !few.iter().any(|(l, _)| &**l == level)
+        {
+            let many: FastMap<Box<str>, Node> = std::mem::take(few).into_iter().collect();
+            *self = Children::Many(Box::new(many));
+        }
+        match self {
+            Children::Few(few) => {
+                let index = match few.iter().position(|(l, _)| &**l == level) {
+                    Some(index) => index,
+                    None => {
+                        // Grow by one: most nodes keep a single child.
+                        few.reserve_exact(1);
+                        few.push((level.into(), Node::default()));
+                        few.len() - 1
+                    }
+                };
+                &mut few[index].1
+            }
+            Children::Many(many) => many.entry(level.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match self {
+            Children::Few(few) => {
+                few.retain(|(l, _)| &**l != level);
+                few.shrink_to_fit();
+            }
+            Children::Many(many) => {
+                many.remove(level);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(few) => few.is_empty(),
+            Children::Many(many) => many.is_empty(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Node {
-    children: FastMap<Box<str>, Node>,
-    /// Nodes with plain subscriptions of this filter.
-    nodes: Vec<Arc<str>>,
+    children: Children,
+    /// Nodes with plain subscriptions of this filter (usually one).
+    nodes: SmallVec<[Arc<str>; 1]>,
     /// Share groups of this filter and the nodes with members.
     groups: Vec<(Arc<ShareKey>, Vec<Arc<str>>)>,
 }
@@ -51,10 +132,16 @@ impl Trie {
         let (group, filter) = split_route(route);
         let mut at = &mut self.root;
         for level in filter.split('/') {
-            at = at.children.entry(level.into()).or_default();
+            at = at.children.get_or_insert(level);
         }
-        let nodes = match group {
-            None => &mut at.nodes,
+        let added = match group {
+            None => {
+                let known = at.nodes.contains(node);
+                if !known {
+                    at.nodes.push(node.clone());
+                }
+                !known
+            }
             Some(group) => {
                 let index = match at.groups.iter().position(|(k, _)| &*k.group == group) {
                     Some(index) => index,
@@ -67,11 +154,15 @@ impl Trie {
                         at.groups.len() - 1
                     }
                 };
-                &mut at.groups[index].1
+                let nodes = &mut at.groups[index].1;
+                let known = nodes.contains(node);
+                if !known {
+                    nodes.push(node.clone());
+                }
+                !known
             }
         };
-        if !nodes.iter().any(|n| n == node) {
-            nodes.push(node.clone());
+        if added {
             self.routes += 1;
         }
     }
@@ -118,12 +209,12 @@ fn remove_at(at: &mut Node, levels: &[&str], group: Option<&str>, node: &str) ->
             }
         },
         Some((level, rest)) => {
-            let Some(child) = at.children.get_mut(*level) else {
+            let Some(child) = at.children.get_mut(level) else {
                 return false;
             };
             let removed = remove_at(child, rest, group, node);
             if child.is_empty() {
-                at.children.remove(*level);
+                at.children.remove(level);
             }
             removed
         }
@@ -329,6 +420,35 @@ mod tests {
         groups.clear();
         index.matching_groups("s/1", &mut groups);
         assert!(groups.is_empty());
+    }
+
+    #[test]
+    fn many_children_of_one_level_still_match_and_go_away() {
+        let keys = Keys::new("c");
+        let index = RouteIndex::new("me", keys.clone());
+        let mut sink = index.sink();
+        // Past FEW_CHILDREN the children move to a hash map.
+        let count = 3 * FEW_CHILDREN;
+        for n in 0..count {
+            sink.put(&keys.route("n2", &format!("dev/{n}/cmd/#")), b"");
+        }
+        sink.put(&keys.route("n3", "dev/+/cmd/#"), b"");
+        assert_eq!(index.len(), count + 1);
+        for n in 0..count {
+            let mut out = Vec::new();
+            index.matching_nodes(&format!("dev/{n}/cmd/reboot"), &mut out);
+            let names: Vec<&str> = out.iter().map(|n| &**n).collect();
+            assert_eq!(names, vec!["n2", "n3"], "device {n}");
+        }
+        for n in 0..count {
+            sink.delete(&keys.route("n2", &format!("dev/{n}/cmd/#")));
+        }
+        sink.delete(&keys.route("n3", "dev/+/cmd/#"));
+        assert!(index.is_empty());
+        assert!(
+            index.trie.read().root.is_empty(),
+            "empty trie nodes are pruned"
+        );
     }
 
     #[test]

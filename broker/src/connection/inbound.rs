@@ -149,6 +149,7 @@ impl Connection {
         let routed = self.broker.router.route_tracked(&message, track);
         if routed.congested.is_some() {
             // A peer link is full: read nothing more until it drains.
+            Metrics::inc(&self.broker.metrics.forward_held_back);
             self.held_back = routed.congested;
         }
         let ticket = routed.ticket;
