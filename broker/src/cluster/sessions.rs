@@ -103,7 +103,19 @@ impl ClusterSessions {
         if self.fresh.send(claim).await.is_err() {
             return None;
         }
-        answer.await.ok().flatten()
+        // Behind batches that wait for a slow etcd: give up like a lookup
+        // would and serve the client locally (a late batch still registers
+        // it for this node).
+        match tokio::time::timeout(2 * LOOKUP_TIMEOUT, answer).await {
+            Ok(answer) => answer.ok().flatten(),
+            Err(_) => {
+                warn!(
+                    client_id,
+                    "etcd registration queue too slow; serving the client locally"
+                );
+                None
+            }
+        }
     }
 
     /// The registered owner of `key` (if another node) and the key's
