@@ -8,12 +8,15 @@
 //! is *congested*; the connections publishing into it stop reading their
 //! clients until it is back under `LINK_LOW_WATER`, as a single node's
 //! publishers wait on TCP. The hard bound `LINK_QUEUE` leaves room for what
-//! publishers had already read; only beyond it are messages dropped.
+//! publishers had already read; only beyond it are messages dropped. A
+//! link that is down holds nobody back: a partitioned node must not slow
+//! the rest of the cluster, so what it cannot take is dropped and counted.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -67,8 +70,10 @@ struct Link {
     serving: bool,
     queue: mpsc::Sender<Outgoing>,
     /// Notified when the queue is down to `LINK_LOW_WATER` (or the link
-    /// is gone), for publishers held back.
+    /// is down or gone), for publishers held back.
     drained: Arc<Notify>,
+    /// The stream to the node is up.
+    up: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -128,6 +133,7 @@ impl PeerForwarder {
             info!(%node, %endpoint, "opening peer link");
             let (tx, rx) = mpsc::channel(LINK_QUEUE);
             let drained = Arc::new(Notify::new());
+            let up = Arc::new(AtomicBool::new(false));
             tokio::spawn(run_link(
                 LinkEnds {
                     own_node: self.own_node.clone(),
@@ -136,6 +142,7 @@ impl PeerForwarder {
                     token: self.token.clone(),
                     metrics: self.metrics.clone(),
                     drained: drained.clone(),
+                    up: up.clone(),
                 },
                 rx,
             ));
@@ -146,6 +153,7 @@ impl PeerForwarder {
                     serving: *serving,
                     queue: tx,
                     drained,
+                    up,
                 },
             );
         }
@@ -228,7 +236,7 @@ impl PeerForwarder {
         match link.queue.try_send(item) {
             Ok(()) => {
                 Metrics::inc(&self.metrics.forwarded);
-                Link::queued(&link.queue) > LINK_HIGH_WATER
+                link.up.load(Ordering::Acquire) && Link::queued(&link.queue) > LINK_HIGH_WATER
             }
             Err(
                 mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item),
@@ -263,13 +271,15 @@ impl Forwarder for PeerForwarder {
     }
 
     fn drained(&self, node: &NodeId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        let link = self
-            .links
-            .read()
-            .get(node)
-            .map(|link| (link.queue.downgrade(), link.drained.clone()));
+        let link = self.links.read().get(node).map(|link| {
+            (
+                link.queue.downgrade(),
+                link.drained.clone(),
+                link.up.clone(),
+            )
+        });
         Box::pin(async move {
-            let Some((queue, drained)) = link else {
+            let Some((queue, drained, up)) = link else {
                 return;
             };
             loop {
@@ -277,8 +287,9 @@ impl Forwarder for PeerForwarder {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 match queue.upgrade() {
-                    Some(queue) if Link::queued(&queue) > LINK_LOW_WATER => {}
-                    // Drained, or the link is gone (the node left).
+                    Some(queue)
+                        if up.load(Ordering::Acquire) && Link::queued(&queue) > LINK_LOW_WATER => {}
+                    // Drained, down, or gone (the node left).
                     _ => return,
                 }
                 // The notification comes from the link's task; the timeout
@@ -312,6 +323,7 @@ struct LinkEnds {
     token: Option<String>,
     metrics: Arc<Metrics>,
     drained: Arc<Notify>,
+    up: Arc<AtomicBool>,
 }
 
 /// Drives one link until its queue's sender is dropped (the node left).
@@ -321,6 +333,7 @@ async fn run_link(ends: LinkEnds, mut queue: mpsc::Receiver<Outgoing>) {
         endpoint,
         metrics,
         drained,
+        up,
         ..
     } = &ends;
     let mut backoff = Backoff::default();
@@ -332,6 +345,7 @@ async fn run_link(ends: LinkEnds, mut queue: mpsc::Receiver<Outgoing>) {
                     // A link that worked gets a quick first retry.
                     backoff.reset();
                 }
+                up.store(false, Ordering::Release);
                 warn!(%node, %endpoint, %error, "peer link down; reconnecting");
                 // While the link is down, what arrives for it is dropped:
                 // forwarding on stale messages after a long partition would
@@ -377,6 +391,7 @@ async fn stream_to(ends: &LinkEnds, queue: &mut mpsc::Receiver<Outgoing>) -> Str
         token,
         metrics,
         drained,
+        up,
     } = ends;
     let mut client = match super::peer_client::connect(endpoint, token.as_deref()).await {
         Ok(client) => client,
@@ -388,6 +403,7 @@ async fn stream_to(ends: &LinkEnds, queue: &mut mpsc::Receiver<Outgoing>) -> Str
         Err(status) => return failed(status),
     };
     info!(%node, %endpoint, "peer link up");
+    up.store(true, Ordering::Release);
 
     // Each batch awaiting its ack: sequence, size, and the tickets of its
     // messages that wait for this node's acknowledgement.
