@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from helpers import HOST, QUIET, STARLING_FLAGS, TIMEOUT, PahoClient, _fmt, free_port, starling_bin, wait_for
+from helpers import HOST, QUIET, STARLING_FLAGS, TIMEOUT, PahoClient, _fmt, starling_bin, wait_for
 
 ETCD_BIN = os.environ.get("STARLING_TEST_ETCD", "/usr/bin/etcd")
 ETCDCTL_BIN = os.environ.get("STARLING_TEST_ETCDCTL", "/usr/bin/etcdctl")
@@ -53,11 +53,18 @@ DEFAULT_LEASE_TTL = int(os.environ.get("STARLING_TEST_LEASE_TTL", "2"))
 PROBE = b"\x00probe:"
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def stable_port() -> int:
-    """A free loopback port outside the ephemeral range (no connect() can be handed it)."""
+    """A free loopback port outside the ephemeral range (no connect() can be handed it), never
+    handed out before in this run (two nodes picking the same one before either binds it)."""
     low, _high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
     for _ in range(200):
         port = random.randrange(max(1024, low - 12000), low)
+        if port in _PORTS_GIVEN:
+            continue
+        _PORTS_GIVEN.add(port)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((HOST, port))
@@ -314,7 +321,9 @@ class Node:
         """Start the process (without waiting for readiness)."""
         assert not self.alive(), f"{self.node_id} already running"
         if new_ports or not self.port:
-            self.port, self.peer_port, self.admin_port = free_port(), free_port(), free_port()
+            # Below the ephemeral range: a port picked from it can be taken by any outgoing
+            # connection (peer links, etcd clients, paho) before the node binds it.
+            self.port, self.peer_port, self.admin_port = stable_port(), stable_port(), stable_port()
         cmd = self.cmd()
         self._log = open(self.log_path, "ab")
         self._log.write(f"\n$ {' '.join(cmd)}\n".encode())

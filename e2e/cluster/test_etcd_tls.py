@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cluster_helpers import ETCD_BIN, ETCDCTL_BIN, stable_port
-from helpers import HOST, free_port, starling_bin, wait_for
+from helpers import HOST, starling_bin, wait_for
 
 pytestmark = pytest.mark.security
 
@@ -87,7 +87,7 @@ def test_node_joins_over_tls_with_client_certificate(pki: Path, tmp_path: Path, 
 
     def node(name: str, *tls: str) -> Proc:
         return Proc([str(starling_bin()), "--node-id", name, "--cluster", "tls", "--etcd", url, *tls,
-                     "--listen", f"{HOST}:{free_port()}", "--peer-listen", f"{HOST}:{free_port()}",
+                     "--listen", f"{HOST}:{stable_port()}", "--peer-listen", f"{HOST}:{stable_port()}",
                      "--lease-ttl-secs", "2"], tmp_path / f"{name}.log")
 
     procs.append(node("good", "--etcd-ca-file", str(pki / "ca.pem"), "--etcd-cert-file", str(pki / "client.pem"),
