@@ -116,18 +116,12 @@ async fn register_together(
     let mut client = sessions.etcd();
     let response = match tokio::time::timeout(LOOKUP_TIMEOUT, client.txn(txn)).await {
         Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            warn!(%error, clients = claims.len(), "cannot register clients in etcd; serving them locally");
-            for claim in claims {
-                let _ = claim.reply.send(None);
-            }
-            return Vec::new();
-        }
-        Err(_) => {
-            warn!(
-                clients = claims.len(),
-                "etcd registration timed out; serving the clients locally"
-            );
+        failed => {
+            let why = match failed {
+                Ok(Err(error)) => error.to_string(),
+                _ => "timed out".to_string(),
+            };
+            warn!(error = %why, clients = claims.len(), "cannot register clients in etcd; serving them locally");
             for claim in claims {
                 let _ = claim.reply.send(None);
             }

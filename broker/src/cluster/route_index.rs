@@ -296,16 +296,6 @@ impl RouteIndex {
         }
     }
 
-    /// The plain-route part of [`matching`](Self::matching).
-    pub fn matching_nodes(&self, topic: &str, out: &mut Vec<Arc<str>>) {
-        self.matching(topic, out, &mut Vec::new());
-    }
-
-    /// The share-group part of [`matching`](Self::matching).
-    pub fn matching_groups(&self, topic: &str, out: &mut Vec<(Arc<ShareKey>, Vec<Arc<str>>)>) {
-        self.matching(topic, &mut Vec::new(), out);
-    }
-
     /// Remote routes known, for metrics and tests.
     pub fn len(&self) -> usize {
         self.trie.read().routes
@@ -373,6 +363,18 @@ impl MirrorSink for IndexSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl RouteIndex {
+        /// The plain-route part of [`RouteIndex::matching`].
+        fn matching_nodes(&self, topic: &str, out: &mut Vec<Arc<str>>) {
+            self.matching(topic, out, &mut Vec::new());
+        }
+
+        /// The share-group part of [`RouteIndex::matching`].
+        fn matching_groups(&self, topic: &str, out: &mut Vec<(Arc<ShareKey>, Vec<Arc<str>>)>) {
+            self.matching(topic, &mut Vec::new(), out);
+        }
+    }
 
     #[test]
     fn resync_replaces_everything_and_skips_own_routes() {

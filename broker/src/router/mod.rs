@@ -275,38 +275,34 @@ impl Router {
     /// once every other node it was forwarded to acknowledged it.
     pub fn route_tracked(&self, message: &Arc<Message>, track: bool) -> Routed {
         let topic: &str = &message.topic;
-        // One walk of the local tries serves both the share-group plan and
-        // the local deliveries.
-        let shard = self.shards[shard_of(first_level(topic))].read();
-        let wildcard = self.wildcard.read();
-        let mut matches = Matches::default();
-        shard.matches(topic, &mut matches);
-        wildcard.matches(topic, &mut matches);
         let Some(forwarder) = &self.forwarder else {
-            let local = self.deliver(message, matches, Scope::All);
+            let local = self.route_local(message, Scope::All);
             return Routed {
                 delivered: self.count_unwanted(local),
                 ticket: None,
                 congested: None,
             };
         };
-        let mut plan = RoutePlan::default();
-        let mut remote_groups = Vec::new();
-        self.store
-            .remote_routes(topic, &mut plan.plain_nodes, &mut remote_groups);
-        let local_groups: Vec<Arc<ShareKey>> =
-            matches.groups.iter().map(|g| g.key.clone()).collect();
-        plan.choose_group_nodes(message.seq, &local_groups, remote_groups);
-        let local = self.deliver(
-            message,
-            matches,
-            Scope::Selected {
-                plain: true,
-                groups: &plan.local_groups,
-            },
-        );
-        drop(wildcard);
-        drop(shard);
+        // One walk of the local tries serves both the share-group plan and
+        // the local deliveries; the forwards go out after the locks.
+        let (local, plan) = self.with_local_matches(topic, |matches| {
+            let mut plan = RoutePlan::default();
+            let mut remote_groups = Vec::new();
+            self.store
+                .remote_routes(topic, &mut plan.plain_nodes, &mut remote_groups);
+            let local_groups: Vec<Arc<ShareKey>> =
+                matches.groups.iter().map(|g| g.key.clone()).collect();
+            plan.choose_group_nodes(message.seq, &local_groups, remote_groups);
+            let local = self.deliver(
+                message,
+                matches,
+                Scope::Selected {
+                    plain: true,
+                    groups: &plan.local_groups,
+                },
+            );
+            (local, plan)
+        });
 
         let targets = plan.remote_targets();
         let ticket = (track && !targets.is_empty()).then(|| ForwardTicket::new(targets.len()));
@@ -345,13 +341,21 @@ impl Router {
     /// that came from another node go only here: they are never forwarded
     /// again. Returns the number of deliveries made.
     pub fn route_local(&self, message: &Arc<Message>, scope: Scope<'_>) -> usize {
-        let topic: &str = &message.topic;
+        self.with_local_matches(&message.topic, |matches| {
+            self.deliver(message, matches, scope)
+        })
+    }
+
+    /// Runs `f` on every local subscription matching `topic`, with the two
+    /// tries that can hold them (the topic's shard and the wildcard one)
+    /// read-locked meanwhile.
+    fn with_local_matches<R>(&self, topic: &str, f: impl FnOnce(Matches<'_>) -> R) -> R {
         let shard = self.shards[shard_of(first_level(topic))].read();
         let wildcard = self.wildcard.read();
         let mut matches = Matches::default();
         shard.matches(topic, &mut matches);
         wildcard.matches(topic, &mut matches);
-        self.deliver(message, matches, scope)
+        f(matches)
     }
 
     /// Queues `message` for the matched subscriptions `scope` selects.
