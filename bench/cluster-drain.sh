@@ -16,28 +16,14 @@ source "$(dirname "$0")/lib.sh"
 
 SESSIONS=${1:-2000}
 BENCH_NODE_ARGS=${BENCH_NODE_ARGS:---drain-rate 5000 --drain-session-wait-secs 1}
-ensure_bench
-ensure_starling
-ensure_etcd
-
-DIR=$(mktemp -d)
-CONN_PID=
-cleanup() {
-    [[ -z "$CONN_PID" ]] || kill "$CONN_PID" 2>/dev/null || true
-    stop_broker
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-trap 'exit 143' TERM INT
-
-start_broker cluster "$(free_port)" "$DIR"
+start_scratch_cluster
 log "$SESSIONS persistent sessions on node 1"
 "$BENCH_BIN" sub -h 127.0.0.1 -p "${BROKER_PORTS%%,*}" -c "$SESSIONS" -C false -x 600 -t 'drain/%i' -q 1 \
     --duration 300 --idle-timeout 300 --quiet \
-    --ready-file "$DIR/ready" --json "$DIR/sub.json" 2>"$DIR/sub.err" &
-CONN_PID=$!
-while [[ ! -f "$DIR/ready" ]]; do
-    kill -0 "$CONN_PID" 2>/dev/null || { log "clients exited: $(tail -3 "$DIR/sub.err")"; exit 1; }
+    --ready-file "$SCRATCH/ready" --json "$SCRATCH/sub.json" 2>"$SCRATCH/sub.err" &
+CLIENT_PID=$!
+while [[ ! -f "$SCRATCH/ready" ]]; do
+    kill -0 "$CLIENT_PID" 2>/dev/null || { log "clients exited: $(tail -3 "$SCRATCH/sub.err")"; exit 1; }
     sleep 0.1
 done
 

@@ -17,33 +17,19 @@ CLIENTS=${1:-1000}
 PER=${2:-10}
 TOTAL=$((CLIENTS * PER))
 CLUSTER_NODES=2
-ensure_bench
-ensure_starling
-ensure_etcd
-
-DIR=$(mktemp -d)
-SUB_PID=
-cleanup() {
-    [[ -z "$SUB_PID" ]] || kill "$SUB_PID" 2>/dev/null || true
-    stop_broker
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-trap 'exit 143' TERM INT
-
-start_broker cluster "$(free_port)" "$DIR"
+start_scratch_cluster
 ADMIN1=${BROKER_ADMIN_PORTS[0]}
 
-# wait_remote_routes N: seconds until node 1's index holds N remote routes.
+# wait_remote_routes N SINCE: seconds from SINCE (a `date +%s.%N`) until
+# node 1's index holds N remote routes.
 wait_remote_routes() {
-    python3 - "$ADMIN1" "$1" <<'PY'
+    python3 - "$ADMIN1" "$1" "$2" <<'PY'
 import json, sys, time, urllib.request
-port, want = sys.argv[1], int(sys.argv[2])
-start = time.monotonic()
-while time.monotonic() - start < 120:
+port, want, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+while time.time() - start < 120:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/node", timeout=2) as r:
         if json.load(r)["remote_routes"] == want:
-            print(f"{time.monotonic() - start:.3f}")
+            print(f"{time.time() - start:.3f}")
             sys.exit(0)
     time.sleep(0.01)
 sys.exit(1)
@@ -53,18 +39,20 @@ PY
 topics=()
 for ((j = 0; j < PER; j++)); do topics+=(-t "churn/%i/$j"); done
 log "$CLIENTS clients x $PER filters on node 2 ($TOTAL routes)"
+started=$(date +%s.%N)
 "$BENCH_BIN" sub -h 127.0.0.1 -p "$BROKER_SUB_PORT" -c "$CLIENTS" "${topics[@]}" -q 0 \
-    --duration 120 --quiet --json "$DIR/sub.json" 2>"$DIR/sub.err" &
-SUB_PID=$!
-add_s=$(wait_remote_routes "$TOTAL") || { log "routes did not all arrive"; exit 1; }
+    --duration 120 --quiet --json "$SCRATCH/sub.json" 2>"$SCRATCH/sub.err" &
+CLIENT_PID=$!
+add_s=$(wait_remote_routes "$TOTAL" "$started") || { log "routes did not all arrive"; exit 1; }
 log "all $TOTAL routes in node 1's index after $add_s s"
-kill -TERM "$SUB_PID"
-wait "$SUB_PID" || true
-SUB_PID=
-remove_s=$(wait_remote_routes 0) || { log "routes were not all removed"; exit 1; }
+started=$(date +%s.%N)
+kill -TERM "$CLIENT_PID"
+wait "$CLIENT_PID" || true
+CLIENT_PID=
+remove_s=$(wait_remote_routes 0 "$started") || { log "routes were not all removed"; exit 1; }
 python3 - "$TOTAL" "$add_s" "$remove_s" <<'PY'
 import sys
 total, add, remove = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-print(f"routes added:   {total} in {add:.3f} s = {total / add:,.0f} route changes/s (from the first CONNECT)")
-print(f"routes removed: {total} in {remove:.3f} s = {total / remove:,.0f} route changes/s (from the disconnect)")
+print(f"routes added:   {total} in {add:.3f} s = {total / add:,.0f} route changes/s (from starting the clients)")
+print(f"routes removed: {total} in {remove:.3f} s = {total / remove:,.0f} route changes/s (from stopping them)")
 PY

@@ -1,6 +1,6 @@
-# Shared by bench/compare.sh and bench/smoke.sh: building the binaries,
-# installing Mosquitto, starting and stopping a broker on a free loopback
-# port. Source it; it defines functions and sets no traps.
+# Shared by the bench scripts: building the binaries, installing Mosquitto
+# and etcd, starting and stopping a broker on a free loopback port. Source
+# it; it defines functions and sets no traps (but start_scratch_cluster).
 
 BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_BIN="$BENCH_ROOT/target/release/starling-bench"
@@ -153,6 +153,27 @@ PY
         tail -n 5 "$dir"/starling-n*.log >&2
         return 1
     fi
+}
+
+# start_scratch_cluster: for a script measuring one cluster: builds and
+# installs what is missing, starts `cluster` in a new directory $SCRATCH,
+# and on exit stops it, kills $CLIENT_PID (a load client, when set) and
+# removes $SCRATCH.
+start_scratch_cluster() {
+    ensure_bench
+    ensure_starling
+    ensure_etcd
+    SCRATCH=$(mktemp -d)
+    CLIENT_PID=
+    trap scratch_cluster_cleanup EXIT
+    trap 'exit 143' TERM INT
+    start_broker cluster "$(free_port)" "$SCRATCH"
+}
+
+scratch_cluster_cleanup() {
+    [[ -z "${CLIENT_PID:-}" ]] || kill "$CLIENT_PID" 2>/dev/null || true
+    stop_broker
+    rm -rf "$SCRATCH"
 }
 
 # start_broker NAME PORT DIR: starts starling, mosquitto, or a Starling
