@@ -25,6 +25,9 @@ pub struct Broker {
     state: AtomicU8,
     /// Cluster mode: where sessions live. Set once at start-up.
     pub directory: std::sync::OnceLock<Arc<dyn crate::session::directory::SessionDirectory>>,
+    /// Where idle connections wait without a task; started by the first
+    /// one (`None`: it could not start).
+    pub(crate) parking: std::sync::OnceLock<Option<crate::connection::parking::ParkingLot>>,
 }
 
 /// Where a node is in its life (`/readyz`, the node record, the admin API).
@@ -75,6 +78,7 @@ impl Broker {
             connections: TaskTracker::new(),
             state: AtomicU8::new(NodeState::Serving as u8),
             directory: std::sync::OnceLock::new(),
+            parking: std::sync::OnceLock::new(),
         })
     }
 

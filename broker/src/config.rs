@@ -82,6 +82,9 @@ pub struct Config {
     pub route_sync: bool,
     /// Longest a SUBACK waits for route sync; it is sent after that anyway.
     pub route_sync_timeout_secs: u64,
+    /// A connection silent and with nothing to deliver for this long gives
+    /// up its task until something happens (0: never).
+    pub park_idle_after_ms: u64,
 }
 
 impl Default for Config {
@@ -123,7 +126,16 @@ impl Default for Config {
             forward_ack: true,
             route_sync: false,
             route_sync_timeout_secs: 5,
+            park_idle_after_ms: 2000,
         }
+    }
+}
+
+impl Config {
+    /// How long a connection stays idle before it parks, if it ever does.
+    pub fn park_idle_after(&self) -> Option<std::time::Duration> {
+        (self.park_idle_after_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.park_idle_after_ms))
     }
 }
 
@@ -202,6 +214,7 @@ pub struct FileConfig {
     pub forward_ack: Option<bool>,
     pub route_sync: Option<bool>,
     pub route_sync_timeout_secs: Option<u64>,
+    pub park_idle_after_ms: Option<u64>,
 }
 
 /// Command-line flags; each also reads a `STARLING_*` environment variable.
@@ -336,6 +349,9 @@ pub struct Cli {
     /// Longest a SUBACK waits for route sync, in seconds.
     #[arg(long, env = "STARLING_ROUTE_SYNC_TIMEOUT_SECS", value_name = "SECS")]
     pub route_sync_timeout_secs: Option<u64>,
+    /// Idle time after which a connection gives up its task, in ms (0: never).
+    #[arg(long, env = "STARLING_PARK_IDLE_AFTER_MS", value_name = "MS")]
+    pub park_idle_after_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -466,6 +482,10 @@ impl Config {
                 .route_sync_timeout_secs
                 .or(file.route_sync_timeout_secs)
                 .unwrap_or(d.route_sync_timeout_secs),
+            park_idle_after_ms: cli
+                .park_idle_after_ms
+                .or(file.park_idle_after_ms)
+                .unwrap_or(d.park_idle_after_ms),
         };
         config.validate()?;
         Ok(config)

@@ -6,6 +6,20 @@ use clap::Parser;
 use starling::config::{Cli, Config};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than the system allocator: it keeps objects of one size
+/// class together and gives emptied pages back, so the memory of a burst
+/// of connects (tasks, handshake buffers) is returned once those
+/// connections park, instead of staying resident between the sessions'
+/// long-lived allocations. See docs/adr/0004-idle-connections-park.md.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`: pages emptied for a second go
+/// back to the system (the default waits ten seconds and then keeps them
+/// "muzzy", still counted as resident).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let config = match Config::from_cli(Cli::parse()) {
         Ok(config) => config,

@@ -27,6 +27,8 @@ macro_rules! counters {
 counters! {
     /// Client connections currently open (after CONNACK).
     connections,
+    /// Of those, idle ones parked without a task of their own.
+    connections_parked,
     /// Sessions known to the broker, connected or not.
     sessions,
     /// PUBLISH packets accepted from clients.

@@ -71,6 +71,7 @@ def elapse(seconds: float) -> None:
 
 # option name -> Starling CLI flag
 STARLING_FLAGS = {
+    "park_idle_after_ms": "--park-idle-after-ms",
     "max_connections": "--max-connections",
     "max_packet_size": "--max-packet-size",
     "max_inflight": "--max-inflight",
@@ -139,6 +140,10 @@ class Broker:
         opts = dict(self.opts)
         if "log_level" not in opts and os.environ.get("STARLING_TEST_LOG_LEVEL"):
             opts["log_level"] = os.environ["STARLING_TEST_LOG_LEVEL"]
+        # STARLING_TEST_PARK_IDLE_AFTER_MS=1 runs the suite with every idle
+        # connection parked at once (see test_parking.py).
+        if "park_idle_after_ms" not in opts and os.environ.get("STARLING_TEST_PARK_IDLE_AFTER_MS"):
+            opts["park_idle_after_ms"] = int(os.environ["STARLING_TEST_PARK_IDLE_AFTER_MS"])
         for name, value in opts.items():
             if name not in STARLING_FLAGS:
                 raise ValueError(f"unknown broker option {name!r}")

@@ -43,7 +43,7 @@ impl Connection {
             }
             Packet::PubRel(rel) => {
                 let mut comp = PubAck::new(rel.packet_id);
-                if !self.session.awaiting_rel.remove(&rel.packet_id) {
+                if !self.session.release(rel.packet_id) {
                     comp.code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
                 self.send(&Packet::PubComp(comp));
@@ -164,7 +164,7 @@ impl Connection {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.queue_ack(Packet::PubAck(ack), ticket, Vec::new()),
             QoS::ExactlyOnce => {
-                self.session.awaiting_rel.insert(packet_id);
+                self.session.awaiting_rel.push(packet_id);
                 self.queue_ack(Packet::PubRec(ack), ticket, Vec::new());
             }
         }
@@ -223,7 +223,7 @@ impl Connection {
                     a.code = ReasonCode::UNSPECIFIED_ERROR;
                 }
                 if let Packet::PubRec(a) = &ack {
-                    self.session.awaiting_rel.remove(&a.packet_id);
+                    self.session.release(a.packet_id);
                 }
             }
             self.send(&ack);
@@ -241,12 +241,15 @@ impl Connection {
             return Err(Ending::ServerClose(ReasonCode::TOPIC_ALIAS_INVALID));
         }
         if publish.topic.is_empty() {
-            match self.aliases_in.get(&alias) {
+            match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                 Some(topic) => Ok(topic.clone()),
                 None => Err(protocol_error("unknown topic alias")),
             }
         } else {
-            self.aliases_in.insert(alias, publish.topic.clone());
+            self.aliases
+                .get_or_insert_default()
+                .inbound
+                .insert(alias, publish.topic.clone());
             Ok(publish.topic.clone())
         }
     }

@@ -74,8 +74,8 @@ impl Connection {
             // MQTT-3.1.2-25: too large for this client; drop it for this
             // client only, keep the connection.
             Metrics::inc(&self.broker.metrics.dropped_too_large);
-            if let Some(topic) = new_alias {
-                self.aliases_out.remove(&topic);
+            if let (Some(topic), Some(aliases)) = (new_alias, self.aliases.as_mut()) {
+                aliases.outbound.remove(&topic);
             }
             trace!(client_id = %self.n.client_id, "message exceeds client maximum packet size");
             return;
@@ -102,17 +102,18 @@ impl Connection {
         if max == 0 || !self.n.version.is_v5() {
             return None;
         }
-        if let Some(&alias) = self.aliases_out.get(&publish.topic) {
+        let aliases = self.aliases.get_or_insert_default();
+        if let Some(&alias) = aliases.outbound.get(&publish.topic) {
             publish.properties.topic_alias = Some(alias);
             publish.topic = ByteString::new();
             return None;
         }
-        let next = self.aliases_out.len() + 1;
+        let next = aliases.outbound.len() + 1;
         if next > usize::from(max) {
             return None;
         }
         let alias = next as u16;
-        self.aliases_out.insert(publish.topic.clone(), alias);
+        aliases.outbound.insert(publish.topic.clone(), alias);
         publish.properties.topic_alias = Some(alias);
         Some(publish.topic.clone())
     }

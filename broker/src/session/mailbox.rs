@@ -8,11 +8,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use starling_codec::QoS;
-use tokio::sync::Notify;
 
 use crate::config::DropPolicy;
 use crate::message::{Delivery, SessionId};
@@ -55,7 +56,9 @@ struct Queue {
 pub struct Mailbox {
     pub session_id: SessionId,
     queue: Mutex<Queue>,
-    notify: Notify,
+    /// Set by a push, cleared by the reader that notices it.
+    mail: AtomicBool,
+    reader: AtomicWaker,
     online: AtomicBool,
     max_queued: usize,
     drop_policy: DropPolicy,
@@ -72,7 +75,8 @@ impl Mailbox {
         Mailbox {
             session_id,
             queue: Mutex::new(Queue::default()),
-            notify: Notify::new(),
+            mail: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
             online: AtomicBool::new(false),
             max_queued,
             drop_policy,
@@ -113,7 +117,7 @@ impl Mailbox {
             }
         };
         if online {
-            self.notify.notify_one();
+            self.signal();
         }
         outcome
     }
@@ -184,13 +188,48 @@ impl Mailbox {
     pub fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Release);
         if online {
-            self.notify.notify_one();
+            self.signal();
+        }
+    }
+
+    /// Tells the reader there is mail. A flag already set means the reader
+    /// has been told and not yet looked: no second wake-up.
+    fn signal(&self) {
+        if !self.mail.swap(true, Ordering::AcqRel) {
+            self.reader.wake();
+        }
+    }
+
+    /// Ready when a push may have happened since the last time this (or
+    /// [`Mailbox::notified`]) returned.
+    pub fn poll_mail(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.mail.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.reader.register(cx.waker());
+        // A push between the check and the registration woke nobody.
+        if self.mail.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 
     /// Resolves when a push may have happened since the last call.
     pub async fn notified(&self) {
-        self.notify.notified().await
+        std::future::poll_fn(|cx| self.poll_mail(cx)).await
+    }
+
+    /// Mail arrived that the reader has not noticed yet.
+    pub fn has_mail(&self) -> bool {
+        self.mail.load(Ordering::Acquire)
+    }
+
+    /// Leaves `waker` to be woken by the next push; true if mail arrived
+    /// that nobody has looked at yet (the waker may then never be woken).
+    pub fn watch(&self, waker: &Waker) -> bool {
+        self.reader.register(waker);
+        self.mail.load(Ordering::Acquire)
     }
 }
 

@@ -2,7 +2,9 @@
 //! connections and the meeting point of a takeover: the connecting side
 //! kicks the owner and waits for it to hand the state back.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -66,9 +68,33 @@ pub struct SlotInner {
     pub mailbox: Option<Arc<Mailbox>>,
 }
 
+/// A slot in the registry's set, found by its client id: the id is not
+/// stored a second time as a map key (every session pays for the map).
+struct ById(Arc<Slot>);
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.client_id
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Borrow::<str>::borrow(self).hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for ById {}
+
 #[derive(Default)]
 pub struct SessionRegistry {
-    slots: Mutex<HashMap<ByteString, Arc<Slot>>>,
+    slots: Mutex<HashSet<ById>>,
     next_session: AtomicU64,
     next_connection: AtomicU64,
 }
@@ -86,10 +112,10 @@ impl SessionRegistry {
     /// pending so that it is not removed under the caller's feet.
     pub fn checkout(&self, client_id: &ByteString) -> Arc<Slot> {
         let mut slots = self.slots.lock();
-        let slot = slots
-            .entry(client_id.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot {
+        let slot = match slots.get(&**client_id) {
+            Some(existing) => existing.0.clone(),
+            None => {
+                let slot = Arc::new(Slot {
                     client_id: client_id.clone(),
                     connect_lock: tokio::sync::Mutex::new(()),
                     released: Notify::new(),
@@ -100,9 +126,11 @@ impl SessionRegistry {
                         mailbox: None,
                     }),
                     pending: AtomicUsize::new(0),
-                })
-            })
-            .clone();
+                });
+                slots.insert(ById(slot.clone()));
+                slot
+            }
+        };
         slot.pending.fetch_add(1, Ordering::AcqRel);
         slot
     }
@@ -111,14 +139,14 @@ impl SessionRegistry {
     /// [`checkout`](Self::checkout).
     pub fn lookup(&self, client_id: &str) -> Option<Arc<Slot>> {
         let slots = self.slots.lock();
-        let slot = slots.get(client_id)?.clone();
+        let slot = slots.get(client_id)?.0.clone();
         slot.pending.fetch_add(1, Ordering::AcqRel);
         Some(slot)
     }
 
     /// The mailbox of `client_id`'s session, if it has one here.
     pub fn mailbox_of(&self, client_id: &str) -> Option<Arc<Mailbox>> {
-        let slot = self.slots.lock().get(client_id)?.clone();
+        let slot = self.slots.lock().get(client_id)?.0.clone();
         slot.inner.lock().mailbox.clone()
     }
 
@@ -139,10 +167,10 @@ impl SessionRegistry {
             return;
         }
         if slots
-            .get(&slot.client_id)
-            .is_some_and(|s| Arc::ptr_eq(s, slot))
+            .get(&*slot.client_id)
+            .is_some_and(|s| Arc::ptr_eq(&s.0, slot))
         {
-            slots.remove(&slot.client_id);
+            slots.remove(&*slot.client_id);
         }
     }
 
@@ -156,7 +184,7 @@ impl SessionRegistry {
 
     /// Every slot (for drain and admin listings).
     pub fn all(&self) -> Vec<Arc<Slot>> {
-        self.slots.lock().values().cloned().collect()
+        self.slots.lock().iter().map(|s| s.0.clone()).collect()
     }
 
     /// Asks the connection owning `slot`, if any, to leave for `reason`.

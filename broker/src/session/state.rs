@@ -4,7 +4,7 @@
 //! it is away the registry keeps it. It is plain data (serde-serializable)
 //! so that it can later be handed to another node.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use starling_codec::{ByteString, LastWill, QoS, SubscriptionOptions};
@@ -47,7 +47,9 @@ pub struct SessionState {
     next_packet_id: u16,
     /// Incoming QoS 2 packet ids whose PUBREL has not arrived: a PUBLISH
     /// with one of these ids is a retransmission and is not routed again.
-    pub awaiting_rel: HashSet<u16>,
+    /// A list, not a set: it holds at most `max_awaiting_rel` ids (100 by
+    /// default) and is empty for most sessions, so it should cost little.
+    pub awaiting_rel: Vec<u16>,
     /// Seconds the session outlives its connection (0: ends with it).
     pub expiry_interval: u32,
     /// Boxed: most sessions have none, and the state is kept per client.
@@ -62,9 +64,21 @@ impl SessionState {
             subscriptions: HashMap::new(),
             outbound: VecDeque::new(),
             next_packet_id: 1,
-            awaiting_rel: HashSet::new(),
+            awaiting_rel: Vec::new(),
             expiry_interval,
             will: None,
+        }
+    }
+
+    /// PUBREL arrived for `packet_id` (or its PUBREC was an error): it is
+    /// no longer awaited. False if it was not.
+    pub fn release(&mut self, packet_id: u16) -> bool {
+        match self.awaiting_rel.iter().position(|&id| id == packet_id) {
+            Some(at) => {
+                self.awaiting_rel.swap_remove(at);
+                true
+            }
+            None => false,
         }
     }
 
