@@ -27,6 +27,9 @@ echo "== protocol tests against a running starling"
 export STARLING_BIN="$PWD/target/debug/starling"
 python3 -m pytest e2e/protocol -q -p no:cacheprovider
 
+echo "== protocol tests again, every idle connection parked at once"
+STARLING_TEST_PARK_IDLE_AFTER_MS=1 python3 -m pytest e2e/protocol -q -p no:cacheprovider
+
 echo "== cluster tests: real etcd, several starling processes"
 python3 -m pytest e2e/cluster -q -p no:cacheprovider
 

@@ -309,6 +309,8 @@ class Node:
         opts = dict(self.opts)
         if "log_level" not in opts and os.environ.get("STARLING_TEST_LOG_LEVEL"):
             opts["log_level"] = os.environ["STARLING_TEST_LOG_LEVEL"]
+        if "park_idle_after_ms" not in opts and os.environ.get("STARLING_TEST_PARK_IDLE_AFTER_MS"):
+            opts["park_idle_after_ms"] = int(os.environ["STARLING_TEST_PARK_IDLE_AFTER_MS"])
         for name, value in opts.items():
             flag = CLUSTER_FLAGS.get(name) or STARLING_FLAGS.get(name)
             if flag is None:

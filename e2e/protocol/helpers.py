@@ -6,6 +6,7 @@ The broker under test is chosen with STARLING_TEST_BROKER=starling|mosquitto
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -125,6 +127,9 @@ class Broker:
         self.opts = dict(opts)
         self.workdir = workdir
         self.port = 0
+        # admin=True (Starling only): an admin HTTP listener, for counters
+        self.admin = bool(self.opts.pop("admin", False))
+        self.admin_port = 0
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "broker.log"
         self._log_file = None
@@ -137,6 +142,8 @@ class Broker:
                 f"Starling binary not found at {binary}: run `cargo build --bin starling` "
                 "(or set STARLING_BIN, or STARLING_TEST_BROKER=mosquitto to validate the suite)")
         cmd = [str(binary), "--listen", f"{HOST}:{self.port}"]
+        if self.admin:
+            cmd += ["--admin-listen", f"{HOST}:{self.admin_port}"]
         opts = dict(self.opts)
         if "log_level" not in opts and os.environ.get("STARLING_TEST_LOG_LEVEL"):
             opts["log_level"] = os.environ["STARLING_TEST_LOG_LEVEL"]
@@ -187,6 +194,7 @@ class Broker:
         last_error = ""
         for _attempt in range(3):
             self.port = free_port()
+            self.admin_port = free_port() if self.admin else 0
             cmd = self._starling_cmd() if self.kind == "starling" else self._mosquitto_cmd()
             self._log_file = open(self.log_path, "ab")
             self._log_file.write(f"$ {' '.join(cmd)}\n".encode())
@@ -255,6 +263,13 @@ class Broker:
     @property
     def addr(self) -> tuple[str, int]:
         return (self.host, self.port)
+
+    def counters(self) -> dict[str, int]:
+        """The broker's counters (GET /api/v1/node; needs admin=True)."""
+        assert self.admin, "start the broker with admin=True"
+        with urllib.request.urlopen(f"http://{HOST}:{self.admin_port}/api/v1/node", timeout=5) as r:
+            node = json.load(r)
+        return {**node["counters"], "connections": node["connections"]}
 
 
 # ---------------------------------------------------------------------------
