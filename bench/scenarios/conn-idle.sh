@@ -26,9 +26,19 @@ BENCH_PORT=$ALL_PORTS bench_exec conn -c "$CONNS" -R 0 --max-pending 1000 --ifad
 CONN_PID=$!
 BG_PIDS+=("$CONN_PID")
 wait_ready "$SCENARIO_DIR/conn.ready" 60 "$CONN_PID"
-# Let the broker finish its handshakes and give back their buffers.
-sleep 3
+# Measure once the broker is done with the connects: its RSS has not moved
+# by more than 64 KiB for 3 seconds in a row (handshake buffers returned,
+# idle connections parked), or after 20 s.
 after=$(rss_kb)
+steady=0
+for _ in $(seq 20); do
+    sleep 1
+    now=$(rss_kb)
+    change=$((now > after ? now - after : after - now))
+    after=$now
+    if ((change <= 64)); then steady=$((steady + 1)); else steady=0; fi
+    ((steady < 3)) || break
+done
 ready=$(cat "$SCENARIO_DIR/conn.ready")
 kill -TERM "$CONN_PID"
 finish conn "$CONN_PID"
