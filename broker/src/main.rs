@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 /// class together and gives emptied pages back, so the memory of a burst
 /// of connects (tasks, handshake buffers) is returned once those
 /// connections park, instead of staying resident between the sessions'
-/// long-lived allocations. See docs/adr/0004-idle-connections-park.md.
+/// long-lived allocations. See docs/adr/0002-idle-connections-park.md.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
