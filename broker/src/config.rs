@@ -85,6 +85,9 @@ pub struct Config {
     /// A connection silent and with nothing to deliver for this long gives
     /// up its task until something happens (0: never).
     pub park_idle_after_ms: u64,
+    /// Cluster: wildcard filters advertised in place of the filters they
+    /// cover (per-device subscriptions as one route per node).
+    pub route_aggregates: Vec<String>,
 }
 
 impl Default for Config {
@@ -127,6 +130,7 @@ impl Default for Config {
             route_sync: false,
             route_sync_timeout_secs: 5,
             park_idle_after_ms: 2000,
+            route_aggregates: Vec::new(),
         }
     }
 }
@@ -215,6 +219,7 @@ pub struct FileConfig {
     pub route_sync: Option<bool>,
     pub route_sync_timeout_secs: Option<u64>,
     pub park_idle_after_ms: Option<u64>,
+    pub route_aggregates: Option<Vec<String>>,
 }
 
 /// Command-line flags; each also reads a `STARLING_*` environment variable.
@@ -352,6 +357,15 @@ pub struct Cli {
     /// Idle time after which a connection gives up its task, in ms (0: never).
     #[arg(long, env = "STARLING_PARK_IDLE_AFTER_MS", value_name = "MS")]
     pub park_idle_after_ms: Option<u64>,
+    /// Cluster: a wildcard filter advertised in place of the filters it
+    /// covers (repeat, or comma-separated).
+    #[arg(
+        long = "route-aggregate",
+        env = "STARLING_ROUTE_AGGREGATES",
+        value_name = "FILTER",
+        value_delimiter = ','
+    )]
+    pub route_aggregates: Vec<String>,
 }
 
 impl FileConfig {
@@ -486,6 +500,11 @@ impl Config {
                 .park_idle_after_ms
                 .or(file.park_idle_after_ms)
                 .unwrap_or(d.park_idle_after_ms),
+            route_aggregates: if cli.route_aggregates.is_empty() {
+                file.route_aggregates.unwrap_or(d.route_aggregates)
+            } else {
+                cli.route_aggregates
+            },
         };
         config.validate()?;
         Ok(config)
@@ -538,6 +557,29 @@ impl Config {
         }
         if self.drain_rate == 0 {
             return invalid("drain_rate", "must be at least 1 client per second");
+        }
+        for pattern in &self.route_aggregates {
+            match starling_codec::topic::parse_filter(pattern) {
+                Err(error) => {
+                    return invalid(
+                        "route_aggregates",
+                        &format!("{pattern:?} is not a topic filter: {error}"),
+                    );
+                }
+                Ok(parsed) if parsed.share_group.is_some() => {
+                    return invalid(
+                        "route_aggregates",
+                        &format!("{pattern:?}: shared subscriptions are not aggregated"),
+                    );
+                }
+                Ok(_) if !pattern.split('/').any(|level| level == "+" || level == "#") => {
+                    return invalid(
+                        "route_aggregates",
+                        &format!("{pattern:?} has no wildcard: it would cover only itself"),
+                    );
+                }
+                Ok(_) => {}
+            }
         }
         if self.route_sync_timeout_secs == 0 {
             return invalid("route_sync_timeout_secs", "must be at least 1");
@@ -597,6 +639,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn route_aggregates_must_be_wildcard_filters() {
+        for (pattern, problem) in [
+            ("devices/#/cmd", "not a topic filter"),
+            ("devices/1/cmd", "no wildcard"),
+            ("$share/g/devices/+", "shared subscriptions"),
+        ] {
+            let cli = Cli::try_parse_from(["starling", "--route-aggregate", pattern]).unwrap();
+            let err = Config::merge(cli, FileConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("route_aggregates") && err.contains(problem),
+                "{err}"
+            );
+        }
+        let cli =
+            Cli::try_parse_from(["starling", "--route-aggregate", "devices/+/cmd/#,a/#"]).unwrap();
+        let config = Config::merge(cli, FileConfig::default()).unwrap();
+        assert_eq!(config.route_aggregates, ["devices/+/cmd/#", "a/#"]);
     }
 
     #[test]

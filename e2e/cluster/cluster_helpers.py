@@ -260,6 +260,7 @@ CLUSTER_FLAGS = {
     "lease_ttl": "--lease-ttl-secs",
     "route_sync": "--route-sync",
     "route_sync_timeout": "--route-sync-timeout-secs",
+    "route_aggregates": "--route-aggregate",
 }
 
 

@@ -193,3 +193,41 @@ def test_route_sync_does_not_wait_forever_for_a_frozen_node(cluster, paho):
         assert n2.info()["counters"]["route_sync_timeouts"] == 1
     finally:
         os.kill(n3.pid, signal.SIGCONT)
+
+
+def test_route_aggregation_advertises_one_route_for_many_device_filters(cluster, paho):
+    """Issue point 12 (scale): with route_aggregates = devices/+/cmd/#, 200 per-device filters
+    on n2 are one route key, routes/n2/devices/+/cmd/#, not 200; a filter it does not cover keeps
+    its own key. A message published on n1 reaches exactly the device it is for (QoS 1, PUBACK
+    success); one for a device nobody subscribed is forwarded to n2 and delivered to nobody.
+    With route_sync, a new covered filter's SUBACK needs no write and a publish right after it
+    arrives. The pattern's key goes when the last covered filter goes."""
+    c = cluster(3, route_aggregates="devices/+/cmd/#", route_sync=True)
+    n1, n2, _n3 = c
+    devices = paho(n2, "devices")
+    for i in range(200):
+        devices.client.subscribe(f"devices/{i}/cmd/#", 1)
+    other = paho(n2, "other")
+    other.subscribe("plain/t", 1)
+    assert devices.subscribe("devices/last/cmd/#", 1) == [1]  # after the 200 in order
+    wait_key(c, n2.route_key("devices/+/cmd/#"))
+    wait_key(c, n2.route_key("plain/t"))
+    assert c.rel_keys("routes/") == ["routes/n2/devices/+/cmd/#", "routes/n2/plain/t"]
+
+    pub = paho(n1, "commander")
+    assert pub.publish("devices/17/cmd/reboot", b"17", qos=1) == 0
+    got = devices.get()
+    assert (got.topic, got.payload) == ("devices/17/cmd/reboot", b"17")
+    assert pub.publish("devices/nobody/cmd/reboot", b"lost", qos=1) == 0
+    assert pub.publish("devices/18/cmd/x", b"18", qos=1) == 0
+    assert devices.get().payload == b"18", "the message for no device was delivered"
+
+    fresh = paho(n2, "fresh-device")
+    assert fresh.subscribe("devices/new/cmd/#", 1) == [1]
+    assert pub.publish("devices/new/cmd/hello", b"new", qos=1) == 0
+    assert fresh.get().payload == b"new"
+
+    fresh.unsubscribe("devices/new/cmd/#")
+    devices.disconnect()
+    wait_key(c, n2.route_key("devices/+/cmd/#"), present=False)
+    assert c.rel_keys("routes/") == ["routes/n2/plain/t"]

@@ -19,6 +19,7 @@ pub mod mirror;
 pub mod peer_client;
 pub mod peer_service;
 pub mod retained;
+pub mod route_aggregation;
 pub mod route_index;
 pub mod route_sync;
 pub mod routes;
@@ -136,7 +137,12 @@ impl Cluster {
         let keys = Keys::new(&config.cluster);
         let lease = lease::start(client.clone(), config.lease_ttl_secs);
         let index = RouteIndex::new(&config.node_id, keys.clone());
-        let routes = EtcdRouteStore::new(&config.node_id, keys.clone(), index.clone());
+        let routes = EtcdRouteStore::new(
+            &config.node_id,
+            keys.clone(),
+            index.clone(),
+            config.route_aggregates.clone(),
+        );
         let forwarder =
             PeerForwarder::new(&config.node_id, config.peer_token.clone(), metrics.clone());
         if config.route_sync {

@@ -1,12 +1,14 @@
 //! The cluster route store: this node's filters become
 //! `routes/<node>/<filter>` keys under its lease ([`LeasedKeys`]: batched,
 //! coalesced, retried, rewritten under a new lease); other nodes' routes
-//! come from the mirrored [`RouteIndex`].
+//! come from the mirrored [`RouteIndex`]. Filters covered by a configured
+//! aggregate pattern are advertised as that pattern ([`Aggregates`]).
 
 use std::sync::{Arc, OnceLock};
 
 use super::keys::Keys;
 use super::leased_keys::LeasedKeys;
+use super::route_aggregation::{Advertise, Aggregates};
 use super::route_index::RouteIndex;
 use super::route_sync::RouteSync;
 use crate::message::{ForwardTicket, ShareKey};
@@ -19,16 +21,23 @@ pub struct EtcdRouteStore {
     pub owned: Arc<LeasedKeys>,
     /// Set when route sync is on.
     pub route_sync: OnceLock<Arc<RouteSync>>,
+    aggregates: Aggregates,
 }
 
 impl EtcdRouteStore {
-    pub fn new(node: &str, keys: Keys, index: Arc<RouteIndex>) -> Arc<EtcdRouteStore> {
+    pub fn new(
+        node: &str,
+        keys: Keys,
+        index: Arc<RouteIndex>,
+        aggregates: Vec<String>,
+    ) -> Arc<EtcdRouteStore> {
         Arc::new(EtcdRouteStore {
             node: node.to_string(),
             keys,
             index,
             owned: LeasedKeys::new(Vec::new(), false),
             route_sync: OnceLock::new(),
+            aggregates: Aggregates::new(aggregates),
         })
     }
 
@@ -40,11 +49,21 @@ impl EtcdRouteStore {
 
 impl RouteStore for EtcdRouteStore {
     fn add_route(&self, filter: &str) {
-        self.owned.insert(self.keys.route(&self.node, filter));
+        let aggregated = self.aggregates.enter(filter, |pattern| {
+            self.owned.insert(self.keys.route(&self.node, pattern));
+        });
+        if !aggregated {
+            self.owned.insert(self.keys.route(&self.node, filter));
+        }
     }
 
     fn remove_route(&self, filter: &str) {
-        self.owned.remove(self.keys.route(&self.node, filter));
+        let aggregated = self.aggregates.leave(filter, |pattern| {
+            self.owned.remove(self.keys.route(&self.node, pattern));
+        });
+        if !aggregated {
+            self.owned.remove(self.keys.route(&self.node, filter));
+        }
     }
 
     fn remote_routes(
@@ -64,7 +83,10 @@ impl RouteStore for EtcdRouteStore {
         let sync = self.route_sync.get()?;
         let keys = filters
             .iter()
-            .map(|filter| self.keys.route(&self.node, filter))
+            .map(|filter| match self.aggregates.advertise(filter) {
+                Advertise::Itself => self.keys.route(&self.node, filter),
+                Advertise::Pattern(pattern) => self.keys.route(&self.node, pattern),
+            })
             .collect();
         Some(sync.ticket(keys))
     }
