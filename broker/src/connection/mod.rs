@@ -557,7 +557,8 @@ impl Connection {
         Some(connection)
     }
 
-    /// Parking is off for this connection from now on.
+    /// The parking lot could not start: stay awake until the client is
+    /// next heard from (asking the lot again then costs nothing).
     fn stay_awake(mut self) -> Connection {
         self.last_active = Instant::now() + NEVER;
         self
