@@ -29,6 +29,9 @@ counters! {
     connections,
     /// Of those, idle ones parked without a task of their own.
     connections_parked,
+    /// Times a connection parked (against `connections_parked`: how often
+    /// parked connections wake up).
+    parks,
     /// Sessions known to the broker, connected or not.
     sessions,
     /// PUBLISH packets accepted from clients.

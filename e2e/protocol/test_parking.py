@@ -55,6 +55,22 @@ def test_parked_subscriber_gets_messages(parking_broker, raw, version):
     wait_parked(parking_broker, 2)
 
 
+def test_a_subscriber_that_only_receives_does_not_park(parking_broker, raw):
+    """Outbound traffic is activity: a QoS 0 subscriber receiving a message every 100 ms (and
+    sending nothing) stays awake, as does its publisher; neither parks in 1.5 s with
+    park_idle_after_ms = 300."""
+    sub = raw(parking_broker, V5)
+    sub.connect("receiver")
+    sub.subscribe(1, [("stream/t", 0)])
+    pub = raw(parking_broker, V5)
+    pub.connect("streamer")
+    for i in range(15):
+        pub.publish("stream/t", str(i).encode())
+        assert sub.expect(r.PUBLISH).payload == str(i).encode()
+        time.sleep(0.1)  # the stream's own rate, not synchronisation
+    assert parking_broker.counters()["parks"] == 0
+
+
 def test_parked_connection_answers_pingreq_without_waking(broker_factory, raw):
     """PINGREQ is answered by the poller: the connection stays parked (if it had woken up it
     would stay awake for park_idle_after_ms, long after its PINGRESPs)."""

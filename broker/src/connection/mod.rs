@@ -119,7 +119,8 @@ pub(crate) struct Connection {
     held_back: Option<NodeId>,
     /// When the client's keep-alive runs out unless a packet arrives.
     keep_alive_deadline: Option<Instant>,
-    /// Last time a byte went either way: the idle clock for parking.
+    /// Last time bytes went either way (read, or handed to the socket):
+    /// the idle clock for parking.
     last_active: Instant,
 }
 
@@ -674,7 +675,13 @@ impl Connection {
     }
 
     /// Writes as much of the write buffer as the socket takes right now.
+    /// Writing counts as activity: a subscriber that only receives is not
+    /// idle.
     fn flush_now(&mut self) -> Result<(), Ending> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.last_active = Instant::now();
         while !self.wbuf.is_empty() {
             match self.stream.try_write(&self.wbuf) {
                 Ok(0) => return Err(Ending::Lost),

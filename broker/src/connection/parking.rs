@@ -276,6 +276,7 @@ impl Shared {
         }
         lot.entries.insert(parked);
         Metrics::inc(&self.metrics.connections_parked);
+        Metrics::inc(&self.metrics.parks);
         Ok(())
     }
 
