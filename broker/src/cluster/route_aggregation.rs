@@ -101,16 +101,14 @@ impl Aggregates {
 /// Whether every topic matched by `filter` is matched by `pattern` (both
 /// valid topic filters).
 pub fn covers(pattern: &str, filter: &str) -> bool {
+    // MQTT-4.7.2-1: a wildcard in the first level matches no topic starting
+    // with '$', which a literal first level of the filter may name.
+    if filter.starts_with('$') && (pattern.starts_with('+') || pattern.starts_with('#')) {
+        return false;
+    }
     let mut wanted = filter.split('/');
-    let mut first = true;
     for level in pattern.split('/') {
         let got = wanted.next();
-        // MQTT-4.7.2-1: a wildcard in the first level matches no topic
-        // starting with '$', which a literal filter level may name.
-        if first && (level == "+" || level == "#") && got.is_some_and(|g| g.starts_with('$')) {
-            return false;
-        }
-        first = false;
         match level {
             // '#' matches the parent level too: `a/#` covers `a`.
             "#" => return true,

@@ -36,6 +36,15 @@ pub struct Negotiated {
     pub request_response_information: bool,
 }
 
+impl Negotiated {
+    /// 1.5 × the Keep Alive in force: how long the client may stay silent
+    /// (MQTT-3.1.2-24). `None` without a keep-alive.
+    pub fn silence_allowed(&self) -> Option<std::time::Duration> {
+        (self.keep_alive > 0)
+            .then(|| std::time::Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+}
+
 /// A refused CONNECT: the CONNACK code to send (if any) and why.
 #[derive(Debug)]
 pub struct Refusal {

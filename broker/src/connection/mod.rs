@@ -294,7 +294,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         keep_alive_deadline: None,
         last_active: Instant::now(),
     };
-    connection.keep_alive_deadline = connection.keep_alive().map(|ka| Instant::now() + ka);
+    connection.keep_alive_deadline = connection.n.silence_allowed().map(|ka| Instant::now() + ka);
     let ack = handshake::accepted(&connection.n, &broker.config, opened.session_present);
     connection.send(&Packet::ConnAck(ack));
     if opened.session_present {
@@ -352,12 +352,6 @@ async fn write_all(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<()
 }
 
 impl Connection {
-    /// 1.5 × the Keep Alive in force: how long the client may stay silent
-    /// (MQTT-3.1.2-24).
-    fn keep_alive(&self) -> Option<Duration> {
-        (self.n.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.n.keep_alive) * 1500))
-    }
-
     /// When the timer must next look: keep-alive, or idle long enough to
     /// park.
     fn next_check(&self, park_after: Option<Duration>) -> Instant {
@@ -480,7 +474,7 @@ impl Connection {
     fn heard_from_client(&mut self) {
         let now = Instant::now();
         self.last_active = now;
-        if let Some(keep_alive) = self.keep_alive() {
+        if let Some(keep_alive) = self.n.silence_allowed() {
             self.keep_alive_deadline = Some(now + keep_alive);
         }
     }
@@ -502,11 +496,11 @@ impl Connection {
     /// Hands the connection to the parking lot. `Some` when it must go on
     /// running instead (it is busy after all, or cannot park).
     fn park(self) -> Option<Connection> {
-        if parking::lot_of(&self.broker).is_none() {
+        let broker = self.broker.clone();
+        let Some(lot) = parking::lot_of(&broker) else {
             return Some(self.stay_awake());
-        }
+        };
         let Connection {
-            broker,
             stream,
             n,
             session,
@@ -529,7 +523,7 @@ impl Connection {
                 return None;
             }
         };
-        let parked = Box::new(Parked::new(
+        let parked = Box::new(Parked {
             stream,
             n,
             session,
@@ -540,12 +534,9 @@ impl Connection {
             expiry,
             aliases,
             keep_alive_deadline,
-        ));
-        let refusal = match parking::lot_of(&broker) {
-            Some(lot) => lot.park(parked),
-            None => Err(Refusal::Busy(parked)),
-        };
-        let (parked, kick) = match refusal {
+            generation: 0,
+        });
+        let (parked, kick) = match lot.park(parked) {
             Ok(()) => {
                 trace!("connection parked");
                 return None;

@@ -29,7 +29,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll as MioPoll, Token};
@@ -68,42 +68,9 @@ pub(crate) struct Parked {
     /// When the client's keep-alive runs out (1.5 × Keep Alive after its
     /// last packet).
     pub keep_alive_deadline: Option<Instant>,
-    /// Told apart from an earlier occupant of the same slab entry.
-    generation: u32,
-}
-
-impl Parked {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        stream: std::net::TcpStream,
-        n: Negotiated,
-        session: SessionState,
-        mailbox: Arc<Mailbox>,
-        kick: Option<oneshot::Receiver<Kick>>,
-        slot: Arc<Slot>,
-        conn_id: u64,
-        expiry: u32,
-        aliases: Option<Box<Aliases>>,
-        keep_alive_deadline: Option<Instant>,
-    ) -> Parked {
-        Parked {
-            stream,
-            n,
-            session,
-            mailbox,
-            kick,
-            slot,
-            conn_id,
-            expiry,
-            aliases,
-            keep_alive_deadline,
-            generation: 0,
-        }
-    }
-
-    fn keep_alive(&self) -> Option<Duration> {
-        (self.n.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.n.keep_alive) * 1500))
-    }
+    /// Told apart from an earlier occupant of the same slab entry; set by
+    /// the lot (0 until then).
+    pub generation: u32,
 }
 
 /// Why a connection could not park; it goes on running.
@@ -406,7 +373,7 @@ fn answer_pings(parked: &mut Parked) -> Result<(), Vec<u8>> {
             }
         }
         // MQTT-3.1.2-23: any control packet restarts the keep-alive.
-        if let Some(keep_alive) = parked.keep_alive() {
+        if let Some(keep_alive) = parked.n.silence_allowed() {
             parked.keep_alive_deadline = Some(Instant::now() + keep_alive);
         }
         let answer: Vec<u8> = PINGRESP.repeat(n / 2);
