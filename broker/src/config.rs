@@ -21,6 +21,19 @@ pub enum DropPolicy {
     Newest,
 }
 
+/// Where a cluster keeps track of which node has each client's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientDirectoryKind {
+    /// Each client id's home node (rendezvous hashing over the serving
+    /// nodes) keeps it in memory: no etcd write per connect, no ceiling
+    /// from etcd's size.
+    Home,
+    /// One etcd key per session (`clients/<id>`), as DESIGN.md first had
+    /// it: bounded by etcd's quota and write rate.
+    Etcd,
+}
+
 /// The merged configuration the broker runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -88,6 +101,8 @@ pub struct Config {
     /// Cluster: wildcard filters advertised in place of the filters they
     /// cover (per-device subscriptions as one route per node).
     pub route_aggregates: Vec<String>,
+    /// Cluster: where the node of each client's session is looked up.
+    pub client_directory: ClientDirectoryKind,
 }
 
 impl Default for Config {
@@ -131,6 +146,7 @@ impl Default for Config {
             route_sync_timeout_secs: 5,
             park_idle_after_ms: 2000,
             route_aggregates: Vec::new(),
+            client_directory: ClientDirectoryKind::Home,
         }
     }
 }
@@ -220,6 +236,7 @@ pub struct FileConfig {
     pub route_sync_timeout_secs: Option<u64>,
     pub park_idle_after_ms: Option<u64>,
     pub route_aggregates: Option<Vec<String>>,
+    pub client_directory: Option<ClientDirectoryKind>,
 }
 
 /// Command-line flags; each also reads a `STARLING_*` environment variable.
@@ -366,6 +383,10 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub route_aggregates: Vec<String>,
+    /// Cluster: where the node of each client's session is kept: `home`
+    /// (the client id's home node, in memory) or `etcd`.
+    #[arg(long, env = "STARLING_CLIENT_DIRECTORY", value_name = "KIND")]
+    pub client_directory: Option<ClientDirectoryKind>,
 }
 
 impl FileConfig {
@@ -505,6 +526,10 @@ impl Config {
             } else {
                 cli.route_aggregates
             },
+            client_directory: cli
+                .client_directory
+                .or(file.client_directory)
+                .unwrap_or(d.client_directory),
         };
         config.validate()?;
         Ok(config)

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, session_moves};
 use crate::session::lifecycle::{self, WillOnMove};
 use crate::session::registry::{Kick, Owner, SessionRegistry};
 
@@ -121,7 +121,7 @@ async fn hand_off_sessions(broker: &Arc<Broker>, cluster: &Cluster) {
         }
         let to = targets[i % targets.len()].clone();
         let broker = broker.clone();
-        let sessions = cluster.sessions.clone();
+        let forwarder = cluster.forwarder.clone();
         handovers.spawn(async move {
             let client_id = &slot.client_id;
             let Some(moved) =
@@ -129,7 +129,7 @@ async fn hand_off_sessions(broker: &Arc<Broker>, cluster: &Cluster) {
             else {
                 return;
             };
-            match sessions.hand_to(&to, &moved).await {
+            match session_moves::hand_to(&forwarder, &to, &moved).await {
                 Ok(true) => debug!(%client_id, %to, "session handed over"),
                 Ok(false) => {
                     info!(%client_id, %to, "the client already has a newer session there")

@@ -261,6 +261,7 @@ CLUSTER_FLAGS = {
     "route_sync": "--route-sync",
     "route_sync_timeout": "--route-sync-timeout-secs",
     "route_aggregates": "--route-aggregate",
+    "client_directory": "--client-directory",
 }
 
 
@@ -640,6 +641,32 @@ def wait_key(cluster: Cluster, key: str, present: bool = True, timeout: float = 
         wait_for(check, timeout, 0.05, f"key {rel} to {'appear' if present else 'disappear'}")
     except AssertionError as e:
         raise AssertionError(f"{e}; keys under {parent or '/'}: {cluster.rel_keys(parent)}") from None
+    return time.monotonic() - t0
+
+
+def client_owner(via: Node, client_id: str) -> str | None:
+    """The node that has ``client_id``'s session, as ``via`` answers GET /api/v1/clients/{id}
+    (its own sessions first, then the cluster's client directory). Ask a node other than the
+    owner to test the directory. "<unreachable>" while the directory cannot answer (502: the
+    client id's home node is down and not yet out of the membership)."""
+    st, body = via.request("GET", f"/api/v1/clients/{client_id}")
+    if st == 502:
+        return "<unreachable>"
+    assert st == 200, f"{via.node_id}: GET /api/v1/clients/{client_id} -> {st} {body[:200]!r}"
+    return json.loads(body)["node"]
+
+
+def wait_owner(via: Node, client_id: str, node: str | None, timeout: float = TIMEOUT) -> float:
+    """Wait until the client directory (asked through ``via``) names ``node`` (None: no node)
+    for ``client_id``; returns the seconds it took."""
+    t0 = time.monotonic()
+    seen = []
+
+    def check():
+        seen.append(client_owner(via, client_id))
+        return seen[-1] == node
+
+    wait_for(check, timeout, 0.05, f"{via.node_id} to locate {client_id} on {node} (last: {seen[-1:]})")
     return time.monotonic() - t0
 
 

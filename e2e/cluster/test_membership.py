@@ -1,6 +1,6 @@
 """Issue point 1 -- membership: every running node has `nodes/<node>` under its lease; when a
-node is SIGKILLed its `nodes/`, `routes/<node>/` and `clients/` entries disappear by themselves
-within a few lease TTLs, and the other nodes stop forwarding to it."""
+node is SIGKILLed its `nodes/` and `routes/<node>/` entries, and the client directory's entries
+for its clients, disappear by themselves within a few lease TTLs, and the other nodes stop forwarding to it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from cluster_helpers import NODE_RECORD, await_delivery, decode_record, stays, wait_key
+from cluster_helpers import (NODE_RECORD, await_delivery, client_owner, decode_record, stays, wait_key,
+                             wait_owner)
 from helpers import elapse, pprops, wait_for
 
 pytestmark = pytest.mark.membership
@@ -39,7 +40,7 @@ def test_node_keys_exist_while_running(cluster):
 
 
 def test_sigkill_expires_node_routes_and_clients(cluster, paho, measure):
-    """Issue point 1: SIGKILL of n3 -> nodes/n3, routes/n3/* and clients/<id> of its clients
+    """Issue point 1: SIGKILL of n3 -> nodes/n3, routes/n3/* and the directory entry of its client
     disappear within ~3x the lease TTL (2 s); publishing on n1 for a topic n3 had subscribed still
     works (prompt PUBACK, no error) and n2's subscriber still gets it; n3 restarted with the same
     id rejoins and is forwarded to again."""
@@ -52,7 +53,7 @@ def test_sigkill_expires_node_routes_and_clients(cluster, paho, measure):
     pub = paho(n1, "pub")
     await_delivery(pub, [sub2, sub3], "m/probe")
     assert c.rel_keys("routes/n3/") == ["routes/n3/m/#"]
-    wait_key(c, c.key("clients/victim-sub"))
+    wait_owner(n1, "victim-sub", "n3")
 
     t0 = time.monotonic()
     n3.kill()
@@ -60,9 +61,11 @@ def test_sigkill_expires_node_routes_and_clients(cluster, paho, measure):
     gone = {}
 
     def all_gone():
-        for rel in ("nodes/n3", "routes/n3/", "clients/victim-sub"):
+        for rel in ("nodes/n3", "routes/n3/"):
             if rel not in gone and not c.keys(rel):
                 gone[rel] = time.monotonic() - t0
+        if "victim-sub" not in gone and client_owner(n1, "victim-sub") is None:
+            gone["victim-sub"] = time.monotonic() - t0
         return len(gone) == 3
 
     try:
@@ -103,9 +106,9 @@ def test_lease_keeps_keys_of_idle_node(cluster, paho):
     s = paho(c[1], "idle")
     s.subscribe("idle/t", 0)
     wait_key(c, c[1].route_key("idle/t"))
-    wait_key(c, c.key("clients/idle"))
-    assert stays(lambda: c.keys("routes/n2/idle/t") and c.keys("clients/idle") and c.keys("nodes/n2"),
-                 3 * TTL), c.rel_keys()
+    wait_owner(c[0], "idle", "n2")
+    assert stays(lambda: c.keys("routes/n2/idle/t") and client_owner(c[0], "idle") == "n2"
+                 and c.keys("nodes/n2"), 3 * TTL), c.rel_keys()
 
 
 def test_new_node_joins_running_cluster(cluster, paho):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cluster_helpers import CLIENT_RECORD, await_delivery, background, decode_record, stays, wait_key
+from cluster_helpers import await_delivery, background, client_owner, stays, wait_key, wait_owner
 from helpers import pprops, wait_for
 
 pytestmark = pytest.mark.takeover
@@ -20,19 +20,21 @@ def _persistent():
     return pprops("CONNECT", SessionExpiryInterval=300)
 
 
-def test_takeover_of_connected_client_across_nodes(cluster, paho, measure):
+@pytest.mark.parametrize("client_directory", ["home", "etcd"])
+def test_takeover_of_connected_client_across_nodes(cluster, paho, measure, client_directory):
     """Issue point 6: "dev1" (v5, clean start 0, session expiry 300) subscribed QoS 1 on n1;
     a stream of QoS 1 messages is published on n3; dev1 connects to n2 with the same id -> the n1
     connection gets DISCONNECT 0x8E, the n2 CONNACK has session present = 1, every message
     published (also while it moved) arrives at least once, duplicates only within the QoS 1
-    resend window; clients/dev1 now names n2 and the route moved from n1 to n2."""
-    c = cluster(3)
+    resend window; the client directory now names n2 and the route moved from n1 to n2. Run
+    with each client directory (home nodes, etcd)."""
+    c = cluster(3, client_directory=client_directory)
     n1, n2, n3 = c
     old = paho(n1, "dev1", clean=False, props=_persistent())
     old.subscribe("dev/cmd", 1)
     pub = paho(n3, "pub")
     await_delivery(pub, old, "dev/cmd")
-    wait_key(c, c.key("clients/dev1"))
+    wait_owner(n3, "dev1", "n1")
 
     want = [f"c{i}".encode() for i in range(150)]
 
@@ -72,10 +74,7 @@ def test_takeover_of_connected_client_across_nodes(cluster, paho, measure):
     assert len(dups) <= 32, f"more duplicates than an inflight window: {len(dups)}"
     assert set(p for p in after) <= set(want)
 
-    rec = decode_record(c.etcd.get(c.key("clients/dev1")) or b"", CLIENT_RECORD)
-    print("clients/dev1:", rec)
-    if rec is not None and rec.get("node"):
-        assert rec["node"] == "n2", rec
+    wait_owner(n3, "dev1", "n2")
     wait_key(c, n2.route_key("dev/cmd"))
     wait_key(c, n1.route_key("dev/cmd"), present=False)
 
@@ -128,13 +127,15 @@ def test_clean_start_elsewhere_discards_session(cluster, paho):
     assert c.rel_keys("routes/n2/") == []
 
 
-def test_concurrent_connects_with_one_client_id(cluster, paho):
+@pytest.mark.parametrize("client_directory", ["home", "etcd"])
+def test_concurrent_connects_with_one_client_id(cluster, paho, client_directory):
     """Issue point 6 (a race across nodes): the same client id connects to n2 and n3 at the
     same moment, 5 times over: each time exactly one connection survives (the other gets 0x8E
-    or a refusal), clients/<id> names the survivor's node, and a message published on n1 for the
-    session's subscription reaches the survivor exactly once."""
+    or a refusal), the client directory names the survivor's node, and a message published on n1
+    for the session's subscription reaches the survivor exactly once. Run with each client
+    directory (home nodes, etcd)."""
     import threading
-    c = cluster(3)
+    c = cluster(3, client_directory=client_directory)
     n1, n2, n3 = c
     first = paho(n1, "racer", clean=False, props=_persistent())
     first.subscribe("race/t", 1)
@@ -163,16 +164,13 @@ def test_concurrent_connects_with_one_client_id(cluster, paho):
             wait_for(lambda: [a.connected, b.connected].count(True) == 1, 10, 0.05,
                      "exactly one connection to survive")
         except AssertionError as e:
-            rec = decode_record(c.etcd.get(c.key("clients/racer")) or b"", CLIENT_RECORD)
+            owner = client_owner(n1, "racer")
             raise AssertionError(f"round {round_}: {e}: CONNACKs (session present, rc) {acks}, still "
-                                 f"connected n2={a.connected} n3={b.connected}, clients/racer = {rec}, "
+                                 f"connected n2={a.connected} n3={b.connected}, directory: racer on {owner}, "
                                  f"sessions n2={n2.info()['sessions']} n3={n3.info()['sessions']}") from None
         winner = a if a.connected else b
         assert stays(lambda: winner.connected and not (a if winner is b else b).connected, 0.5)
-        rec = decode_record(c.etcd.get(c.key("clients/racer")) or b"", CLIENT_RECORD)
-        if rec is not None and rec.get("node"):
-            wait_for(lambda: decode_record(c.etcd.get(c.key("clients/racer")) or b"", CLIENT_RECORD)["node"]
-                     == winner.broker.node_id, 5, 0.05, f"clients/racer to name {winner.broker.node_id}")
+        wait_owner(n1, "racer", winner.broker.node_id, timeout=5)
         payload = f"round{round_}".encode()
         wait_for(lambda: _try_deliver(pub, winner, payload), 10, 0.0,
                  f"round {round_}: delivery to the survivor on {winner.broker.node_id}")

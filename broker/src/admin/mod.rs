@@ -6,12 +6,13 @@
 //! | `GET /readyz` | 200 while serving, 503 once draining |
 //! | `GET /api/v1/node` | JSON: node, state, counts, counters |
 //! | `POST /api/v1/node/drain` | 202: the drain started (or was running) |
+//! | `GET /api/v1/clients/{client_id}` | JSON: the node that has the client's session (`null`: none) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
@@ -21,6 +22,7 @@ use tracing::{info, warn};
 use crate::broker::{Broker, NodeState};
 use crate::cluster::Cluster;
 use crate::metrics::MetricsSnapshot;
+use crate::session::registry::Owner;
 
 #[derive(Clone)]
 struct Admin {
@@ -41,6 +43,8 @@ struct NodeView {
     peers: usize,
     remote_routes: usize,
     unwritten_routes: usize,
+    /// Client ids this node is home to (`client_directory = "home"`).
+    directory_entries: usize,
     counters: MetricsSnapshot,
 }
 
@@ -58,6 +62,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/api/v1/node", get(node))
         .route("/api/v1/node/drain", post(start_drain))
+        .route("/api/v1/clients/{client_id}", get(client))
         .with_state(Admin { broker, cluster });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app)
@@ -94,6 +99,39 @@ async fn start_drain(State(admin): State<Admin>) -> impl IntoResponse {
     (StatusCode::ACCEPTED, Json(view(&admin)))
 }
 
+#[derive(Serialize)]
+struct ClientView {
+    client_id: String,
+    /// The node that has the session, `None` when no node has one.
+    node: Option<String>,
+}
+
+/// Where a client's session is: this node, if it has it; otherwise what
+/// the cluster's client directory says.
+async fn client(
+    State(admin): State<Admin>,
+    Path(client_id): Path<String>,
+) -> Result<Json<ClientView>, (StatusCode, String)> {
+    let here = admin
+        .broker
+        .sessions
+        .lookup(&client_id)
+        .is_some_and(|slot| !matches!(slot.inner.lock().owner, Owner::Vacant));
+    let node = if here {
+        Some(admin.broker.config.node_id.clone())
+    } else if let Some(directory) = admin.broker.directory.get() {
+        directory.locate(&client_id).await.map_err(|why| {
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("cannot locate the client: {why}\n"),
+            )
+        })?
+    } else {
+        None
+    };
+    Ok(Json(ClientView { client_id, node }))
+}
+
 fn view(admin: &Admin) -> NodeView {
     let broker = &admin.broker;
     let cluster = admin.cluster.as_ref();
@@ -109,6 +147,9 @@ fn view(admin: &Admin) -> NodeView {
         peers: cluster.map_or(0, |c| c.forwarder.peer_count()),
         remote_routes: cluster.map_or(0, |c| c.index.len()),
         unwritten_routes: cluster.map_or(0, |c| c.routes.unwritten()),
+        directory_entries: cluster
+            .and_then(|c| c.home.as_ref())
+            .map_or(0, |home| home.len()),
         counters: broker.metrics.snapshot(),
     }
 }

@@ -1,7 +1,7 @@
 //! Membership: this node's record under `nodes/<id>` (on its lease), and
 //! the other nodes, mirrored from etcd into the peer links.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use etcd_client::{Client, PutOptions};
@@ -14,6 +14,7 @@ use super::forward::{PeerForwarder, PeerInfo};
 use super::keys::Keys;
 use super::lease::LeaseWatch;
 use super::mirror::{Backoff, MirrorSink};
+use super::view::{Member, SharedView, View};
 use crate::router::store::NodeId;
 
 /// Writes this node's record whenever the lease or the record changes.
@@ -26,8 +27,9 @@ pub async fn publish_self(
     let mut backoff = Backoff::default();
     loop {
         let lease_id = *lease.borrow_and_update();
-        let current = record.borrow_and_update().clone();
+        let mut current = record.borrow_and_update().clone();
         if let Some(lease_id) = lease_id {
+            current.lease = lease_id;
             let key = keys.node(&current.node);
             let put = client
                 .put(
@@ -51,50 +53,104 @@ pub async fn publish_self(
     }
 }
 
-/// Mirrors `nodes/` into the set of peer links.
+/// Mirrors `nodes/` into the set of peer links and the client directory's
+/// membership view.
 pub struct PeersSink {
-    pub own_node: String,
-    pub keys: Keys,
-    pub forwarder: Arc<PeerForwarder>,
-    pub peers: HashMap<NodeId, PeerInfo>,
+    own_node: String,
+    keys: Keys,
+    forwarder: Arc<PeerForwarder>,
+    /// Every member, this node included once its record is written.
+    members: BTreeMap<NodeId, (PeerInfo, Member)>,
+    views: watch::Sender<SharedView>,
+    /// The members changed since the last view was published.
+    changed: bool,
 }
 
 impl PeersSink {
-    fn record(&self, key: &str, value: &[u8]) -> Option<(NodeId, PeerInfo)> {
-        let node = self.keys.parse_node(key)?;
-        if node == self.own_node {
-            return None;
+    pub fn new(
+        own_node: &str,
+        keys: Keys,
+        forwarder: Arc<PeerForwarder>,
+        views: watch::Sender<SharedView>,
+    ) -> PeersSink {
+        PeersSink {
+            own_node: own_node.to_string(),
+            keys,
+            forwarder,
+            members: BTreeMap::new(),
+            views,
+            changed: false,
         }
+    }
+
+    fn record(&self, key: &str, value: &[u8]) -> Option<(NodeId, (PeerInfo, Member))> {
+        let node: NodeId = Arc::from(self.keys.parse_node(key)?);
         let record = NodeRecord::decode(value).ok()?;
+        let serving = record.state == "serving";
+        let member = Member {
+            node: node.clone(),
+            lease: record.lease,
+            serving,
+        };
         let info = PeerInfo {
-            serving: record.state == "serving",
+            serving,
             endpoint: record.peer_endpoint,
         };
-        Some((Arc::from(node), info))
+        Some((node, (info, member)))
+    }
+
+    fn publish_peers(&mut self) {
+        let peers: HashMap<NodeId, PeerInfo> = self
+            .members
+            .iter()
+            .filter(|(node, _)| ***node != *self.own_node)
+            .map(|(node, (info, _))| (node.clone(), info.clone()))
+            .collect();
+        self.forwarder.set_peers(&peers);
+        self.changed = true;
     }
 }
 
 impl MirrorSink for PeersSink {
     fn reset(&mut self, entries: Vec<(String, Vec<u8>)>) {
-        self.peers = entries
+        self.members = entries
             .iter()
             .filter_map(|(k, v)| self.record(k, v))
             .collect();
-        self.forwarder.set_peers(&self.peers);
+        self.publish_peers();
     }
 
     fn put(&mut self, key: &str, value: &[u8]) {
-        if let Some((node, info)) = self.record(key, value) {
-            self.peers.insert(node, info);
-            self.forwarder.set_peers(&self.peers);
+        if let Some((node, entry)) = self.record(key, value) {
+            self.members.insert(node, entry);
+            self.publish_peers();
         }
     }
 
     fn delete(&mut self, key: &str) {
         if let Some(node) = self.keys.parse_node(key) {
             info!(%node, "node left the cluster");
-            self.peers.remove(node);
-            self.forwarder.set_peers(&self.peers);
+            self.members.remove(node);
+            self.publish_peers();
         }
+    }
+
+    fn caught_up(&mut self, revision: i64) {
+        if !std::mem::take(&mut self.changed) {
+            return;
+        }
+        let view = View::new(
+            revision,
+            self.members.values().map(|(_, m)| m.clone()).collect(),
+        );
+        // A record rewritten with nothing that matters (same lease and
+        // state) is not a new view.
+        self.views.send_if_modified(|current| {
+            let new = current.hash != view.hash;
+            if new {
+                *current = Arc::new(view);
+            }
+            new
+        });
     }
 }

@@ -67,6 +67,9 @@ pub trait MirrorSink: Send + 'static {
     fn reset(&mut self, entries: Vec<(String, Vec<u8>)>);
     fn put(&mut self, key: &str, value: &[u8]);
     fn delete(&mut self, key: &str);
+    /// The copy now holds every change up to `revision` (after a snapshot,
+    /// and after each batch of events).
+    fn caught_up(&mut self, _revision: i64) {}
 }
 
 /// Mirrors `prefix` into `sink` until the process ends.
@@ -94,6 +97,7 @@ async fn mirror_once(
 ) -> Result<(), etcd_client::Error> {
     let (entries, revision) = snapshot(client, prefix).await?;
     sink.reset(entries);
+    sink.caught_up(revision);
     progress.advance(revision);
 
     let options = WatchOptions::new()
@@ -129,6 +133,9 @@ async fn mirror_once(
             // A progress notification: every change up to the header's
             // revision has been sent.
             reached = response.header().map_or(0, |h| h.revision());
+        }
+        if reached > 0 {
+            sink.caught_up(reached);
         }
         progress.advance(reached);
     }

@@ -6,11 +6,15 @@
 //! - [`routes`] and [`route_index`]: `routes/<node>/<filter>`, written in
 //!   batches, mirrored from every node;
 //! - [`mirror`]: snapshot + watch + resync for any prefix;
-//! - [`forward`]: peer links; [`peer_service`]: the gRPC service.
+//! - [`forward`]: peer links; [`peer_service`]: the gRPC service;
+//! - where sessions are: [`client_directory`] and [`home_directory`] (the
+//!   client id's home node, the default) or [`sessions`] (etcd).
 
+pub mod client_directory;
 pub mod convert;
 pub mod forward;
 mod fresh_claims;
+pub mod home_directory;
 pub mod keys;
 pub mod lease;
 pub mod leased_keys;
@@ -23,7 +27,9 @@ pub mod route_aggregation;
 pub mod route_index;
 pub mod route_sync;
 pub mod routes;
+pub mod session_moves;
 pub mod sessions;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +40,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{ClientDirectoryKind, Config};
 use crate::metrics::Metrics;
+use crate::session::directory::SessionDirectory;
 use forward::PeerForwarder;
 use keys::Keys;
 use route_index::RouteIndex;
@@ -70,7 +77,13 @@ pub struct Cluster {
     pub index: Arc<RouteIndex>,
     pub routes: Arc<EtcdRouteStore>,
     pub forwarder: Arc<PeerForwarder>,
-    pub sessions: Arc<sessions::ClusterSessions>,
+    /// Where the session of each client id is.
+    pub directory: Arc<dyn SessionDirectory>,
+    /// The client ids this node is home to (`client_directory = "home"`).
+    pub home: Option<Arc<home_directory::HomeDirectory>>,
+    pub client_directory: Option<Arc<client_directory::HomeClientDirectory>>,
+    /// The membership view, fed from `nodes/` once started.
+    views: watch::Sender<view::SharedView>,
     /// How far the route index has caught up with etcd.
     pub routes_progress: Arc<mirror::MirrorProgress>,
     record: watch::Sender<NodeRecord>,
@@ -164,22 +177,41 @@ impl Cluster {
             peer_endpoint: config.peer_endpoint(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             state: "serving".to_string(),
+            // Filled in by publish_self with the lease it writes under.
+            lease: 0,
         });
 
-        let sessions = sessions::ClusterSessions::new(
-            &config.node_id,
-            keys.clone(),
-            client.clone(),
-            forwarder.clone(),
-            lease.clone(),
-        );
+        let views = watch::Sender::new(Arc::new(view::View::empty()));
+        let (directory, home, client_directory): (Arc<dyn SessionDirectory>, _, _) =
+            match config.client_directory {
+                ClientDirectoryKind::Home => {
+                    let home = home_directory::HomeDirectory::new(&config.node_id);
+                    let directory = client_directory::HomeClientDirectory::start(
+                        &config.node_id,
+                        home.clone(),
+                        forwarder.clone(),
+                        views.subscribe(),
+                    );
+                    (directory.clone(), Some(home), Some(directory))
+                }
+                ClientDirectoryKind::Etcd => {
+                    let sessions = sessions::ClusterSessions::new(
+                        &config.node_id,
+                        keys.clone(),
+                        client.clone(),
+                        forwarder.clone(),
+                        lease.clone(),
+                    );
+                    tokio::spawn(
+                        sessions
+                            .registrations
+                            .clone()
+                            .run(client.clone(), lease.clone()),
+                    );
+                    (sessions, None, None)
+                }
+            };
         tokio::spawn(routes.owned.clone().run(client.clone(), lease.clone()));
-        tokio::spawn(
-            sessions
-                .registrations
-                .clone()
-                .run(client.clone(), lease.clone()),
-        );
         let routes_progress = mirror::MirrorProgress::new();
         tokio::spawn(mirror::run(
             client.clone(),
@@ -194,7 +226,10 @@ impl Cluster {
             index,
             routes,
             forwarder,
-            sessions,
+            directory,
+            home,
+            client_directory,
+            views,
             routes_progress,
             record,
         })
@@ -234,7 +269,7 @@ impl Cluster {
             }
         });
 
-        let _ = broker.directory.set(self.sessions.clone());
+        let _ = broker.directory.set(self.directory.clone());
 
         // Retained messages: share this node's, mirror everyone's.
         let writer = retained::RetainedWriter::new(self.keys.clone());
@@ -257,12 +292,12 @@ impl Cluster {
             self.lease.clone(),
             self.record.subscribe(),
         ));
-        let peers = membership::PeersSink {
-            own_node: config.node_id.clone(),
-            keys: self.keys.clone(),
-            forwarder: self.forwarder.clone(),
-            peers: Default::default(),
-        };
+        let peers = membership::PeersSink::new(
+            &config.node_id,
+            self.keys.clone(),
+            self.forwarder.clone(),
+            self.views.clone(),
+        );
         tokio::spawn(mirror::run(
             self.client.clone(),
             self.keys.nodes_prefix(),

@@ -7,8 +7,11 @@ use std::time::Duration;
 use starling_codec::ReasonCode;
 use starling_proto::v1::peer_server::{Peer, PeerServer};
 use starling_proto::v1::{
-    AdoptRequest, AdoptResponse, AwaitRoutesRequest, AwaitRoutesResponse, DrainRequest,
-    DrainResponse, ForwardAck, ForwardBatch, KickRequest, KickResponse, SessionSnapshot,
+    AdoptRequest, AdoptResponse, AwaitRoutesRequest, AwaitRoutesResponse, ClaimClientsRequest,
+    ClaimClientsResponse, ClaimedClient, DirectoryStamp, DirectorySyncedRequest,
+    DirectorySyncedResponse, DrainRequest, DrainResponse, ForwardAck, ForwardBatch, KickRequest,
+    KickResponse, LocateClientRequest, LocateClientResponse, RegisterClientsRequest,
+    RegisterClientsResponse, ReleaseClientsRequest, ReleaseClientsResponse, SessionSnapshot,
     StatusRequest, StatusResponse, TakeoverRequest, TakeoverResponse,
 };
 use tokio::sync::mpsc;
@@ -19,7 +22,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::Cluster;
+use super::client_directory::{stamp_from_wire, stamp_to_wire};
 use super::convert::{Target, from_wire};
+use super::home_directory::{ClaimAnswer, HomeDirectory};
 use crate::broker::Broker;
 use crate::message::Delivery;
 use crate::metrics::Metrics;
@@ -110,6 +115,16 @@ fn deliver_redirected(broker: &Arc<Broker>, message: Arc<crate::message::Message
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<ForwardAck, Status>> + Send>>;
+
+impl PeerService {
+    fn home(&self) -> Result<&HomeDirectory, Status> {
+        self.cluster.home.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node keeps the client directory in etcd (client_directory = \"etcd\")",
+            )
+        })
+    }
+}
 
 #[tonic::async_trait]
 impl Peer for PeerService {
@@ -239,6 +254,95 @@ impl Peer for PeerService {
             .await;
         debug!(revision = request.revision, applied, "AwaitRoutes answered");
         Ok(Response::new(AwaitRoutesResponse { applied }))
+    }
+
+    async fn claim_clients(
+        &self,
+        request: Request<ClaimClientsRequest>,
+    ) -> Result<Response<ClaimClientsResponse>, Status> {
+        let request = request.into_inner();
+        let answer = self
+            .home()?
+            .claim(
+                &request.node,
+                request.lease,
+                (request.view, request.label),
+                &request.client_ids,
+            )
+            .await;
+        Ok(Response::new(match answer {
+            ClaimAnswer::Retry => ClaimClientsResponse {
+                retry: true,
+                claims: Vec::new(),
+            },
+            ClaimAnswer::Claimed(claimed) => ClaimClientsResponse {
+                retry: false,
+                claims: claimed
+                    .into_iter()
+                    .map(|c| ClaimedClient {
+                        previous_owner: c.previous_owner.map(|o| o.to_string()).unwrap_or_default(),
+                        stamp: Some(stamp_to_wire(c.stamp)),
+                    })
+                    .collect(),
+            },
+        }))
+    }
+
+    async fn register_clients(
+        &self,
+        request: Request<RegisterClientsRequest>,
+    ) -> Result<Response<RegisterClientsResponse>, Status> {
+        let request = request.into_inner();
+        let registrations: Vec<_> = request
+            .clients
+            .into_iter()
+            .map(|c| (c.client_id, c.stamp.as_ref().map(stamp_from_wire)))
+            .collect();
+        let stamps = self
+            .home()?
+            .register(&request.node, request.lease, &registrations)
+            .into_iter()
+            .map(|stamp| {
+                stamp
+                    .map(stamp_to_wire)
+                    .unwrap_or(DirectoryStamp::default())
+            })
+            .collect();
+        Ok(Response::new(RegisterClientsResponse { stamps }))
+    }
+
+    async fn release_clients(
+        &self,
+        request: Request<ReleaseClientsRequest>,
+    ) -> Result<Response<ReleaseClientsResponse>, Status> {
+        let request = request.into_inner();
+        let releases: Vec<_> = request
+            .clients
+            .into_iter()
+            .filter_map(|c| Some((c.client_id, stamp_from_wire(c.stamp.as_ref()?))))
+            .collect();
+        self.home()?.release(&request.node, &releases);
+        Ok(Response::new(ReleaseClientsResponse {}))
+    }
+
+    async fn directory_synced(
+        &self,
+        request: Request<DirectorySyncedRequest>,
+    ) -> Result<Response<DirectorySyncedResponse>, Status> {
+        let request = request.into_inner();
+        self.home()?.synced(&request.node, request.view);
+        Ok(Response::new(DirectorySyncedResponse {}))
+    }
+
+    async fn locate_client(
+        &self,
+        request: Request<LocateClientRequest>,
+    ) -> Result<Response<LocateClientResponse>, Status> {
+        let client_id = request.into_inner().client_id;
+        let node = self.home()?.owner_of(&client_id);
+        Ok(Response::new(LocateClientResponse {
+            node: node.map(|n| n.to_string()).unwrap_or_default(),
+        }))
     }
 
     async fn status(

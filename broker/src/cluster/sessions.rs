@@ -8,16 +8,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 use prost::Message as _;
-use starling_proto::v1::{AdoptRequest, ClientRecord, SessionSnapshot, TakeoverRequest};
+use starling_proto::v1::ClientRecord;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::forward::PeerForwarder;
 use super::fresh_claims::{self, FreshClaim};
 use super::keys::Keys;
 use super::lease::LeaseWatch;
 use super::leased_keys::LeasedKeys;
-use crate::session::directory::{Claim, MovedSession, SessionDirectory};
+use super::session_moves;
+use crate::session::directory::{Claim, Located, MovedSession, SessionDirectory};
 
 /// How many times a connect retries registering against concurrent
 /// connects of the same client id on other nodes.
@@ -27,7 +28,6 @@ const CLAIM_ROUNDS: usize = 3;
 pub(super) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connects waiting to be registered in a batch.
 const FRESH_QUEUE: usize = 4096;
-const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// What a registration attempt found.
 pub(super) enum Registration {
@@ -212,73 +212,13 @@ impl ClusterSessions {
         Registration::Held { owner, revision }
     }
 
-    /// Takes the session `owner` holds for `client_id` and folds it into
-    /// what earlier rounds took: a second round takes the session a racing
-    /// node made meanwhile, and the first holds the client's history.
     async fn take_into(
         &self,
         owner: &str,
         client_id: &str,
         moved: Option<MovedSession>,
     ) -> Option<MovedSession> {
-        match self.take_from(owner, client_id).await {
-            Ok(Some(session)) => {
-                info!(client_id, from = %owner, "session taken over from another node");
-                Some(match moved {
-                    Some(first) => first.absorb(session),
-                    None => session,
-                })
-            }
-            Ok(None) => {
-                debug!(client_id, from = %owner, "previous owner had no session to hand over");
-                moved
-            }
-            Err(error) => {
-                warn!(client_id, from = %owner, %error, "session takeover failed");
-                moved
-            }
-        }
-    }
-
-    async fn take_from(
-        &self,
-        owner: &str,
-        client_id: &str,
-    ) -> Result<Option<MovedSession>, String> {
-        let mut peer = self.forwarder.client_of(owner)?;
-        let request = TakeoverRequest {
-            client_id: client_id.to_string(),
-            node: self.node.clone(),
-        };
-        let response = tokio::time::timeout(TAKEOVER_TIMEOUT, peer.takeover_session(request))
-            .await
-            .map_err(|_| "takeover timed out".to_string())?
-            .map_err(|status| status.to_string())?;
-        match response.into_inner().session {
-            None => Ok(None),
-            Some(snapshot) => MovedSession::decode(&snapshot.state)
-                .map(Some)
-                .map_err(|e| e.to_string()),
-        }
-    }
-}
-
-impl ClusterSessions {
-    /// Gives a session to `node`, which adopts it (drain).
-    pub async fn hand_to(&self, node: &str, moved: &MovedSession) -> Result<bool, String> {
-        let mut peer = self.forwarder.client_of(node)?;
-        let state = moved.encode().map_err(|e| e.to_string())?;
-        let request = AdoptRequest {
-            session: Some(SessionSnapshot {
-                client_id: moved.state.client_id.to_string(),
-                state,
-            }),
-        };
-        let response = tokio::time::timeout(TAKEOVER_TIMEOUT, peer.adopt_session(request))
-            .await
-            .map_err(|_| "adoption timed out".to_string())?
-            .map_err(|status| status.to_string())?;
-        Ok(response.into_inner().adopted)
+        session_moves::take_into(&self.forwarder, &self.node, owner, client_id, moved).await
     }
 }
 
@@ -348,5 +288,23 @@ impl SessionDirectory for ClusterSessions {
 
     fn unregister(&self, client_id: &str) {
         self.registrations.remove(self.keys.client(client_id));
+    }
+
+    fn locate<'a>(&'a self, client_id: &'a str) -> Located<'a> {
+        Box::pin(async move {
+            let mut client = self.client.clone();
+            let response = tokio::time::timeout(
+                LOOKUP_TIMEOUT,
+                client.get(self.keys.client(client_id), None),
+            )
+            .await
+            .map_err(|_| "etcd did not answer in time".to_string())?
+            .map_err(|e| e.to_string())?;
+            Ok(response
+                .kvs()
+                .first()
+                .and_then(|kv| ClientRecord::decode(kv.value()).ok())
+                .map(|record| record.node))
+        })
     }
 }

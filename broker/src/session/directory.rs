@@ -50,6 +50,9 @@ impl MovedSession {
 }
 
 pub type Claim<'a> = Pin<Box<dyn Future<Output = Option<MovedSession>> + Send + 'a>>;
+/// The node the directory names for a client id (`None`: no session), or
+/// why it cannot say.
+pub type Located<'a> = Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send + 'a>>;
 
 pub trait SessionDirectory: Send + Sync + 'static {
     /// Takes the session of `client_id` from the node that has it (kicking
@@ -59,6 +62,8 @@ pub trait SessionDirectory: Send + Sync + 'static {
     fn register(&self, client_id: &str);
     /// The session of `client_id` ended (or left) this node.
     fn unregister(&self, client_id: &str);
+    /// Which node has the session of `client_id`, as the directory knows.
+    fn locate<'a>(&'a self, client_id: &'a str) -> Located<'a>;
 }
 
 #[cfg(test)]
