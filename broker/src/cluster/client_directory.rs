@@ -116,11 +116,6 @@ impl HomeClientDirectory {
         directory
     }
 
-    /// How many sessions this node has told the directory about.
-    pub fn owned(&self) -> usize {
-        self.owned.lock().len()
-    }
-
     fn own_lease(&self, view: &View) -> i64 {
         view.member(&self.node).map_or(0, |m| m.lease)
     }
@@ -263,11 +258,7 @@ impl HomeClientDirectory {
                     })
                     .collect(),
             };
-            let response = tokio::time::timeout(CALL_TIMEOUT, peer.register_clients(request))
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|status| status.to_string())?;
-            let stamps = response.into_inner().stamps;
+            let stamps = answer(peer.register_clients(request)).await?.stamps;
             if stamps.len() != registrations.len() {
                 return Err("the home answered for another number of sessions".into());
             }
@@ -303,25 +294,9 @@ impl HomeClientDirectory {
             let updates = std::mem::take(&mut *self.updates.lock());
             let view = self.synced.borrow().clone();
             let lease = self.own_lease(&view);
-            let mut registers: HashMap<NodeId, Vec<(String, Option<Stamp>)>> = HashMap::new();
-            for id in updates.register {
-                // Without a home, the next view's sync registers it.
-                if let Some(home) = view.home_of(&id) {
-                    registers
-                        .entry(home.node.clone())
-                        .or_default()
-                        .push((id, None));
-                }
-            }
-            let mut releases: HashMap<NodeId, Vec<(String, Stamp)>> = HashMap::new();
-            for (id, stamp) in updates.release {
-                if let Some(home) = view.home_of(&id) {
-                    releases
-                        .entry(home.node.clone())
-                        .or_default()
-                        .push((id, stamp));
-                }
-            }
+            // Without a home, the next view's sync registers them.
+            let registers = by_home(&view, updates.register.into_iter().map(|id| (id, None)));
+            let releases = by_home(&view, updates.release);
             for (home, registrations) in registers {
                 if let Err(error) = self.register_at(&home, lease, &registrations).await {
                     warn!(%home, %error, sessions = registrations.len(), "cannot register sessions at their home; retrying");
@@ -373,10 +348,7 @@ impl HomeClientDirectory {
                 })
                 .collect(),
         };
-        tokio::time::timeout(CALL_TIMEOUT, peer.release_clients(request))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|status| status.to_string())?;
+        answer(peer.release_clients(request)).await?;
         Ok(())
     }
 }
@@ -457,12 +429,7 @@ impl SessionDirectory for HomeClientDirectory {
             let request = LocateClientRequest {
                 client_id: client_id.to_string(),
             };
-            let node = tokio::time::timeout(CALL_TIMEOUT, peer.locate_client(request))
-                .await
-                .map_err(|_| "the home did not answer in time".to_string())?
-                .map_err(|status| status.to_string())?
-                .into_inner()
-                .node;
+            let node = answer(peer.locate_client(request)).await?.node;
             Ok((!node.is_empty()).then_some(node))
         })
     }
@@ -526,11 +493,7 @@ async fn call_claim(
 ) -> Result<ClaimAnswer, String> {
     let expected = request.client_ids.len();
     let mut peer = forwarder.client_of(home)?;
-    let response = tokio::time::timeout(CALL_TIMEOUT, peer.claim_clients(request))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|status| status.to_string())?
-        .into_inner();
+    let response = answer(peer.claim_clients(request)).await?;
     if response.retry {
         return Ok(ClaimAnswer::Retry);
     }
@@ -568,6 +531,35 @@ fn answer_claims(claims: Vec<RemoteClaim>, answer: Result<ClaimAnswer, String>) 
             }
         }
     }
+}
+
+/// A peer call's answer, or why there is none (bounded by `CALL_TIMEOUT`).
+async fn answer<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map(tonic::Response::into_inner)
+        .map_err(|status| status.to_string())
+}
+
+/// `items` (client id first) grouped by the id's home in `view`; ids
+/// without a home (no serving node) are left out.
+fn by_home<T>(
+    view: &View,
+    items: impl IntoIterator<Item = (String, T)>,
+) -> HashMap<NodeId, Vec<(String, T)>> {
+    let mut groups: HashMap<NodeId, Vec<(String, T)>> = HashMap::new();
+    for (id, item) in items {
+        if let Some(home) = view.home_of(&id) {
+            groups
+                .entry(home.node.clone())
+                .or_default()
+                .push((id, item));
+        }
+    }
+    groups
 }
 
 pub fn stamp_to_wire(stamp: Stamp) -> DirectoryStamp {

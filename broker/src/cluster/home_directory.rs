@@ -176,43 +176,39 @@ impl HomeDirectory {
         let start = tokio::time::Instant::now();
         let mut changed = self.changed.subscribe();
         loop {
-            let wake;
-            {
+            let patience = {
                 let mut state = self.state.lock();
                 let now = tokio::time::Instant::now();
-                wake = if state.view.hash == view {
-                    start + SETTLE_PATIENCE
+                if state.view.hash != view {
+                    // The caller is behind (a later view has a later label
+                    // on every node), or this home did not catch up.
+                    if label < state.view.label || now >= start + VIEW_PATIENCE {
+                        return ClaimAnswer::Retry;
+                    }
+                    VIEW_PATIENCE
+                } else if state.settled() {
+                    break;
+                } else if now >= start + SETTLE_PATIENCE {
+                    if state.warned != view {
+                        state.warned = view;
+                        let missing: Vec<String> = state
+                            .view
+                            .members
+                            .iter()
+                            .filter(|m| state.synced.get(&m.node) != Some(&view))
+                            .map(|m| m.node.to_string())
+                            .collect();
+                        warn!(
+                            ?missing,
+                            "members did not re-register their clients in time; answering claims with what this home knows"
+                        );
+                    }
+                    break;
                 } else {
-                    start + VIEW_PATIENCE
-                };
-                if state.view.hash == view {
-                    if state.settled() {
-                        break;
-                    }
-                    if now >= start + SETTLE_PATIENCE {
-                        if state.warned != view {
-                            state.warned = view;
-                            let missing: Vec<String> = state
-                                .view
-                                .members
-                                .iter()
-                                .filter(|m| state.synced.get(&m.node) != Some(&view))
-                                .map(|m| m.node.to_string())
-                                .collect();
-                            warn!(
-                                ?missing,
-                                "members did not re-register their clients in time; answering claims with what this home knows"
-                            );
-                        }
-                        break;
-                    }
-                } else if label < state.view.label || now >= start + VIEW_PATIENCE {
-                    // The caller is behind (a later view has a later
-                    // label on every node), or this home did not catch up.
-                    return ClaimAnswer::Retry;
+                    SETTLE_PATIENCE
                 }
-            }
-            let _ = tokio::time::timeout_at(wake, changed.changed()).await;
+            };
+            let _ = tokio::time::timeout_at(start + patience, changed.changed()).await;
         }
         let mut state = self.state.lock();
         if state.view.hash != view {

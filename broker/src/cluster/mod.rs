@@ -81,7 +81,6 @@ pub struct Cluster {
     pub directory: Arc<dyn SessionDirectory>,
     /// The client ids this node is home to (`client_directory = "home"`).
     pub home: Option<Arc<home_directory::HomeDirectory>>,
-    pub client_directory: Option<Arc<client_directory::HomeClientDirectory>>,
     /// The membership view, fed from `nodes/` once started.
     views: watch::Sender<view::SharedView>,
     /// How far the route index has caught up with etcd.
@@ -182,35 +181,34 @@ impl Cluster {
         });
 
         let views = watch::Sender::new(Arc::new(view::View::empty()));
-        let (directory, home, client_directory): (Arc<dyn SessionDirectory>, _, _) =
-            match config.client_directory {
-                ClientDirectoryKind::Home => {
-                    let home = home_directory::HomeDirectory::new(&config.node_id);
-                    let directory = client_directory::HomeClientDirectory::start(
-                        &config.node_id,
-                        home.clone(),
-                        forwarder.clone(),
-                        views.subscribe(),
-                    );
-                    (directory.clone(), Some(home), Some(directory))
-                }
-                ClientDirectoryKind::Etcd => {
-                    let sessions = sessions::ClusterSessions::new(
-                        &config.node_id,
-                        keys.clone(),
-                        client.clone(),
-                        forwarder.clone(),
-                        lease.clone(),
-                    );
-                    tokio::spawn(
-                        sessions
-                            .registrations
-                            .clone()
-                            .run(client.clone(), lease.clone()),
-                    );
-                    (sessions, None, None)
-                }
-            };
+        let (directory, home): (Arc<dyn SessionDirectory>, _) = match config.client_directory {
+            ClientDirectoryKind::Home => {
+                let home = home_directory::HomeDirectory::new(&config.node_id);
+                let directory = client_directory::HomeClientDirectory::start(
+                    &config.node_id,
+                    home.clone(),
+                    forwarder.clone(),
+                    views.subscribe(),
+                );
+                (directory, Some(home))
+            }
+            ClientDirectoryKind::Etcd => {
+                let sessions = sessions::ClusterSessions::new(
+                    &config.node_id,
+                    keys.clone(),
+                    client.clone(),
+                    forwarder.clone(),
+                    lease.clone(),
+                );
+                tokio::spawn(
+                    sessions
+                        .registrations
+                        .clone()
+                        .run(client.clone(), lease.clone()),
+                );
+                (sessions, None)
+            }
+        };
         tokio::spawn(routes.owned.clone().run(client.clone(), lease.clone()));
         let routes_progress = mirror::MirrorProgress::new();
         tokio::spawn(mirror::run(
@@ -228,7 +226,6 @@ impl Cluster {
             forwarder,
             directory,
             home,
-            client_directory,
             views,
             routes_progress,
             record,
