@@ -17,6 +17,8 @@ command -v python3 >/dev/null || missing_debs+=(python3 python3-pip)
 # Cluster tests: a real etcd (server and etcdctl) from Debian.
 command -v etcd >/dev/null || missing_debs+=(etcd-server)
 command -v etcdctl >/dev/null || missing_debs+=(etcd-client)
+# TLS tests (peer mTLS, etcd over TLS) make their certificates with it.
+command -v openssl >/dev/null || missing_debs+=(openssl)
 # Benchmark smoke runs compare against Mosquitto's broker.
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing_debs+=(mosquitto)
 if [ ${#missing_debs[@]} -gt 0 ]; then

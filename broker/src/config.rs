@@ -73,6 +73,17 @@ pub struct Config {
     pub peer_advertise: Option<String>,
     /// Shared secret peers present to each other.
     pub peer_token: Option<String>,
+    /// PEM certificate (chain) this node presents to its peers, both ways.
+    pub peer_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `peer_tls_cert_file`.
+    pub peer_tls_key_file: Option<PathBuf>,
+    /// PEM CA that every peer's certificate must chain to.
+    pub peer_tls_ca_file: Option<PathBuf>,
+    /// Name every peer's certificate must carry (default: the host of the
+    /// peer's address).
+    pub peer_tls_server_name: Option<String>,
+    /// How often the peer TLS files are read again to pick up a renewal.
+    pub peer_tls_reload_secs: u64,
     /// TTL of this node's etcd lease: how fast the cluster forgets it.
     pub lease_ttl_secs: u64,
     /// Admin HTTP API (health, readiness, node status, drain); off if unset.
@@ -136,6 +147,11 @@ impl Default for Config {
             peer_listen: SocketAddr::from(([0, 0, 0, 0], 7946)),
             peer_advertise: None,
             peer_token: None,
+            peer_tls_cert_file: None,
+            peer_tls_key_file: None,
+            peer_tls_ca_file: None,
+            peer_tls_server_name: None,
+            peer_tls_reload_secs: 30,
             lease_ttl_secs: 5,
             admin_listen: None,
             server_reference: None,
@@ -226,6 +242,11 @@ pub struct FileConfig {
     pub peer_listen: Option<SocketAddr>,
     pub peer_advertise: Option<String>,
     pub peer_token: Option<String>,
+    pub peer_tls_cert_file: Option<PathBuf>,
+    pub peer_tls_key_file: Option<PathBuf>,
+    pub peer_tls_ca_file: Option<PathBuf>,
+    pub peer_tls_server_name: Option<String>,
+    pub peer_tls_reload_secs: Option<u64>,
     pub lease_ttl_secs: Option<u64>,
     pub admin_listen: Option<SocketAddr>,
     pub server_reference: Option<String>,
@@ -346,6 +367,21 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub peer_token: Option<String>,
+    /// PEM certificate this node presents to peers (mutual TLS on the peer port).
+    #[arg(long, env = "STARLING_PEER_TLS_CERT_FILE", value_name = "FILE")]
+    pub peer_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --peer-tls-cert-file.
+    #[arg(long, env = "STARLING_PEER_TLS_KEY_FILE", value_name = "FILE")]
+    pub peer_tls_key_file: Option<PathBuf>,
+    /// PEM CA every peer's certificate must chain to.
+    #[arg(long, env = "STARLING_PEER_TLS_CA_FILE", value_name = "FILE")]
+    pub peer_tls_ca_file: Option<PathBuf>,
+    /// Name every peer's certificate must carry (default: the peer address's host).
+    #[arg(long, env = "STARLING_PEER_TLS_SERVER_NAME", value_name = "NAME")]
+    pub peer_tls_server_name: Option<String>,
+    /// Seconds between reads of the peer TLS files (a renewed certificate is used without a restart).
+    #[arg(long, env = "STARLING_PEER_TLS_RELOAD_SECS", value_name = "SECS")]
+    pub peer_tls_reload_secs: Option<u64>,
     /// TTL of this node's etcd lease, in seconds.
     #[arg(long, env = "STARLING_LEASE_TTL_SECS", value_name = "SECS")]
     pub lease_ttl_secs: Option<u64>,
@@ -497,6 +533,14 @@ impl Config {
                 .unwrap_or(d.peer_listen),
             peer_advertise: cli.peer_advertise.or(file.peer_advertise),
             peer_token: cli.peer_token.or(file.peer_token),
+            peer_tls_cert_file: cli.peer_tls_cert_file.or(file.peer_tls_cert_file),
+            peer_tls_key_file: cli.peer_tls_key_file.or(file.peer_tls_key_file),
+            peer_tls_ca_file: cli.peer_tls_ca_file.or(file.peer_tls_ca_file),
+            peer_tls_server_name: cli.peer_tls_server_name.or(file.peer_tls_server_name),
+            peer_tls_reload_secs: cli
+                .peer_tls_reload_secs
+                .or(file.peer_tls_reload_secs)
+                .unwrap_or(d.peer_tls_reload_secs),
             lease_ttl_secs: cli
                 .lease_ttl_secs
                 .or(file.lease_ttl_secs)
@@ -624,6 +668,28 @@ impl Config {
                 "a client certificate needs TLS: set etcd_ca_file too",
             );
         }
+        let peer_tls = [
+            ("peer_tls_cert_file", self.peer_tls_cert_file.is_some()),
+            ("peer_tls_key_file", self.peer_tls_key_file.is_some()),
+            ("peer_tls_ca_file", self.peer_tls_ca_file.is_some()),
+        ];
+        if let Some((missing, _)) = peer_tls.iter().find(|(_, set)| !set)
+            && peer_tls.iter().any(|(_, set)| *set)
+        {
+            return invalid(
+                missing,
+                "peer TLS needs peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file together",
+            );
+        }
+        if self.peer_tls_reload_secs == 0 {
+            return invalid("peer_tls_reload_secs", "must be at least 1");
+        }
+        if self.peer_tls_server_name.is_some() && self.peer_tls_ca_file.is_none() {
+            return invalid(
+                "peer_tls_server_name",
+                "only means something with peer TLS: set peer_tls_cert_file, peer_tls_key_file and peer_tls_ca_file",
+            );
+        }
         if self.etcd_password.is_some() && self.etcd_username.is_none() {
             return invalid("etcd_password", "needs etcd_username too");
         }
@@ -686,6 +752,27 @@ mod tests {
             Cli::try_parse_from(["starling", "--route-aggregate", "devices/+/cmd/#,a/#"]).unwrap();
         let config = Config::merge(cli, FileConfig::default()).unwrap();
         assert_eq!(config.route_aggregates, ["devices/+/cmd/#", "a/#"]);
+    }
+
+    #[test]
+    fn peer_tls_files_come_together() {
+        let cli = Cli::try_parse_from([
+            "starling",
+            "--peer-tls-cert-file",
+            "/c.pem",
+            "--peer-tls-key-file",
+            "/k.pem",
+        ])
+        .unwrap();
+        let err = Config::merge(cli, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("peer_tls_ca_file"), "{err}");
+        let cli = Cli::try_parse_from(["starling", "--peer-tls-server-name", "peers"]).unwrap();
+        let err = Config::merge(cli, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("peer_tls_server_name"), "{err}");
     }
 
     #[test]

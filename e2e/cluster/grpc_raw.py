@@ -1,11 +1,13 @@
 """A minimal gRPC-over-HTTP/2 caller built on the `h2` package (pip install h2), for checking
-that a node's peer port refuses callers without the peer token. It speaks exactly one call per
-connection, prior-knowledge cleartext HTTP/2 (what tonic serves without TLS), and encodes the few
-protobuf messages it needs by hand (proto/starling/cluster/v1/peer.proto)."""
+that a node's peer port refuses callers without the peer token or certificate. It speaks exactly
+one call per connection, prior-knowledge cleartext HTTP/2 (what tonic serves without TLS) or HTTP/2
+over TLS (ALPN h2) when given an ``ssl.SSLContext``, and encodes the few protobuf messages it needs
+by hand (proto/starling/cluster/v1/peer.proto)."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass, field
@@ -83,10 +85,12 @@ class CallResult:
 
 
 def call(host: str, port: int, method: str, request: bytes, *, metadata: dict[str, str] | None = None,
-         timeout: float = 5.0, half_close: bool = True, linger: float = 0.0) -> CallResult:
+         timeout: float = 5.0, half_close: bool = True, linger: float = 0.0,
+         tls: ssl.SSLContext | None = None) -> CallResult:
     """Call ``method`` with one request message; returns what came back. With
     ``half_close=False`` (client streaming) the request stream is left open for ``linger``
-    seconds after sending, then ended."""
+    seconds after sending, then ended. With ``tls`` the call goes over TLS made with that context
+    (a failed handshake is reported in ``closed``, with ``connected`` true)."""
     if h2 is None:
         raise AssertionError("the security tests need the h2 package: pip install -r e2e/cluster/requirements.txt")
     res = CallResult()
@@ -96,11 +100,18 @@ def call(host: str, port: int, method: str, request: bytes, *, metadata: dict[st
         res.closed = f"connect failed: {e}"
         return res
     res.connected = True
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(sock, server_hostname=host)
+        except OSError as e:
+            sock.close()
+            res.closed = f"TLS handshake failed: {e}"
+            return res
     sock.settimeout(0.2)
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
     sid = conn.get_next_available_stream_id()
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", SERVICE + method),
+    headers = [(":method", "POST"), (":scheme", "https" if tls else "http"), (":path", SERVICE + method),
                (":authority", f"{host}:{port}"), ("content-type", "application/grpc"), ("te", "trailers")]
     headers += list((metadata or {}).items())
     conn.send_headers(sid, headers)
@@ -117,7 +128,7 @@ def call(host: str, port: int, method: str, request: bytes, *, metadata: dict[st
                 sock.sendall(conn.data_to_send())
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except (socket.timeout, ssl.SSLWantReadError):
                 continue
             if not chunk:
                 res.closed = res.closed or "connection closed by the server"
@@ -161,3 +172,13 @@ def call(host: str, port: int, method: str, request: bytes, *, metadata: dict[st
     finally:
         sock.close()
     return res
+
+
+def status_node(res: CallResult) -> str | None:
+    """The node id in a `Peer/Status` answer (StatusResponse field 1), or None without one."""
+    from cluster_helpers import pb_fields  # the harness's protobuf reader
+    msgs = res.messages()
+    if not msgs:
+        return None
+    f = pb_fields(msgs[0])
+    return f[1][0].decode() if 1 in f else ""

@@ -9,7 +9,6 @@ registers.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -18,28 +17,15 @@ import pytest
 
 from cluster_helpers import ETCD_BIN, ETCDCTL_BIN, stable_port
 from helpers import HOST, starling_bin, wait_for
+from pki import Pki
 
 pytestmark = pytest.mark.security
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl not found: apt-get install openssl")
     d = tmp_path / "pki"
-    d.mkdir()
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=e2e-ca", cwd=d)
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-key.pem", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    Pki(d).ca("ca").issue("server", "ca").issue("client", "ca")
     return d
 
 

@@ -4,28 +4,19 @@ present the shared `--peer-token` in the `authorization` metadata (peer.proto he
 What is checked: raw HTTP/2 gRPC calls (the `h2` package) to `Peer/Status` and to the `Forward`
 stream without a token and with a wrong token are refused (no OK status, no response message, no
 message injected into the broker), while the same calls with the right token succeed -- the
-positive control shows that the refusal is the token's doing and not a malformed request. What is
-not checked: mTLS (not configured in these tests), and the token's protection on the wire
-(cleartext HTTP/2 here)."""
+positive control shows that the refusal is the token's doing and not a malformed request. The
+token travels in cleartext HTTP/2 here; mutual TLS on the peer port is test_peer_tls.py."""
 
 from __future__ import annotations
 
 import pytest
 
 import grpc_raw
-from cluster_helpers import pb_fields
+from grpc_raw import status_node
 
 pytestmark = pytest.mark.security
 
 TOKEN_FORMS = ("Bearer {}", "{}")  # which one the broker expects is not fixed by the contract
-
-
-def _status_node(res: grpc_raw.CallResult) -> str | None:
-    msgs = res.messages()
-    if not msgs:
-        return None
-    f = pb_fields(msgs[0])
-    return f[1][0].decode() if 1 in f else ""
 
 
 def _refused(res: grpc_raw.CallResult) -> bool:
@@ -61,7 +52,7 @@ def test_peer_status_requires_token(cluster):
               f"closed {res.closed!r} messages {len(res.messages())}")
     assert form is not None, ("positive control failed: Status with the right token (as 'Bearer <t>' "
                               f"or '<t>') was not OK: {good}")
-    assert _status_node(good) == "n1"
+    assert status_node(good) == "n1"
     for name, res in (("no token", none), ("wrong token", wrong)):
         assert res.connected, f"{name}: could not even connect to the peer port: {res.closed}"
         assert _refused(res), f"{name}: Status answered without the token: {res}"

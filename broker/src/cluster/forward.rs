@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use super::convert::{publish_to_wire, redirect_to_wire};
 use super::mirror::Backoff;
-use super::peer_client::{Peer, PeerChannels};
+use super::peer_client::{Peer, PeerChannels, PeerCredentials};
 use crate::message::{Delivery, ForwardTicket, Message, ShareKey};
 use crate::metrics::Metrics;
 use crate::router::store::{Forwarder, NodeId};
@@ -92,19 +92,23 @@ pub struct PeerInfo {
 pub struct PeerForwarder {
     own_node: Arc<str>,
     links: RwLock<HashMap<NodeId, Link>>,
-    token: Option<String>,
+    credentials: PeerCredentials,
     metrics: Arc<Metrics>,
     /// Channels for unary calls to the same peers.
     channels: PeerChannels,
 }
 
 impl PeerForwarder {
-    pub fn new(own_node: &str, token: Option<String>, metrics: Arc<Metrics>) -> Arc<PeerForwarder> {
+    pub fn new(
+        own_node: &str,
+        credentials: PeerCredentials,
+        metrics: Arc<Metrics>,
+    ) -> Arc<PeerForwarder> {
         Arc::new(PeerForwarder {
             own_node: Arc::from(own_node),
             links: RwLock::new(HashMap::new()),
-            channels: PeerChannels::new(token.clone()),
-            token,
+            channels: PeerChannels::new(credentials.clone()),
+            credentials,
             metrics,
         })
     }
@@ -139,7 +143,7 @@ impl PeerForwarder {
                     own_node: self.own_node.clone(),
                     node: node.clone(),
                     endpoint: endpoint.clone(),
-                    token: self.token.clone(),
+                    credentials: self.credentials.clone(),
                     metrics: self.metrics.clone(),
                     drained: drained.clone(),
                     up: up.clone(),
@@ -320,7 +324,7 @@ struct LinkEnds {
     own_node: Arc<str>,
     node: NodeId,
     endpoint: String,
-    token: Option<String>,
+    credentials: PeerCredentials,
     metrics: Arc<Metrics>,
     drained: Arc<Notify>,
     up: Arc<AtomicBool>,
@@ -388,12 +392,12 @@ async fn stream_to(ends: &LinkEnds, queue: &mut mpsc::Receiver<Outgoing>) -> Str
         own_node,
         node,
         endpoint,
-        token,
+        credentials,
         metrics,
         drained,
         up,
     } = ends;
-    let mut client = match super::peer_client::connect(endpoint, token.as_deref()).await {
+    let mut client = match super::peer_client::connect(endpoint, credentials).await {
         Ok(client) => client,
         Err(error) => return failed(error),
     };

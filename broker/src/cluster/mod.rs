@@ -22,6 +22,7 @@ pub mod membership;
 pub mod mirror;
 pub mod peer_client;
 pub mod peer_service;
+pub mod peer_tls;
 pub mod retained;
 pub mod route_aggregation;
 pub mod route_index;
@@ -45,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::session::directory::SessionDirectory;
 use forward::PeerForwarder;
 use keys::Keys;
+use peer_client::PeerCredentials;
 use route_index::RouteIndex;
 use routes::EtcdRouteStore;
 
@@ -61,6 +63,8 @@ pub enum ClusterError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    PeerTls(#[from] peer_tls::PeerTlsError),
     #[error("cannot listen for peers on {addr}: {source}")]
     PeerBind {
         addr: std::net::SocketAddr,
@@ -86,6 +90,8 @@ pub struct Cluster {
     /// How far the route index has caught up with etcd.
     pub routes_progress: Arc<mirror::MirrorProgress>,
     record: watch::Sender<NodeRecord>,
+    /// Mutual TLS on the peer port, when configured.
+    peer_tls: Option<Arc<peer_tls::PeerTls>>,
 }
 
 /// TLS settings for etcd from the configured PEM files, if any.
@@ -111,6 +117,52 @@ fn etcd_tls(config: &Config) -> Result<Option<etcd_client::TlsOptions>, ClusterE
         tls = tls.identity(identity);
     }
     Ok(Some(tls))
+}
+
+/// Mutual TLS for the peer port from the configured PEM files, if set
+/// (the configuration checks that the three come together).
+fn peer_tls_of(config: &Config) -> Result<Option<Arc<peer_tls::PeerTls>>, ClusterError> {
+    let (Some(cert), Some(key), Some(ca)) = (
+        &config.peer_tls_cert_file,
+        &config.peer_tls_key_file,
+        &config.peer_tls_ca_file,
+    ) else {
+        return Ok(None);
+    };
+    let files = peer_tls::PeerTlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: ca.clone(),
+    };
+    Ok(Some(peer_tls::PeerTls::load(
+        files,
+        config.peer_tls_server_name.as_deref(),
+        Duration::from_secs(config.peer_tls_reload_secs),
+    )?))
+}
+
+/// Serves the peer service on the connections `incoming` yields until
+/// shutdown.
+async fn serve_peers<I, IO, IE>(
+    router: tonic::transport::server::Router,
+    incoming: I,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let result = router
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    if let Err(error) = result {
+        warn!(%error, "peer server stopped");
+    }
 }
 
 /// How long start-up keeps trying to reach etcd before giving up.
@@ -155,8 +207,12 @@ impl Cluster {
             index.clone(),
             config.route_aggregates.clone(),
         );
-        let forwarder =
-            PeerForwarder::new(&config.node_id, config.peer_token.clone(), metrics.clone());
+        let peer_tls = peer_tls_of(config)?;
+        let credentials = PeerCredentials {
+            token: config.peer_token.clone(),
+            tls: peer_tls.clone(),
+        };
+        let forwarder = PeerForwarder::new(&config.node_id, credentials, metrics.clone());
         if config.route_sync {
             let sync = route_sync::RouteSync::new(
                 routes.owned.clone(),
@@ -229,6 +285,7 @@ impl Cluster {
             views,
             routes_progress,
             record,
+            peer_tls,
         })
     }
 
@@ -245,26 +302,30 @@ impl Cluster {
         info!(addr = %config.peer_listen, "listening for peers");
         let service = peer_service::server(broker.clone(), self.clone(), config.peer_token.clone());
         let shutdown = broker.shutdown.clone();
-        tokio::spawn(async move {
-            // The builder's tcp_nodelay only applies to listeners it binds
-            // itself: set it on each accepted stream, or small answers
-            // (forward acks, AwaitRoutes) wait for delayed ACKs (40 ms).
-            let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |accepted| {
-                    accepted.inspect(|stream| {
-                        let _ = stream.set_nodelay(true);
-                    })
-                },
-            );
-            let result = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                .await;
-            if let Err(error) = result {
-                warn!(%error, "peer server stopped");
+        let server = tonic::transport::Server::builder().add_service(service);
+        match self.peer_tls.clone() {
+            Some(tls) => {
+                info!("peer port requires mutual TLS");
+                tokio::spawn(tls.clone().keep_fresh(shutdown.clone()));
+                let incoming = peer_tls::accept(listener, tls);
+                tokio::spawn(serve_peers(server, incoming, shutdown));
             }
-        });
+            None => {
+                // The builder's tcp_nodelay only applies to listeners it
+                // binds itself: set it on each accepted stream, or small
+                // answers (forward acks, AwaitRoutes) wait for delayed ACKs
+                // (40 ms).
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |accepted| {
+                        accepted.inspect(|stream| {
+                            let _ = stream.set_nodelay(true);
+                        })
+                    },
+                );
+                tokio::spawn(serve_peers(server, incoming, shutdown));
+            }
+        }
 
         let _ = broker.directory.set(self.directory.clone());
 

@@ -1,15 +1,31 @@
-//! Opening a client of another node's `Peer` service, with the shared
-//! token in every request.
+//! Opening a client of another node's `Peer` service: over mutual TLS when
+//! it is configured ([`super::peer_tls`]), with the shared token in every
+//! request when one is set.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use starling_proto::v1::peer_client::PeerClient;
+use tonic::codegen::http::Uri;
+use tonic::codegen::{Context, Poll, Service};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use super::peer_tls::PeerTls;
+
+/// How this node proves itself to its peers.
+#[derive(Clone, Default)]
+pub struct PeerCredentials {
+    /// Sent as `authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Client certificate, and the CA a peer's certificate must chain to.
+    pub tls: Option<Arc<PeerTls>>,
+}
 
 /// Adds `authorization: Bearer <token>` to each request.
 #[derive(Clone)]
@@ -40,6 +56,58 @@ fn endpoint(address: &str) -> Result<Endpoint, String> {
         .keep_alive_timeout(Duration::from_secs(5)))
 }
 
+/// Opens TCP to one peer address and makes the TLS handshake on it.
+#[derive(Clone)]
+struct TlsPeerConnector {
+    address: Arc<str>,
+    tls: Arc<PeerTls>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Service<Uri> for TlsPeerConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        // The channel is made for this one address, so the URI adds nothing.
+        let address = self.address.clone();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let name = tls.server_name_for(&address)?;
+            let tcp = tokio::net::TcpStream::connect(&*address).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tls.connector().connect(name, tcp).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// A transport error with its causes: tonic's own text is only
+/// "transport error", and the cause (refused, bad certificate) is what an
+/// operator needs to see.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Wrappers (io::Error around a rustls error) often repeat their cause.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn client(channel: Channel, token: Option<&str>) -> Peer {
     let bearer = token.and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok());
     PeerClient::with_interceptor(channel, Bearer(bearer))
@@ -49,26 +117,34 @@ fn client(channel: Channel, token: Option<&str>) -> Peer {
 
 /// Connects to the peer service at `address` (`host:port`) now: for a
 /// long-lived stream that wants its own connection.
-pub async fn connect(address: &str, token: Option<&str>) -> Result<Peer, String> {
-    let channel = endpoint(address)?
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(client(channel, token))
+pub async fn connect(address: &str, credentials: &PeerCredentials) -> Result<Peer, String> {
+    let endpoint = endpoint(address)?;
+    let channel = match &credentials.tls {
+        Some(tls) => {
+            let connector = TlsPeerConnector {
+                address: Arc::from(address),
+                tls: tls.clone(),
+            };
+            endpoint.connect_with_connector(connector).await
+        }
+        None => endpoint.connect().await,
+    }
+    .map_err(|e| describe(&e))?;
+    Ok(client(channel, credentials.token.as_deref()))
 }
 
 /// Clients for the unary calls (takeover, adoption, route sync): one
 /// channel per peer address, made on first use and kept, since a tonic
 /// channel reconnects by itself and multiplexes concurrent calls.
 pub struct PeerChannels {
-    token: Option<String>,
+    credentials: PeerCredentials,
     clients: Mutex<HashMap<String, Peer>>,
 }
 
 impl PeerChannels {
-    pub fn new(token: Option<String>) -> PeerChannels {
+    pub fn new(credentials: PeerCredentials) -> PeerChannels {
         PeerChannels {
-            token,
+            credentials,
             clients: Mutex::default(),
         }
     }
@@ -79,7 +155,15 @@ impl PeerChannels {
         if let Some(peer) = clients.get(address) {
             return Ok(peer.clone());
         }
-        let peer = client(endpoint(address)?.connect_lazy(), self.token.as_deref());
+        let endpoint = endpoint(address)?;
+        let channel = match &self.credentials.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(TlsPeerConnector {
+                address: Arc::from(address),
+                tls: tls.clone(),
+            }),
+            None => endpoint.connect_lazy(),
+        };
+        let peer = client(channel, self.credentials.token.as_deref());
         clients.insert(address.to_string(), peer.clone());
         Ok(peer)
     }
