@@ -153,6 +153,11 @@ pub struct CommonArgs {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Runtime threads: 0 = one per core; 1 = everything on one thread,
+    /// which keeps the tool's own wake-ups out of latency figures when it
+    /// drives few clients.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[derive(Clone, Debug, Args)]

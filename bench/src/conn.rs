@@ -18,8 +18,11 @@ use tokio_util::io::poll_read_buf;
 /// Largest packet accepted from the server.
 const MAX_PACKET: usize = 268_435_460;
 /// Read at least this much at a time.
+/// Read space starts at `READ_FIRST` and doubles, up to `READ_CHUNK`,
+/// each time a read fills it: an idle or connect-only client never holds
+/// 32 KB of buffer, a busy subscriber soon reads in 32 KB chunks.
+const READ_FIRST: usize = 1024;
 const READ_CHUNK: usize = 32 * 1024;
-const READ_MIN_SPARE: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -61,6 +64,8 @@ pub struct MqttConn<S> {
     wbuf: BytesMut,
     version: ProtocolVersion,
     need_flush: bool,
+    /// Space offered to the next read (see `READ_FIRST`).
+    read_chunk: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> MqttConn<S> {
@@ -71,6 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConn<S> {
             wbuf: BytesMut::new(),
             version,
             need_flush: false,
+            read_chunk: READ_FIRST,
         }
     }
 
@@ -124,12 +130,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConn<S> {
             Poll::Ready(Ok(wrote)) => wrote,
             Poll::Pending => false,
         };
-        if self.rbuf.capacity() - self.rbuf.len() < READ_MIN_SPARE {
-            self.rbuf.reserve(READ_CHUNK);
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 4 {
+            self.rbuf.reserve(self.read_chunk);
         }
+        let offered = self.rbuf.capacity() - self.rbuf.len();
         match poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(ConnError::Closed)),
-            Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Event::Read)),
+            Poll::Ready(Ok(n)) => {
+                if n == offered {
+                    self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK);
+                }
+                return Poll::Ready(Ok(Event::Read));
+            }
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             Poll::Pending => {}
         }

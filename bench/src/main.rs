@@ -26,16 +26,29 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, CommonArgs};
 use crate::stats::Summary;
 
-fn json_target(command: &Command) -> Option<&Path> {
-    let common = match command {
+fn common(command: &Command) -> &CommonArgs {
+    match command {
         Command::Conn(a) => &a.common,
         Command::Sub(a) => &a.common,
         Command::Pub(a) => &a.common,
+    }
+}
+
+/// A multi-threaded runtime, or with `--threads 1` one that runs every
+/// task on the main thread: a task woken by I/O then runs where the I/O
+/// was seen, with no hand-over to another thread.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
     };
-    common.json.as_deref()
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()
 }
 
 fn write_summary(summary: &Summary, target: Option<&Path>) -> anyhow::Result<()> {
@@ -54,11 +67,8 @@ fn write_summary(summary: &Summary, target: Option<&Path>) -> anyhow::Result<()>
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let json = json_target(&cli.command).map(Path::to_path_buf);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let json = common(&cli.command).json.clone();
+    let runtime = match runtime(common(&cli.command).threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("starling-bench: cannot start the async runtime: {error}");
