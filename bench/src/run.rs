@@ -3,7 +3,8 @@
 //! expect, hold, idle timeout, signal), and add up the summary.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -38,14 +39,22 @@ pub struct Ctx {
     /// Bounds the handshakes under way (`--max-pending`).
     pub pending: Option<Semaphore>,
     settled: Notify,
+    /// How many clients `settled` waits for; u64::MAX until all are
+    /// launched. Only the last to settle wakes the waiter, not each one.
+    settle_target: AtomicU64,
     stop_reason: Mutex<Option<&'static str>>,
 }
 
 impl Ctx {
     /// A client's connection phase is over, whatever its outcome.
     pub fn settle(&self) {
-        self.stats.settled.fetch_add(1, Relaxed);
-        self.settled.notify_one();
+        // SeqCst on both sides (here and in wait_settled): each side writes
+        // one atomic then reads the other's, and at least one must see the
+        // other's write, or the waiter would sleep through the last settle.
+        let settled = self.stats.settled.fetch_add(1, SeqCst) + 1;
+        if settled >= self.settle_target.load(SeqCst) {
+            self.settled.notify_one();
+        }
     }
 
     /// Stops the run; the first reason given is the one reported.
@@ -156,6 +165,7 @@ pub async fn run(command: Command) -> anyhow::Result<Summary> {
         stop: CancellationToken::new(),
         start: CancellationToken::new(),
         settled: Notify::new(),
+        settle_target: AtomicU64::new(u64::MAX),
         stop_reason: Mutex::new(None),
     });
 
@@ -258,7 +268,11 @@ async fn launch(ctx: &Arc<Ctx>, tasks: &mut JoinSet<()>) -> u32 {
 
 /// Waits until every launched client is connected or has failed.
 async fn wait_settled(ctx: &Ctx, launched: u32) {
-    while ctx.stats.settled.load(Relaxed) < u64::from(launched) {
+    // Set before the first look at the count: a client settling after it
+    // sees the target and notifies (a notification with nobody waiting is
+    // kept for the next `notified`).
+    ctx.settle_target.store(u64::from(launched), SeqCst);
+    while ctx.stats.settled.load(SeqCst) < u64::from(launched) {
         tokio::select! {
             () = ctx.settled.notified() => {}
             () = ctx.stop.cancelled() => return,
