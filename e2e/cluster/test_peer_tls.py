@@ -132,7 +132,8 @@ def test_node_of_another_ca_gets_no_link(cluster, paho, pki):
 def test_renewed_certificate_is_served_without_restart(cluster, paho, pki, tmp_path):
     """A certificate renewed in place (as cert-manager rewrites a mounted Secret) is what the peer
     port presents to new connections within `peer_tls_reload_secs`, the node keeps running, and
-    forwarding to it keeps working."""
+    forwarding to it keeps working. A half-written update (new certificate, old key) is refused
+    and reported once, and the loaded certificate stays in use until the key follows."""
     own = tmp_path / "n1-tls"
     own.mkdir()
     shutil.copy(pki.cert("peer"), own / "tls.crt")
@@ -153,12 +154,20 @@ def test_renewed_certificate_is_served_without_restart(cluster, paho, pki, tmp_p
     def der(name: str) -> bytes:
         return ssl.PEM_cert_to_DER_cert(pki.cert(name).read_text())
 
-    assert presented() == der("peer")
-    # Replace each file by a rename, as a Secret volume update does.
-    for src, dst in ((pki.key("peer-renewed"), own / "tls.key"), (pki.cert("peer-renewed"), own / "tls.crt")):
+    def replace(src: Path, dst: Path) -> None:
+        """By a rename, as a Secret volume update does."""
         shutil.copy(src, dst.with_suffix(".new"))
         os.replace(dst.with_suffix(".new"), dst)
+
+    assert presented() == der("peer")
+    # Half an update: the new certificate with the old key does not make an identity; the node
+    # says so once and keeps presenting the old certificate.
+    replace(pki.cert("peer-renewed"), own / "tls.crt")
+    wait_for(lambda: "not usable" in n1.log_text(), 10, 0.1, "n1 to refuse the mismatched pair")
+    assert presented() == der("peer")
+    replace(pki.key("peer-renewed"), own / "tls.key")
     wait_for(lambda: presented() == der("peer-renewed"), 10, 0.2, "n1 to present the renewed certificate")
+    assert n1.log_text().count("not usable") == 1, "a refused update is reported once, not every round"
     assert n1.alive()
     sub = paho(n1, "renewed-sub")
     sub.subscribe("tls/r", 1)

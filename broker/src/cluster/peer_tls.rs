@@ -136,6 +136,10 @@ impl PeerTls {
     /// still make a valid identity, uses them for new connections. A bad
     /// update is logged and the previous identity kept.
     pub async fn keep_fresh(self: Arc<Self>, shutdown: CancellationToken) {
+        // What was last refused or failed, so that files left bad are
+        // reported once, not every round.
+        let mut refused: Option<[Vec<u8>; 3]> = None;
+        let mut unreadable: Option<String> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -143,23 +147,31 @@ impl PeerTls {
             }
             let files = self.files.clone();
             let contents = match tokio::task::spawn_blocking(move || read_all(&files)).await {
-                Ok(Ok(contents)) => contents,
+                Ok(Ok(contents)) => {
+                    unreadable = None;
+                    contents
+                }
                 Ok(Err(error)) => {
-                    warn!(%error, "peer TLS files unreadable; keeping the loaded certificate");
+                    let error = error.to_string();
+                    if unreadable.as_ref() != Some(&error) {
+                        warn!(%error, "peer TLS files unreadable; keeping the loaded certificate");
+                        unreadable = Some(error);
+                    }
                     continue;
                 }
                 Err(_) => continue,
             };
-            if contents == self.loaded.read().contents {
+            if contents == self.loaded.read().contents || refused.as_ref() == Some(&contents) {
                 continue;
             }
-            match build(&self.files, contents) {
+            match build(&self.files, contents.clone()) {
                 Ok(loaded) => {
                     *self.loaded.write() = loaded;
                     info!("peer TLS certificate, key or CA changed; reloaded");
                 }
                 Err(error) => {
                     warn!(%error, "peer TLS files changed but are not usable; keeping the loaded certificate");
+                    refused = Some(contents);
                 }
             }
         }
