@@ -437,7 +437,14 @@ impl Connection {
                     // Writable: the loop's next flush writes.
                 }
                 _ = std::future::poll_fn(|cx| mailbox.poll_mail(cx)), if take_mail => {
-                    // The loop's top delivers (and keeps delivering).
+                    // Let the tasks already runnable here go first: when
+                    // several publishers' messages arrive together, they push
+                    // theirs too and one write carries them all, instead of
+                    // one write (and one wake-up of the reader) each. The
+                    // woken task would otherwise run at once, from the LIFO
+                    // slot. Measured: QoS 1 p99 at 10k msg/s lower in 6 of 6
+                    // paired runs (median 328 -> 298 us), throughput unchanged.
+                    tokio::task::yield_now().await;
                 }
                 _ = wait_ticket(&front_ticket), if front_ticket.is_some() => self.release_acks(),
                 _ = wait_drained(drained), if held => {
