@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,21 @@ def test_shared_server_name(cluster, paho, pki):
     await_delivery(pub, sub, "tls/n")
     assert pub.publish("tls/n", b"named", qos=1) < 0x80
     assert sub.get().payload == b"named"
+
+
+def test_unreadable_certificate_stops_the_start(etcd, pki, tmp_path):
+    """A peer certificate file that is missing, or holds no certificate, stops the node at start
+    (before it registers) with a message naming the configuration key, and exit code 1."""
+    from helpers import starling_bin
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    for cert, expected in ((tmp_path / "missing.pem", "cannot read peer_tls_cert_file"),
+                           (garbage, "peer_tls_cert_file")):
+        r = subprocess.run([str(starling_bin()), "--node-id", "bad", "--cluster", "bad-tls",
+                            "--etcd", etcd.node_url, "--listen", "127.0.0.1:0",
+                            "--peer-listen", "127.0.0.1:0",
+                            "--peer-tls-cert-file", str(cert), "--peer-tls-key-file", str(pki.key("peer")),
+                            "--peer-tls-ca-file", str(pki.cert("peer-ca"))],
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert r.returncode == 1, (r.returncode, r.stderr[-500:])
+        assert expected in r.stderr, r.stderr[-500:]

@@ -171,6 +171,8 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 impl Cluster {
     /// Connects to etcd, takes a lease, and starts mirroring routes.
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Cluster, ClusterError> {
+        // Bad certificate files fail the start at once, not after etcd.
+        let peer_tls = peer_tls_of(config)?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
@@ -207,7 +209,6 @@ impl Cluster {
             index.clone(),
             config.route_aggregates.clone(),
         );
-        let peer_tls = peer_tls_of(config)?;
         let credentials = PeerCredentials {
             token: config.peer_token.clone(),
             tls: peer_tls.clone(),
