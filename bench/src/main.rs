@@ -78,13 +78,9 @@ fn main() -> ExitCode {
     // The run is a task on the runtime's workers, not on the main thread
     // that `block_on` parks: clients it spawns go to a worker's own queue
     // instead of waking a worker from outside for each of them.
-    let outcome = runtime.block_on(async { tokio::spawn(run::run(cli.command)).await });
+    let outcome = runtime.block_on(async { tokio::spawn(run::run(cli.command)).await? });
     let summary = match outcome {
-        Ok(Ok(summary)) => summary,
-        Ok(Err(error)) => {
-            eprintln!("starling-bench: {error:#}");
-            return ExitCode::from(2);
-        }
+        Ok(summary) => summary,
         Err(error) => {
             eprintln!("starling-bench: {error:#}");
             return ExitCode::from(2);

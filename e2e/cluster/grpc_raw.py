@@ -12,6 +12,8 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from cluster_helpers import pb_fields
+
 try:
     import h2.config
     import h2.connection
@@ -176,7 +178,6 @@ def call(host: str, port: int, method: str, request: bytes, *, metadata: dict[st
 
 def status_node(res: CallResult) -> str | None:
     """The node id in a `Peer/Status` answer (StatusResponse field 1), or None without one."""
-    from cluster_helpers import pb_fields  # the harness's protobuf reader
     msgs = res.messages()
     if not msgs:
         return None

@@ -24,7 +24,7 @@ import pytest
 import grpc_raw
 from grpc_raw import status_node
 from cluster_helpers import await_delivery, wait_owner
-from helpers import pprops, wait_for
+from helpers import pprops, starling_bin, wait_for
 from pki import Pki
 
 pytestmark = pytest.mark.security
@@ -194,7 +194,6 @@ def test_shared_server_name(cluster, paho, pki):
 def test_unreadable_certificate_stops_the_start(etcd, pki, tmp_path):
     """A peer certificate file that is missing, or holds no certificate, stops the node at start
     (before it registers) with a message naming the configuration key, and exit code 1."""
-    from helpers import starling_bin
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     for cert, expected in ((tmp_path / "missing.pem", "cannot read peer_tls_cert_file"),
