@@ -224,6 +224,11 @@ pub struct PubArgs {
     /// Set the retain flag.
     #[arg(short = 'r', long)]
     pub retain: bool,
+    /// Pace on tokio's 1 ms timer ticks instead of a microsecond timer
+    /// (one timerfd per paced client): clients whose phases fall in the
+    /// same millisecond then send together, in bursts.
+    #[arg(long)]
+    pub coarse_timer: bool,
 }
 
 impl CommonArgs {

@@ -18,6 +18,7 @@ use crate::latency;
 use crate::run::Ctx;
 use crate::stats::{ErrorKind, Local};
 use crate::template;
+use crate::timer::PaceTimer;
 use crate::transport::Stream;
 
 /// Stop adding messages to a publisher's write buffer beyond this.
@@ -52,6 +53,8 @@ pub struct PubSpec {
     /// [`V3_DEFAULT_INFLIGHT`].
     pub inflight: Option<u16>,
     pub retain: bool,
+    /// Pace with a microsecond timer (`false`: tokio's 1 ms ticks).
+    pub fine_timer: bool,
 }
 
 pub enum Role {
@@ -264,7 +267,7 @@ async fn idle<F: Future<Output = ()>>(
     let timer = tokio::time::sleep(period);
     tokio::pin!(timer);
     loop {
-        match conn.io(Some(timer.as_mut()), stop.as_mut()).await? {
+        match conn.io(Some(&mut timer.as_mut()), stop.as_mut()).await? {
             Event::Stop => return Ok(()),
             Event::Timer => {
                 conn.send(&Packet::PingReq)?;
@@ -297,7 +300,7 @@ async fn subscriber<F: Future<Output = ()>>(
     let timer = tokio::time::sleep(period);
     tokio::pin!(timer);
     let result = loop {
-        let event = match conn.io(Some(timer.as_mut()), stop.as_mut()).await {
+        let event = match conn.io(Some(&mut timer.as_mut()), stop.as_mut()).await {
             Ok(event) => event,
             Err(error) => break Err(error),
         };
@@ -405,8 +408,9 @@ async fn publisher<F: Future<Output = ()>>(
             let offset = index.wrapping_sub(ctx.common.start_number) % ctx.common.count.max(1);
             p.mul_f64(f64::from(offset) / f64::from(ctx.common.count.max(1)))
         });
-    let timer = tokio::time::sleep_until(next_ping);
-    tokio::pin!(timer);
+    // Paced clients need a timer finer than tokio's 1 ms ticks (see
+    // `timer`); flat-out ones only use it for PINGREQ.
+    let mut timer = PaceTimer::new(spec.period.is_some() && spec.fine_timer, next_ping);
 
     let result = loop {
         let now = Instant::now();
@@ -447,10 +451,8 @@ async fn publisher<F: Future<Output = ()>>(
             Some(_) if more && window.ids.in_use() < window.size => next_due.min(next_ping),
             _ => next_ping,
         };
-        if timer.deadline() != wake {
-            timer.as_mut().reset(wake);
-        }
-        let event = match conn.io(Some(timer.as_mut()), stop.as_mut()).await {
+        timer.set(wake);
+        let event = match conn.io(Some(&mut timer), stop.as_mut()).await {
             Ok(event) => event,
             Err(error) => break Err(error),
         };

@@ -12,8 +12,10 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use starling_codec::{DecodeError, Disconnect, EncodeError, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
+
+use crate::timer::Timer;
 
 /// Largest packet accepted from the server.
 const MAX_PACKET: usize = 268_435_460;
@@ -108,18 +110,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConn<S> {
     /// Writes what it can, reads what has arrived, and returns on the first
     /// of: bytes read, the timer, `stop`, or (when nothing else is ready)
     /// progress in writing.
-    pub async fn io<F: Future<Output = ()>>(
+    pub async fn io<T: Timer, F: Future<Output = ()>>(
         &mut self,
-        mut timer: Option<Pin<&mut Sleep>>,
+        mut timer: Option<&mut T>,
         mut stop: Pin<&mut F>,
     ) -> Result<Event, ConnError> {
-        poll_fn(|cx| self.poll_io(cx, timer.as_mut().map(|t| t.as_mut()), stop.as_mut())).await
+        poll_fn(|cx| self.poll_io(cx, timer.as_deref_mut(), stop.as_mut())).await
     }
 
-    fn poll_io<F: Future<Output = ()>>(
+    fn poll_io<T: Timer, F: Future<Output = ()>>(
         &mut self,
         cx: &mut Context<'_>,
-        timer: Option<Pin<&mut Sleep>>,
+        timer: Option<&mut T>,
         stop: Pin<&mut F>,
     ) -> Poll<Result<Event, ConnError>> {
         if stop.poll(cx).is_ready() {
@@ -145,7 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConn<S> {
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             Poll::Pending => {}
         }
-        if timer.is_some_and(|timer| timer.poll(cx).is_ready()) {
+        if timer.is_some_and(|timer| timer.poll_expired(cx).is_ready()) {
             return Poll::Ready(Ok(Event::Timer));
         }
         if wrote {
@@ -198,7 +200,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConn<S> {
             if let Some(packet) = self.next_packet()? {
                 return Ok(packet);
             }
-            match self.io(Some(timer.as_mut()), stop.as_mut()).await? {
+            match self.io(Some(&mut timer.as_mut()), stop.as_mut()).await? {
                 Event::Read | Event::Wrote => {}
                 Event::Timer => return Err(ConnError::Timeout),
                 Event::Stop => return Err(ConnError::Stopped),

@@ -17,6 +17,7 @@ mod run;
 mod stats;
 mod sys;
 mod template;
+mod timer;
 mod transport;
 mod ws;
 

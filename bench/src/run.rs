@@ -131,6 +131,7 @@ fn plan(command: Command) -> Plan {
                     limit: args.limit,
                     inflight: args.inflight,
                     retain: args.retain,
+                    fine_timer: !args.coarse_timer,
                 }),
                 common: args.common,
             }
