@@ -345,7 +345,7 @@ async fn write_and_close(stream: &TcpStream, packet: &Packet, version: ProtocolV
 /// once and one more `recvfrom` only learns EAGAIN, on every message. Data
 /// arriving meanwhile is not missed: tokio keeps readiness that a newer
 /// event set, and never clears end of stream.
-fn read_drained(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+pub(super) fn read_drained(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     let offered = buf.capacity() - buf.len();
     let mut read = 0;
     let outcome = stream.try_io(Interest::READABLE, || {
