@@ -78,9 +78,7 @@ pub async fn read_connect(
             return Ok(None);
         }
         rbuf.reserve(1024);
-        // A short read clears readiness, so the connection's first wait
-        // after CONNACK does not start with a read that finds nothing.
-        match super::read_drained(stream, rbuf) {
+        match stream.try_read_buf(rbuf) {
             Ok(0) => return Ok(None),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
