@@ -4,7 +4,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=starling/cluster/v1/peer.proto");
     tonic_prost_build::configure()
+        .bytes(".starling.cluster.v1.ForwardedMessage.topic")
         .bytes(".starling.cluster.v1.ForwardedMessage.payload")
+        .bytes(".starling.cluster.v1.ForwardedMessage.origin")
         .bytes(".starling.cluster.v1.ForwardedMessage.correlation_data")
         .compile_protos(&["starling/cluster/v1/peer.proto"], &["."])?;
     Ok(())

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use starling_codec::{ByteString, PublishProperties, QoS};
 use starling_proto::v1::{ForwardedMessage, UserProperty};
 
@@ -10,16 +11,19 @@ use crate::message::{Delivery, Message, ShareKey};
 
 /// A message for another node; `own_node` names this one as its origin
 /// when it was published here.
-pub fn to_wire(message: &Message, now: Instant, own_node: &str) -> ForwardedMessage {
+pub fn to_wire(message: &Message, now: Instant, own_node: &Bytes) -> ForwardedMessage {
     let p = &message.properties;
     ForwardedMessage {
-        origin: message.origin.as_deref().unwrap_or(own_node).to_string(),
+        origin: match &message.origin {
+            Some(origin) => Bytes::copy_from_slice(origin.as_bytes()),
+            None => own_node.clone(),
+        },
         seq: message.seq,
         target_client: String::new(),
         target_qos: 0,
         target_retain: false,
         target_subscription_ids: Vec::new(),
-        topic: message.topic.to_string(),
+        topic: message.topic.as_bytes().clone(),
         payload: message.payload.clone(),
         qos: u32::from(message.qos.as_u8()),
         retain: message.retain,
@@ -48,7 +52,7 @@ pub fn publish_to_wire(
     plain: bool,
     groups: &[Arc<ShareKey>],
     now: Instant,
-    own_node: &str,
+    own_node: &Bytes,
 ) -> ForwardedMessage {
     let mut wire = to_wire(message, now, own_node);
     wire.plain = plain;
@@ -64,7 +68,7 @@ pub fn redirect_to_wire(
     client_id: &str,
     delivery: &Delivery,
     now: Instant,
-    own_node: &str,
+    own_node: &Bytes,
 ) -> ForwardedMessage {
     let mut wire = to_wire(&delivery.message, now, own_node);
     wire.target_client = client_id.to_string();
@@ -82,10 +86,6 @@ pub struct Target {
     pub subscription_ids: Vec<u32>,
 }
 
-/// The message a peer sent (and its target session, if redirected), or
-/// `None` when it is not a valid message. `own_node` maps this node's own
-/// name back to "published here", so both copies of a message compare
-/// equal.
 /// A message received from a peer.
 pub struct Incoming {
     pub message: Message,
@@ -97,8 +97,48 @@ pub struct Incoming {
     pub groups: Vec<Arc<ShareKey>>,
 }
 
-pub fn from_wire(wire: ForwardedMessage, own_node: &Arc<str>) -> Option<Incoming> {
+/// Origin node names as they come off the wire. Messages of a batch mostly
+/// share one origin, so the last name is kept and reused rather than
+/// allocated again for every message.
+pub struct Origins {
+    own_node: Arc<str>,
+    last: Option<Arc<str>>,
+}
+
+impl Origins {
+    /// `own_node` is this node's name: a message that names it (or none)
+    /// was published here.
+    pub fn new(own_node: Arc<str>) -> Origins {
+        Origins {
+            own_node,
+            last: None,
+        }
+    }
+
+    /// The origin a message names, `Ok(None)` for this node; `Err` when
+    /// the name is not UTF-8.
+    fn resolve(&mut self, wire: &[u8]) -> Result<Option<Arc<str>>, std::str::Utf8Error> {
+        if wire.is_empty() || wire == self.own_node.as_bytes() {
+            return Ok(None);
+        }
+        if let Some(last) = &self.last
+            && last.as_bytes() == wire
+        {
+            return Ok(Some(last.clone()));
+        }
+        let name: Arc<str> = Arc::from(std::str::from_utf8(wire)?);
+        self.last = Some(name.clone());
+        Ok(Some(name))
+    }
+}
+
+/// The message a peer sent (and its target session, if redirected), or
+/// `None` when it is not a valid message. A message that names this node
+/// as its origin comes back as "published here", so both copies of a
+/// message compare equal.
+pub fn from_wire(wire: ForwardedMessage, origins: &mut Origins) -> Option<Incoming> {
     let qos = QoS::from_u8(u8::try_from(wire.qos).ok()?)?;
+    let topic = ByteString::try_from(wire.topic).ok()?;
     let target = if wire.target_client.is_empty() {
         None
     } else {
@@ -109,8 +149,7 @@ pub fn from_wire(wire: ForwardedMessage, own_node: &Arc<str>) -> Option<Incoming
             subscription_ids: wire.target_subscription_ids,
         })
     };
-    let origin: Option<Arc<str>> = (wire.origin != **own_node && !wire.origin.is_empty())
-        .then(|| Arc::from(wire.origin.as_str()));
+    let origin = origins.resolve(&wire.origin).ok()?;
     let seq = wire.seq;
     let plain = wire.plain;
     let groups = wire
@@ -139,14 +178,7 @@ pub fn from_wire(wire: ForwardedMessage, own_node: &Arc<str>) -> Option<Incoming
             .collect(),
         ..PublishProperties::default()
     };
-    let mut message = Message::new(
-        ByteString::from(wire.topic),
-        wire.payload,
-        qos,
-        wire.retain,
-        properties,
-        None,
-    );
+    let mut message = Message::new(topic, wire.payload, qos, wire.retain, properties, None);
     message.origin = origin;
     message.seq = seq;
     Some(Incoming {
@@ -181,20 +213,22 @@ mod tests {
             properties,
             None,
         );
-        let me: Arc<str> = Arc::from("n2");
+        let mut origins = Origins::new(Arc::from("n2"));
         let keys = [Arc::new(ShareKey {
             group: "g".into(),
             filter: "a/+".into(),
         })];
-        let wire = publish_to_wire(&original, false, &keys, Instant::now(), "n1");
-        let incoming = from_wire(wire, &me).unwrap();
+        let n1 = Bytes::from_static(b"n1");
+        let wire = publish_to_wire(&original, false, &keys, Instant::now(), &n1);
+        let incoming = from_wire(wire, &mut origins).unwrap();
         assert!(incoming.target.is_none());
         assert!(!incoming.plain);
         assert_eq!(incoming.groups, keys);
         let back = incoming.message;
         assert_eq!(back.origin.as_deref(), Some("n1"));
         assert_eq!(back.seq, original.seq);
-        let mine = from_wire(to_wire(&original, Instant::now(), "n2"), &me).unwrap();
+        let n2 = Bytes::from_static(b"n2");
+        let mine = from_wire(to_wire(&original, Instant::now(), &n2), &mut origins).unwrap();
         assert_eq!(
             mine.message.origin, None,
             "a message published here is recognised as such"
@@ -216,5 +250,46 @@ mod tests {
                 .message_expiry_interval
                 .is_some_and(|s| (59..=60).contains(&s))
         );
+    }
+
+    #[test]
+    fn messages_from_one_node_share_its_name() {
+        let mut origins = Origins::new(Arc::from("n2"));
+        let message = Message::new(
+            "t".into(),
+            Bytes::new(),
+            QoS::AtMostOnce,
+            false,
+            PublishProperties::default(),
+            None,
+        );
+        let n1 = Bytes::from_static(b"n1");
+        let first = from_wire(to_wire(&message, Instant::now(), &n1), &mut origins).unwrap();
+        let second = from_wire(to_wire(&message, Instant::now(), &n1), &mut origins).unwrap();
+        let (Some(a), Some(b)) = (first.message.origin, second.message.origin) else {
+            panic!("both messages name n1");
+        };
+        assert!(Arc::ptr_eq(&a, &b));
+        let n3 = Bytes::from_static(b"n3");
+        let third = from_wire(to_wire(&message, Instant::now(), &n3), &mut origins).unwrap();
+        assert_eq!(third.message.origin.as_deref(), Some("n3"));
+    }
+
+    #[test]
+    fn a_topic_or_origin_that_is_not_utf8_is_refused() {
+        let mut origins = Origins::new(Arc::from("n2"));
+        let message = Message::new(
+            "t".into(),
+            Bytes::new(),
+            QoS::AtMostOnce,
+            false,
+            PublishProperties::default(),
+            None,
+        );
+        let mut bad_topic = to_wire(&message, Instant::now(), &Bytes::from_static(b"n1"));
+        bad_topic.topic = Bytes::from_static(b"a/\xff");
+        assert!(from_wire(bad_topic, &mut origins).is_none());
+        let bad_origin = to_wire(&message, Instant::now(), &Bytes::from_static(b"n\xff"));
+        assert!(from_wire(bad_origin, &mut origins).is_none());
     }
 }

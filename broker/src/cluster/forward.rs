@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use starling_proto::v1::ForwardBatch;
 use tokio::sync::{Notify, mpsc};
@@ -435,6 +436,8 @@ async fn stream_to(ends: &LinkEnds, queue: &mut mpsc::Receiver<Outgoing>) -> Str
     };
     tokio::pin!(ack_reader);
 
+    // Every message published here names this node: one buffer, shared.
+    let own_node = Bytes::copy_from_slice(own_node.as_bytes());
     let mut sequence = 0u64;
     let mut pending: Vec<Outgoing> = Vec::with_capacity(BATCH);
     let end = loop {
@@ -477,11 +480,11 @@ async fn stream_to(ends: &LinkEnds, queue: &mut mpsc::Receiver<Outgoing>) -> Str
                         plain,
                         groups,
                         ..
-                    } => publish_to_wire(&message, plain, &groups, now, own_node),
+                    } => publish_to_wire(&message, plain, &groups, now, &own_node),
                     Outgoing::Redirect {
                         client_id,
                         delivery,
-                    } => redirect_to_wire(&client_id, &delivery, now, own_node),
+                    } => redirect_to_wire(&client_id, &delivery, now, &own_node),
                 })
                 .collect(),
         };

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::Cluster;
 use super::client_directory::{stamp_from_wire, stamp_to_wire};
-use super::convert::{Target, from_wire};
+use super::convert::{Origins, Target, from_wire};
 use super::home_directory::{ClaimAnswer, HomeDirectory};
 use crate::broker::Broker;
 use crate::message::Delivery;
@@ -136,7 +136,7 @@ impl Peer for PeerService {
     ) -> Result<Response<AckStream>, Status> {
         let mut inbound = request.into_inner();
         let broker = self.broker.clone();
-        let own_node: Arc<str> = Arc::from(broker.config.node_id.as_str());
+        let mut origins = Origins::new(Arc::from(broker.config.node_id.as_str()));
         let (acks, outgoing) = mpsc::channel(16);
         tokio::spawn(async move {
             loop {
@@ -150,7 +150,7 @@ impl Peer for PeerService {
                 };
                 let sequence = batch.sequence;
                 for wire in batch.messages {
-                    let Some(incoming) = from_wire(wire, &own_node) else {
+                    let Some(incoming) = from_wire(wire, &mut origins) else {
                         debug!("invalid message from a peer dropped");
                         continue;
                     };

@@ -16,7 +16,7 @@ use starling_proto::v1::RetainedRecord;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::convert::{from_wire, to_wire};
+use super::convert::{Origins, from_wire, to_wire};
 use super::keys::Keys;
 use super::mirror::{Backoff, MirrorSink};
 use crate::broker::Broker;
@@ -119,7 +119,7 @@ fn encode(message: &Message) -> Vec<u8> {
     });
     RetainedRecord {
         // Retained copies need no cluster identity: nothing deduplicates them.
-        message: Some(to_wire(message, now, "")),
+        message: Some(to_wire(message, now, &Bytes::new())),
         expires_at_ms,
     }
     .encode_to_vec()
@@ -141,7 +141,7 @@ fn decode(value: &[u8]) -> Option<Message> {
     } else {
         wire.message_expiry_interval = None;
     }
-    let mut message = from_wire(wire, &Arc::from(""))?.message;
+    let mut message = from_wire(wire, &mut Origins::new(Arc::from("")))?.message;
     message.retain = true;
     // Its own allocation: a retained message may stay for a long time.
     message.payload = Bytes::copy_from_slice(&message.payload);
