@@ -10,7 +10,7 @@ use starling_codec::{
 };
 use tracing::debug;
 
-use super::{Connection, Ending};
+use super::{Connection, Ending, HeldAck};
 use crate::message::{Delivery, ForwardTicket, Message};
 use crate::metrics::Metrics;
 use crate::router::route_name;
@@ -158,14 +158,26 @@ impl Connection {
         } else {
             ReasonCode::SUCCESS
         };
-        let mut ack = PubAck::new(packet_id);
-        ack.code = code;
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.queue_ack(Packet::PubAck(ack), ticket, Vec::new()),
+            QoS::AtLeastOnce => self.queue_ack(
+                HeldAck::Publish {
+                    packet_id,
+                    code,
+                    exactly_once: false,
+                },
+                ticket,
+            ),
             QoS::ExactlyOnce => {
                 self.session.awaiting_rel.push(packet_id);
-                self.queue_ack(Packet::PubRec(ack), ticket, Vec::new());
+                self.queue_ack(
+                    HeldAck::Publish {
+                        packet_id,
+                        code,
+                        exactly_once: true,
+                    },
+                    ticket,
+                );
             }
         }
         Ok(())
@@ -173,22 +185,37 @@ impl Connection {
 
     /// Sends an ack now, or after the acks before it and its ticket:
     /// PUBACKs leave in the order the PUBLISHes came (MQTT-4.6.0-2).
-    /// `then`: retained messages to queue once the ack (a SUBACK) is sent.
-    fn queue_ack(
-        &mut self,
-        packet: Packet,
-        ticket: Option<Arc<ForwardTicket>>,
-        then: Vec<Delivery>,
-    ) {
+    fn queue_ack(&mut self, ack: HeldAck, ticket: Option<Arc<ForwardTicket>>) {
         if ticket.is_none() && self.pending_acks.is_empty() {
-            self.send(&packet);
-            self.queue_deliveries(then);
+            self.send_held(ack);
         } else {
-            self.pending_acks.push_back(super::PendingAck {
-                packet,
-                ticket,
-                then,
-            });
+            self.pending_acks
+                .push_back(super::PendingAck { ack, ticket });
+        }
+    }
+
+    /// Sends an ack, and for a SUBACK queues the retained messages that
+    /// follow it.
+    fn send_held(&mut self, ack: HeldAck) {
+        match ack {
+            HeldAck::Publish {
+                packet_id,
+                code,
+                exactly_once,
+            } => {
+                let mut ack = PubAck::new(packet_id);
+                ack.code = code;
+                if exactly_once {
+                    self.send(&Packet::PubRec(ack));
+                } else {
+                    self.send(&Packet::PubAck(ack));
+                }
+            }
+            HeldAck::SubAck(suback) => {
+                let (packet, retained) = *suback;
+                self.send(&packet);
+                self.queue_deliveries(retained);
+            }
         }
     }
 
@@ -210,24 +237,23 @@ impl Connection {
                 Some(ticket) => ticket.delivered(),
                 None => true,
             };
-            let Some(super::PendingAck {
-                packet: mut ack,
-                then,
-                ..
-            }) = self.pending_acks.pop_front()
-            else {
+            let Some(super::PendingAck { mut ack, .. }) = self.pending_acks.pop_front() else {
                 return;
             };
-            if !delivered && self.n.version.is_v5() {
-                if let Packet::PubAck(a) | Packet::PubRec(a) = &mut ack {
-                    a.code = ReasonCode::UNSPECIFIED_ERROR;
-                }
-                if let Packet::PubRec(a) = &ack {
-                    self.session.release(a.packet_id);
+            if !delivered
+                && self.n.version.is_v5()
+                && let HeldAck::Publish {
+                    packet_id,
+                    code,
+                    exactly_once,
+                } = &mut ack
+            {
+                *code = ReasonCode::UNSPECIFIED_ERROR;
+                if *exactly_once {
+                    self.session.release(*packet_id);
                 }
             }
-            self.send(&ack);
-            self.queue_deliveries(then);
+            self.send_held(ack);
         }
     }
 
@@ -365,7 +391,10 @@ impl Connection {
             self.broker.router.sync_routes(&routes)
         };
         // Retained messages follow the SUBACK.
-        self.queue_ack(Packet::SubAck(ack), ticket, retained);
+        self.queue_ack(
+            HeldAck::SubAck(Box::new((Packet::SubAck(ack), retained))),
+            ticket,
+        );
         Ok(())
     }
 

@@ -126,10 +126,22 @@ pub(crate) struct Connection {
 
 /// An ack held back until its ticket completes.
 struct PendingAck {
-    packet: Packet,
+    ack: HeldAck,
     ticket: Option<Arc<ForwardTicket>>,
-    /// Retained messages that follow a held-back SUBACK.
-    then: Vec<Delivery>,
+}
+
+/// What a held-back ack sends. Publish acks, nearly all of them, are kept
+/// small: a node that forwards QoS 1 to others holds one per publish, and
+/// queueing whole 264-byte `Packet`s showed in its profile as copying.
+enum HeldAck {
+    /// PUBACK (QoS 1) or PUBREC (QoS 2).
+    Publish {
+        packet_id: u16,
+        code: ReasonCode,
+        exactly_once: bool,
+    },
+    /// A SUBACK and the retained messages that follow it.
+    SubAck(Box<(Packet, Vec<Delivery>)>),
 }
 
 /// Serves one accepted TCP connection to its end (or until it parks).
