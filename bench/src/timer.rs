@@ -11,6 +11,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::Once;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -126,11 +127,19 @@ impl PaceTimer {
     /// Fine when `fine` is asked and a timerfd can be had (the files limit
     /// may be reached), coarse otherwise.
     pub fn new(fine: bool, deadline: Instant) -> PaceTimer {
-        if fine
-            && let Ok(mut timer) = FineTimer::new()
-            && timer.reset(deadline).is_ok()
-        {
-            return PaceTimer::Fine(timer);
+        if fine {
+            match FineTimer::new().and_then(|mut timer| timer.reset(deadline).map(|()| timer)) {
+                Ok(timer) => return PaceTimer::Fine(timer),
+                Err(error) => {
+                    static WARNED: Once = Once::new();
+                    WARNED.call_once(|| {
+                        eprintln!(
+                            "starling-bench: warning: no microsecond timer ({error}; \
+                             open files limit?): some clients pace on 1 ms ticks"
+                        );
+                    });
+                }
+            }
         }
         PaceTimer::Coarse(Box::pin(tokio::time::sleep_until(deadline)))
     }

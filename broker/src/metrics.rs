@@ -56,7 +56,7 @@ counters! {
     connects_refused,
     /// Wills published.
     wills_published,
-    /// Messages handed to peer links for other nodes.
+    /// Messages for other nodes taken by their peer link to be sent.
     forwarded,
     /// Messages for other nodes that could not be forwarded (link down,
     /// buffer full, or lost with a broken stream).

@@ -239,8 +239,8 @@ impl PeerForwarder {
             return false;
         };
         match link.queue.try_send(item) {
+            // Counted by the link's task as it takes them, once per batch.
             Ok(()) => {
-                Metrics::inc(&self.metrics.forwarded);
                 link.up.load(Ordering::Acquire) && Link::queued(&link.queue) > LINK_HIGH_WATER
             }
             Err(
@@ -448,6 +448,7 @@ async fn stream_to(ends: &LinkEnds, queue: &mut mpsc::Receiver<Outgoing>) -> Str
                     if received == 0 {
                         break StreamEnd::QueueClosed;
                     }
+                    Metrics::add(&metrics.forwarded, received as u64);
                     if queue.len() <= LINK_LOW_WATER {
                         drained.notify_waiters();
                     }
