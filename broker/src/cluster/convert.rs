@@ -252,17 +252,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn messages_from_one_node_share_its_name() {
-        let mut origins = Origins::new(Arc::from("n2"));
-        let message = Message::new(
+    /// A QoS 0 message on `t` with nothing else set.
+    fn plain_message() -> Message {
+        Message::new(
             "t".into(),
             Bytes::new(),
             QoS::AtMostOnce,
             false,
             PublishProperties::default(),
             None,
-        );
+        )
+    }
+
+    #[test]
+    fn messages_from_one_node_share_its_name() {
+        let mut origins = Origins::new(Arc::from("n2"));
+        let message = plain_message();
         let n1 = Bytes::from_static(b"n1");
         let first = from_wire(to_wire(&message, Instant::now(), &n1), &mut origins).unwrap();
         let second = from_wire(to_wire(&message, Instant::now(), &n1), &mut origins).unwrap();
@@ -278,14 +283,7 @@ mod tests {
     #[test]
     fn a_topic_or_origin_that_is_not_utf8_is_refused() {
         let mut origins = Origins::new(Arc::from("n2"));
-        let message = Message::new(
-            "t".into(),
-            Bytes::new(),
-            QoS::AtMostOnce,
-            false,
-            PublishProperties::default(),
-            None,
-        );
+        let message = plain_message();
         let mut bad_topic = to_wire(&message, Instant::now(), &Bytes::from_static(b"n1"));
         bad_topic.topic = Bytes::from_static(b"a/\xff");
         assert!(from_wire(bad_topic, &mut origins).is_none());
