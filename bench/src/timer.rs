@@ -101,6 +101,10 @@ impl Timer for FineTimer {
             let mut expirations = [0u8; 8];
             match rustix::io::read(self.fd.get_ref(), &mut expirations) {
                 Ok(_) => {
+                    // A one-shot timer read empty stays unreadable until the
+                    // next reset: clearing readiness now spares the read that
+                    // would only learn EAGAIN at the next wait.
+                    ready.clear_ready();
                     self.armed = None;
                     return Poll::Ready(());
                 }
