@@ -244,7 +244,7 @@ impl HomeClientDirectory {
         registrations: &[(String, Option<Stamp>)],
     ) -> Result<(), String> {
         let stamps = if *home == self.node {
-            self.home.register(&self.node, lease, registrations)
+            self.home.register(&self.node, lease, registrations).await
         } else {
             let mut peer = self.forwarder.client_of(home)?;
             let request = RegisterClientsRequest {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::view::{SharedView, View};
 use crate::router::store::NodeId;
@@ -242,12 +242,20 @@ impl HomeDirectory {
     /// served while the home was unreachable) and gets a new stamp; one
     /// with a stamp (a re-registration after a membership change) stays
     /// only if no newer one is here. Returns the stamp held for `node`.
-    pub fn register(
+    ///
+    /// Waits (a bounded while) until this home's view has `node` under
+    /// `lease`. A node that came back under a new lease registers in a view
+    /// this home may not have reached: stored at once, the entries would be
+    /// dropped by the view that still shows the old lease or none (it says
+    /// the owner's sessions are gone), and the owner, already done with
+    /// that view, would never register them again.
+    pub async fn register(
         &self,
         node: &str,
         lease: i64,
         registrations: &[(String, Option<Stamp>)],
     ) -> Vec<Option<Stamp>> {
+        self.wait_for_member(node, lease).await;
         let node: NodeId = Arc::from(node);
         let mut state = self.state.lock();
         registrations
@@ -270,6 +278,24 @@ impl HomeDirectory {
                 Some(stamp)
             })
             .collect()
+    }
+
+    /// Waits until this home's view has `node` under `lease`, or
+    /// `VIEW_PATIENCE` passed (a home ahead of the caller, which already
+    /// saw it go, never will; the next view's sync registers again).
+    async fn wait_for_member(&self, node: &str, lease: i64) {
+        let deadline = tokio::time::Instant::now() + VIEW_PATIENCE;
+        let mut changed = self.changed.subscribe();
+        while !self.state.lock().view.has(node, lease) {
+            let woken = tokio::time::timeout_at(deadline, changed.changed()).await;
+            if !matches!(woken, Ok(Ok(()))) {
+                debug!(
+                    node,
+                    lease, "registering sessions of a node this home's view does not show"
+                );
+                return;
+            }
+        }
     }
 
     /// Forgets the ids `node` no longer has, unless a newer owner's entry
@@ -316,12 +342,27 @@ mod tests {
         ))
     }
 
-    /// A home alone in its view (every id is its own), settled.
+    /// The only serving member of its view (every id is its own), settled.
+    /// The nodes the tests register from are members that do not serve
+    /// (draining, say): a home waits for a registering node to show up in
+    /// its view.
     fn lone_home() -> (Arc<HomeDirectory>, SharedView) {
         let home = HomeDirectory::new("h");
-        let v = view(10, &[("h", 1)]);
+        let mut members = vec![Member {
+            node: Arc::from("h"),
+            lease: 1,
+            serving: true,
+        }];
+        members.extend(["x", "y", "adopter"].map(|node| Member {
+            node: Arc::from(node),
+            lease: 1,
+            serving: false,
+        }));
+        let v = Arc::new(View::new(10, members));
         home.set_view(v.clone());
-        home.synced("h", v.hash);
+        for member in &v.members {
+            home.synced(&member.node, v.hash);
+        }
         (home, v)
     }
 
@@ -389,7 +430,8 @@ mod tests {
                         counter: 9
                     })
                 )]
-            ),
+            )
+            .await,
             vec![Some(Stamp {
                 label: 3,
                 counter: 9
@@ -413,7 +455,7 @@ mod tests {
         let old = claimed(home.claim("x", 1, (v.hash, v.label), &ids(&["c"])).await)[0].stamp;
         let new = claimed(home.claim("y", 1, (v.hash, v.label), &ids(&["c"])).await)[0].stamp;
         assert_eq!(
-            home.register("x", 1, &[("c".into(), Some(old))]),
+            home.register("x", 1, &[("c".into(), Some(old))]).await,
             vec![None]
         );
         home.release("x", &[("c".into(), old)]);
@@ -426,7 +468,7 @@ mod tests {
     async fn an_unstamped_registration_takes_the_id() {
         let (home, v) = lone_home();
         claimed(home.claim("x", 1, (v.hash, v.label), &ids(&["c"])).await);
-        let stamps = home.register("adopter", 1, &[("c".into(), None)]);
+        let stamps = home.register("adopter", 1, &[("c".into(), None)]).await;
         assert!(stamps[0].is_some());
         assert_eq!(home.owner_of("c").as_deref(), Some("adopter"));
     }
@@ -434,7 +476,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_view_forgets_departed_owners_and_ids_homed_elsewhere() {
         let (home, v) = lone_home();
-        home.register("x", 1, &[("gone".into(), None)]);
+        home.register("x", 1, &[("gone".into(), None)]).await;
         claimed(
             home.claim(
                 "h",
@@ -453,5 +495,23 @@ mod tests {
             let homed_here = next.home_of(&id).is_some_and(|m| &*m.node == "h");
             assert_eq!(home.owner_of(&id).is_some(), homed_here, "{id}");
         }
+    }
+
+    /// n2 came back under lease 2 and re-registers before this home saw
+    /// the view without its old lease: the entries must outlive that view.
+    #[tokio::test]
+    async fn a_registration_ahead_of_the_homes_view_waits_for_it() {
+        let home = HomeDirectory::new("h");
+        home.set_view(view(10, &[("h", 1), ("n2", 1)]));
+        let registering = {
+            let home = home.clone();
+            tokio::spawn(async move { home.register("n2", 2, &[("c".into(), None)]).await })
+        };
+        tokio::task::yield_now().await;
+        home.set_view(view(11, &[("h", 1)]));
+        home.set_view(view(12, &[("h", 1), ("n2", 2)]));
+        let stamps = registering.await.unwrap_or_default();
+        assert!(stamps.first().is_some_and(Option::is_some));
+        assert_eq!(home.owner_of("c").as_deref(), Some("n2"));
     }
 }

@@ -305,6 +305,7 @@ impl Peer for PeerService {
         let stamps = self
             .home()?
             .register(&request.node, request.lease, &registrations)
+            .await
             .into_iter()
             .map(|stamp| {
                 stamp
