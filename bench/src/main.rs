@@ -30,6 +30,13 @@ use clap::Parser;
 use crate::cli::{Cli, Command, CommonArgs};
 use crate::stats::Summary;
 
+/// jemalloc rather than glibc's allocator: the tool allocates and frees a
+/// task, buffers and a handshake per client, 10,000 at a time, and
+/// glibc's allocator spent a few percent of the tool's CPU on it, CPU
+/// taken from the broker it shares the machine with.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn common(command: &Command) -> &CommonArgs {
     match command {
         Command::Conn(a) => &a.common,

@@ -11,7 +11,7 @@ use crate::message::{Delivery, Message, ShareKey};
 
 /// A message for another node; `own_node` names this one as its origin
 /// when it was published here.
-pub fn to_wire(message: &Message, now: Instant, own_node: &Bytes) -> ForwardedMessage {
+pub fn to_wire(message: &Message, own_node: &Bytes) -> ForwardedMessage {
     let p = &message.properties;
     ForwardedMessage {
         origin: match &message.origin {
@@ -28,7 +28,10 @@ pub fn to_wire(message: &Message, now: Instant, own_node: &Bytes) -> ForwardedMe
         qos: u32::from(message.qos.as_u8()),
         retain: message.retain,
         payload_format_indicator: p.payload_format_indicator.map(u32::from),
-        message_expiry_interval: message.remaining_expiry(now),
+        // The clock is read only for the few messages that expire.
+        message_expiry_interval: message
+            .expires_at
+            .and_then(|_| message.remaining_expiry(Instant::now())),
         content_type: p.content_type.as_ref().map(|s| s.to_string()),
         response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
         correlation_data: p.correlation_data.clone(),
@@ -51,10 +54,9 @@ pub fn publish_to_wire(
     message: &Message,
     plain: bool,
     groups: &[Arc<ShareKey>],
-    now: Instant,
     own_node: &Bytes,
 ) -> ForwardedMessage {
-    let mut wire = to_wire(message, now, own_node);
+    let mut wire = to_wire(message, own_node);
     wire.plain = plain;
     wire.shared_groups = groups
         .iter()
@@ -67,10 +69,9 @@ pub fn publish_to_wire(
 pub fn redirect_to_wire(
     client_id: &str,
     delivery: &Delivery,
-    now: Instant,
     own_node: &Bytes,
 ) -> ForwardedMessage {
-    let mut wire = to_wire(&delivery.message, now, own_node);
+    let mut wire = to_wire(&delivery.message, own_node);
     wire.target_client = client_id.to_string();
     wire.target_qos = u32::from(delivery.qos.as_u8());
     wire.target_retain = delivery.retain;
@@ -219,7 +220,7 @@ mod tests {
             filter: "a/+".into(),
         })];
         let n1 = Bytes::from_static(b"n1");
-        let wire = publish_to_wire(&original, false, &keys, Instant::now(), &n1);
+        let wire = publish_to_wire(&original, false, &keys, &n1);
         let incoming = from_wire(wire, &mut origins).unwrap();
         assert!(incoming.target.is_none());
         assert!(!incoming.plain);
@@ -228,7 +229,7 @@ mod tests {
         assert_eq!(back.origin.as_deref(), Some("n1"));
         assert_eq!(back.seq, original.seq);
         let n2 = Bytes::from_static(b"n2");
-        let mine = from_wire(to_wire(&original, Instant::now(), &n2), &mut origins).unwrap();
+        let mine = from_wire(to_wire(&original, &n2), &mut origins).unwrap();
         assert_eq!(
             mine.message.origin, None,
             "a message published here is recognised as such"
@@ -269,14 +270,14 @@ mod tests {
         let mut origins = Origins::new(Arc::from("n2"));
         let message = plain_message();
         let n1 = Bytes::from_static(b"n1");
-        let first = from_wire(to_wire(&message, Instant::now(), &n1), &mut origins).unwrap();
-        let second = from_wire(to_wire(&message, Instant::now(), &n1), &mut origins).unwrap();
+        let first = from_wire(to_wire(&message, &n1), &mut origins).unwrap();
+        let second = from_wire(to_wire(&message, &n1), &mut origins).unwrap();
         let (Some(a), Some(b)) = (first.message.origin, second.message.origin) else {
             panic!("both messages name n1");
         };
         assert!(Arc::ptr_eq(&a, &b));
         let n3 = Bytes::from_static(b"n3");
-        let third = from_wire(to_wire(&message, Instant::now(), &n3), &mut origins).unwrap();
+        let third = from_wire(to_wire(&message, &n3), &mut origins).unwrap();
         assert_eq!(third.message.origin.as_deref(), Some("n3"));
     }
 
@@ -284,10 +285,10 @@ mod tests {
     fn a_topic_or_origin_that_is_not_utf8_is_refused() {
         let mut origins = Origins::new(Arc::from("n2"));
         let message = plain_message();
-        let mut bad_topic = to_wire(&message, Instant::now(), &Bytes::from_static(b"n1"));
+        let mut bad_topic = to_wire(&message, &Bytes::from_static(b"n1"));
         bad_topic.topic = Bytes::from_static(b"a/\xff");
         assert!(from_wire(bad_topic, &mut origins).is_none());
-        let bad_origin = to_wire(&message, Instant::now(), &Bytes::from_static(b"n\xff"));
+        let bad_origin = to_wire(&message, &Bytes::from_static(b"n\xff"));
         assert!(from_wire(bad_origin, &mut origins).is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! Peer links: one long-lived `Forward` stream from this node to each other
-//! node. Publishes are queued per link (bounded), sent in batches, and
-//! acknowledged per batch. A link that breaks reconnects with backoff;
+//! node. Publishes are queued per link (bounded, encoded as they are
+//! queued: [`super::link_queue`]), sent in batches, and acknowledged per
+//! batch. A link that breaks reconnects with backoff;
 //! messages that could not be delivered (queue full, or in flight on a
 //! stream that broke) are counted and logged.
 //!
@@ -15,71 +16,53 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use starling_proto::v1::ForwardBatch;
+use starling_proto::v1::ForwardedMessage;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use super::convert::{publish_to_wire, redirect_to_wire};
+use super::link_queue::{Batch, LINK_QUEUE, LinkQueue};
 use super::mirror::Backoff;
 use super::peer_client::{Peer, PeerChannels, PeerCredentials};
 use crate::message::{Delivery, ForwardTicket, Message, ShareKey};
 use crate::metrics::Metrics;
 use crate::router::store::{Forwarder, NodeId};
 
-/// Messages queued per peer link before new ones are dropped.
-const LINK_QUEUE: usize = 64 * 1024;
 /// Above this many queued messages a link holds its publishers back...
 const LINK_HIGH_WATER: usize = 16 * 1024;
 /// ...until it is down to this many.
 const LINK_LOW_WATER: usize = 4 * 1024;
-/// Messages per batch on the wire.
-const BATCH: usize = 256;
-/// Payload bytes per batch (one larger message still goes, alone): a batch
-/// is one gRPC message, and a few large publishes must not exceed what the
-/// receiver accepts in one.
-const BATCH_BYTES: usize = 1024 * 1024;
 /// Batches sent and not yet acknowledged per link.
 const BATCHES_IN_FLIGHT: usize = 16;
 
-/// What a link carries.
-enum Outgoing {
-    /// A publish for the node's plain subscriptions (if `plain`) and the
-    /// share groups it was chosen for.
-    Publish {
-        message: Arc<Message>,
-        plain: bool,
-        groups: Vec<Arc<ShareKey>>,
-        ticket: Option<Arc<ForwardTicket>>,
-    },
-    /// A delivery for one session that moved to the node.
-    Redirect {
-        client_id: Arc<str>,
-        delivery: Delivery,
-    },
-}
+const _: () = assert!(LINK_LOW_WATER < LINK_HIGH_WATER && LINK_HIGH_WATER < LINK_QUEUE);
 
 struct Link {
     endpoint: String,
     /// False once the node announced it is draining.
     serving: bool,
-    queue: mpsc::Sender<Outgoing>,
+    queue: Arc<LinkQueue>,
     /// Notified when the queue is down to `LINK_LOW_WATER` (or the link
     /// is down or gone), for publishers held back.
     drained: Arc<Notify>,
     /// The stream to the node is up.
     up: Arc<AtomicBool>,
+    /// This node's name as messages published here carry it.
+    own_node: Bytes,
 }
 
-impl Link {
-    fn queued(queue: &mpsc::Sender<Outgoing>) -> usize {
-        LINK_QUEUE - queue.capacity()
+impl Drop for Link {
+    /// The node left: the link's task ends.
+    fn drop(&mut self) {
+        self.queue.close();
+        self.drained.notify_waiters();
     }
 }
 
@@ -127,7 +110,6 @@ impl PeerForwarder {
             }
             _ => {
                 info!(%node, "closing peer link");
-                link.drained.notify_waiters();
                 false
             }
         });
@@ -136,12 +118,11 @@ impl PeerForwarder {
                 continue;
             }
             info!(%node, %endpoint, "opening peer link");
-            let (tx, rx) = mpsc::channel(LINK_QUEUE);
+            let queue = Arc::new(LinkQueue::default());
             let drained = Arc::new(Notify::new());
             let up = Arc::new(AtomicBool::new(false));
             tokio::spawn(run_link(
                 LinkEnds {
-                    own_node: self.own_node.clone(),
                     node: node.clone(),
                     endpoint: endpoint.clone(),
                     credentials: self.credentials.clone(),
@@ -149,16 +130,17 @@ impl PeerForwarder {
                     drained: drained.clone(),
                     up: up.clone(),
                 },
-                rx,
+                queue.clone(),
             ));
             links.insert(
                 node.clone(),
                 Link {
                     endpoint: endpoint.clone(),
                     serving: *serving,
-                    queue: tx,
+                    queue,
                     drained,
                     up,
+                    own_node: Bytes::copy_from_slice(self.own_node.as_bytes()),
                 },
             );
         }
@@ -203,51 +185,49 @@ impl PeerForwarder {
     }
 }
 
-impl Outgoing {
-    /// The bytes it adds to a batch, roughly.
-    fn size(&self) -> usize {
-        let message = match self {
-            Outgoing::Publish { message, .. } => message,
-            Outgoing::Redirect { delivery, .. } => &delivery.message,
-        };
-        message.payload.len() + message.topic.len()
-    }
-
-    fn ticket(&self) -> Option<&Arc<ForwardTicket>> {
-        match self {
-            Outgoing::Publish { ticket, .. } => ticket.as_ref(),
-            Outgoing::Redirect { .. } => None,
-        }
-    }
-
-    /// Counts a message that will not reach its node.
-    fn lost(&self, metrics: &Metrics) {
-        Metrics::inc(&metrics.forward_dropped);
-        if let Some(ticket) = self.ticket() {
-            ticket.complete(false);
-        }
+/// Counts a message that will not reach its node.
+fn lost(metrics: &Metrics, ticket: Option<Arc<ForwardTicket>>) {
+    Metrics::inc(&metrics.forward_dropped);
+    if let Some(ticket) = ticket {
+        ticket.complete(false);
     }
 }
 
+/// Counts the messages of batches that will not reach their node.
+fn lost_batches(metrics: &Metrics, batches: Vec<Batch>) -> usize {
+    let mut messages = 0;
+    for batch in batches {
+        messages += batch.messages;
+        for ticket in batch.tickets {
+            ticket.complete(false);
+        }
+    }
+    Metrics::add(&metrics.forward_dropped, messages as u64);
+    messages
+}
+
 impl PeerForwarder {
-    /// Queues `item` for `node`; returns whether the link is congested.
-    fn enqueue(&self, node: &NodeId, item: Outgoing) -> bool {
+    /// Queues the message `encode` makes for `node`; returns whether the
+    /// link is congested.
+    fn enqueue(
+        &self,
+        node: &NodeId,
+        ticket: Option<Arc<ForwardTicket>>,
+        encode: impl FnOnce(&Bytes) -> ForwardedMessage,
+    ) -> bool {
         let links = self.links.read();
         let Some(link) = links.get(node) else {
             drop(links);
-            item.lost(&self.metrics);
+            lost(&self.metrics, ticket);
             return false;
         };
-        match link.queue.try_send(item) {
+        let wire = encode(&link.own_node);
+        match link.queue.push(&wire, ticket) {
             // Counted by the link's task as it takes them, once per batch.
-            Ok(()) => {
-                link.up.load(Ordering::Acquire) && Link::queued(&link.queue) > LINK_HIGH_WATER
-            }
-            Err(
-                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item),
-            ) => {
+            Ok(queued) => link.up.load(Ordering::Acquire) && queued > LINK_HIGH_WATER,
+            Err((_, ticket)) => {
                 drop(links);
-                item.lost(&self.metrics);
+                lost(&self.metrics, ticket);
                 false
             }
         }
@@ -263,22 +243,15 @@ impl Forwarder for PeerForwarder {
         groups: Vec<Arc<ShareKey>>,
         ticket: Option<Arc<ForwardTicket>>,
     ) -> bool {
-        let message = message.clone();
-        self.enqueue(
-            node,
-            Outgoing::Publish {
-                message,
-                plain,
-                groups,
-                ticket,
-            },
-        )
+        self.enqueue(node, ticket, |own_node| {
+            publish_to_wire(message, plain, &groups, own_node)
+        })
     }
 
     fn drained(&self, node: &NodeId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let link = self.links.read().get(node).map(|link| {
             (
-                link.queue.downgrade(),
+                Arc::downgrade(&link.queue),
                 link.drained.clone(),
                 link.up.clone(),
             )
@@ -291,9 +264,11 @@ impl Forwarder for PeerForwarder {
                 let notified = drained.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                match queue.upgrade() {
+                match Weak::upgrade(&queue) {
                     Some(queue)
-                        if up.load(Ordering::Acquire) && Link::queued(&queue) > LINK_LOW_WATER => {}
+                        if !queue.is_closed()
+                            && up.load(Ordering::Acquire)
+                            && queue.len() > LINK_LOW_WATER => {}
                     // Drained, down, or gone (the node left).
                     _ => return,
                 }
@@ -305,14 +280,9 @@ impl Forwarder for PeerForwarder {
     }
 
     fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: Delivery) {
-        let client_id = client_id.clone();
-        self.enqueue(
-            node,
-            Outgoing::Redirect {
-                client_id,
-                delivery,
-            },
-        );
+        self.enqueue(node, None, |own_node| {
+            redirect_to_wire(client_id, &delivery, own_node)
+        });
     }
 }
 
@@ -322,7 +292,6 @@ const DRAIN_RECHECK: Duration = Duration::from_millis(100);
 
 /// What a link's task needs besides its queue.
 struct LinkEnds {
-    own_node: Arc<str>,
     node: NodeId,
     endpoint: String,
     credentials: PeerCredentials,
@@ -331,8 +300,8 @@ struct LinkEnds {
     up: Arc<AtomicBool>,
 }
 
-/// Drives one link until its queue's sender is dropped (the node left).
-async fn run_link(ends: LinkEnds, mut queue: mpsc::Receiver<Outgoing>) {
+/// Drives one link until its queue closes (the node left).
+async fn run_link(ends: LinkEnds, queue: Arc<LinkQueue>) {
     let LinkEnds {
         node,
         endpoint,
@@ -343,7 +312,7 @@ async fn run_link(ends: LinkEnds, mut queue: mpsc::Receiver<Outgoing>) {
     } = &ends;
     let mut backoff = Backoff::default();
     loop {
-        match stream_to(&ends, &mut queue).await {
+        match stream_to(&ends, &queue).await {
             StreamEnd::QueueClosed => return,
             StreamEnd::Failed { error, was_up } => {
                 if was_up {
@@ -352,18 +321,16 @@ async fn run_link(ends: LinkEnds, mut queue: mpsc::Receiver<Outgoing>) {
                 }
                 up.store(false, Ordering::Release);
                 warn!(%node, %endpoint, %error, "peer link down; reconnecting");
-                // While the link is down, what arrives for it is dropped:
-                // forwarding on stale messages after a long partition would
-                // deliver them late and out of order with newer traffic.
-                while let Ok(item) = queue.try_recv() {
-                    item.lost(metrics);
-                }
+                // Until the next attempt, what comes for the link is
+                // dropped, and so is what was queued.
+                lost_batches(metrics, queue.stop_accepting());
                 drained.notify_waiters();
                 if queue.is_closed() {
                     // The node left the cluster while we were reconnecting.
                     return;
                 }
                 backoff.wait().await;
+                queue.start_accepting();
             }
         }
     }
@@ -388,23 +355,23 @@ fn failed(error: impl ToString) -> StreamEnd {
     }
 }
 
-async fn stream_to(ends: &LinkEnds, queue: &mut mpsc::Receiver<Outgoing>) -> StreamEnd {
+async fn stream_to(ends: &LinkEnds, queue: &LinkQueue) -> StreamEnd {
     let LinkEnds {
-        own_node,
         node,
         endpoint,
         credentials,
         metrics,
         drained,
         up,
+        ..
     } = ends;
-    let mut client = match super::peer_client::connect(endpoint, credentials).await {
+    let mut client = match super::peer_client::connect_forward(endpoint, credentials).await {
         Ok(client) => client,
         Err(error) => return failed(error),
     };
-    let (batches, outgoing) = mpsc::channel::<ForwardBatch>(BATCHES_IN_FLIGHT);
+    let (batches, outgoing) = mpsc::channel::<Bytes>(BATCHES_IN_FLIGHT);
     let mut acks = match client.forward(ReceiverStream::new(outgoing)).await {
-        Ok(response) => response.into_inner(),
+        Ok(acks) => acks,
         Err(status) => return failed(status),
     };
     info!(%node, %endpoint, "peer link up");
@@ -436,75 +403,34 @@ async fn stream_to(ends: &LinkEnds, queue: &mut mpsc::Receiver<Outgoing>) -> Str
     };
     tokio::pin!(ack_reader);
 
-    // Every message published here names this node: one buffer, shared.
-    let own_node = Bytes::copy_from_slice(own_node.as_bytes());
     let mut sequence = 0u64;
-    let mut pending: Vec<Outgoing> = Vec::with_capacity(BATCH);
     let end = loop {
-        if pending.is_empty() {
-            tokio::select! {
-                reason = &mut ack_reader => break StreamEnd::Failed { error: reason, was_up: true },
-                received = queue.recv_many(&mut pending, BATCH) => {
-                    if received == 0 {
-                        break StreamEnd::QueueClosed;
-                    }
-                    Metrics::add(&metrics.forwarded, received as u64);
-                    if queue.len() <= LINK_LOW_WATER {
-                        drained.notify_waiters();
-                    }
-                }
-            }
-        }
-        // Send what is pending, at most BATCH_BYTES of it per batch.
-        let mut bytes = 0;
-        let take = pending
-            .iter()
-            .take_while(|item| {
-                bytes += item.size();
-                bytes <= BATCH_BYTES
-            })
-            .count()
-            .max(1);
-        sequence += 1;
-        let now = Instant::now();
-        let tickets: Vec<Arc<ForwardTicket>> = pending[..take]
-            .iter()
-            .filter_map(|i| i.ticket().cloned())
-            .collect();
-        let batch = ForwardBatch {
-            sequence,
-            messages: pending
-                .drain(..take)
-                .map(|item| match item {
-                    Outgoing::Publish {
-                        message,
-                        plain,
-                        groups,
-                        ..
-                    } => publish_to_wire(&message, plain, &groups, now, &own_node),
-                    Outgoing::Redirect {
-                        client_id,
-                        delivery,
-                    } => redirect_to_wire(&client_id, &delivery, now, &own_node),
-                })
-                .collect(),
+        let batch = tokio::select! {
+            reason = &mut ack_reader => break StreamEnd::Failed { error: reason, was_up: true },
+            batch = queue.next() => match batch {
+                Some(batch) => batch,
+                None => break StreamEnd::QueueClosed,
+            },
         };
+        Metrics::add(&metrics.forwarded, batch.messages as u64);
+        if queue.len() <= LINK_LOW_WATER {
+            drained.notify_waiters();
+        }
+        sequence += 1;
+        let messages = batch.messages;
+        let (body, tickets) = batch.finish(sequence);
         unacked.lock().push_back(Unacked {
             sequence,
-            messages: batch.messages.len(),
+            messages,
             tickets,
         });
-        if batches.send(batch).await.is_err() {
+        if batches.send(body).await.is_err() {
             break StreamEnd::Failed {
                 error: "request stream closed".to_string(),
                 was_up: true,
             };
         }
     };
-    // Taken from the queue but not sent: lost with the stream too.
-    for item in pending.drain(..) {
-        item.lost(metrics);
-    }
     let mut lost = 0;
     for batch in unacked.lock().drain(..) {
         lost += batch.messages;

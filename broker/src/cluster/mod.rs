@@ -18,6 +18,7 @@ pub mod home_directory;
 pub mod keys;
 pub mod lease;
 pub mod leased_keys;
+mod link_queue;
 pub mod membership;
 pub mod mirror;
 pub mod peer_client;

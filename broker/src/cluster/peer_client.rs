@@ -6,15 +6,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use starling_proto::v1::ForwardAck;
 use starling_proto::v1::peer_client::PeerClient;
+use tokio_stream::Stream;
+use tonic::client::Grpc;
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::http::Uri;
-use tonic::codegen::{Context, Poll, Service};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::codegen::{Context, GrpcMethod, Poll, Service};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use tonic_prost::ProstDecoder;
 
 use super::peer_tls::PeerTls;
 
@@ -108,16 +116,22 @@ fn describe(error: &dyn std::error::Error) -> String {
     text
 }
 
+fn bearer(token: Option<&str>) -> Bearer {
+    Bearer(token.and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok()))
+}
+
 fn client(channel: Channel, token: Option<&str>) -> Peer {
-    let bearer = token.and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok());
-    PeerClient::with_interceptor(channel, Bearer(bearer))
+    PeerClient::with_interceptor(channel, bearer(token))
         .max_decoding_message_size(super::peer_service::MAX_PEER_MESSAGE)
         .max_encoding_message_size(super::peer_service::MAX_PEER_MESSAGE)
 }
 
-/// Connects to the peer service at `address` (`host:port`) now: for a
-/// long-lived stream that wants its own connection.
-pub async fn connect(address: &str, credentials: &PeerCredentials) -> Result<Peer, String> {
+/// Connects to the peer service at `address` (`host:port`) now, for the
+/// `Forward` stream, which wants a connection of its own.
+pub async fn connect_forward(
+    address: &str,
+    credentials: &PeerCredentials,
+) -> Result<ForwardClient, String> {
     let endpoint = endpoint(address)?;
     let channel = match &credentials.tls {
         Some(tls) => {
@@ -130,7 +144,72 @@ pub async fn connect(address: &str, credentials: &PeerCredentials) -> Result<Pee
         None => endpoint.connect().await,
     }
     .map_err(|e| describe(&e))?;
-    Ok(client(channel, credentials.token.as_deref()))
+    let service = InterceptedService::new(channel, bearer(credentials.token.as_deref()));
+    Ok(ForwardClient(
+        Grpc::new(service)
+            .max_decoding_message_size(super::peer_service::MAX_PEER_MESSAGE)
+            .max_encoding_message_size(super::peer_service::MAX_PEER_MESSAGE),
+    ))
+}
+
+/// The calling end of `Peer.Forward`. Its batches come encoded already
+/// (by the link's queue, [`super::link_queue`]), so instead of the
+/// generated client, whose codec encodes a `ForwardBatch` struct, it uses
+/// one that writes the bytes as they are. The receiver decodes them as the
+/// `ForwardBatch` they are.
+pub struct ForwardClient(Grpc<InterceptedService<Channel, Bearer>>);
+
+impl ForwardClient {
+    /// Opens the stream: `batches` go out, acks come back.
+    pub async fn forward(
+        &mut self,
+        batches: impl Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<Streaming<ForwardAck>, Status> {
+        self.0
+            .ready()
+            .await
+            .map_err(|e| Status::unknown(format!("peer service not ready: {e}")))?;
+        let mut request = Request::new(batches);
+        request
+            .extensions_mut()
+            .insert(GrpcMethod::new("starling.cluster.v1.Peer", "Forward"));
+        let path = PathAndQuery::from_static("/starling.cluster.v1.Peer/Forward");
+        Ok(self
+            .0
+            .streaming(request, path, EncodedBatchCodec)
+            .await?
+            .into_inner())
+    }
+}
+
+/// Sends encoded `ForwardBatch`es as they are; decodes `ForwardAck`s.
+struct EncodedBatchCodec;
+
+impl Codec for EncodedBatchCodec {
+    type Encode = Bytes;
+    type Decode = ForwardAck;
+    type Encoder = EncodedBatches;
+    type Decoder = ProstDecoder<ForwardAck>;
+
+    fn encoder(&mut self) -> EncodedBatches {
+        EncodedBatches
+    }
+
+    fn decoder(&mut self) -> ProstDecoder<ForwardAck> {
+        ProstDecoder::new(BufferSettings::default())
+    }
+}
+
+struct EncodedBatches;
+
+impl Encoder for EncodedBatches {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, batch: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(batch);
+        Ok(())
+    }
 }
 
 /// Clients for the unary calls (takeover, adoption, route sync): one

@@ -119,7 +119,7 @@ fn encode(message: &Message) -> Vec<u8> {
     });
     RetainedRecord {
         // Retained copies need no cluster identity: nothing deduplicates them.
-        message: Some(to_wire(message, now, &Bytes::new())),
+        message: Some(to_wire(message, &Bytes::new())),
         expires_at_ms,
     }
     .encode_to_vec()
