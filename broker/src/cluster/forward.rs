@@ -20,14 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
-use starling_proto::v1::ForwardedMessage;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use super::convert::{publish_to_wire, redirect_to_wire};
+use super::convert::{put_publish_entry, put_redirect_entry};
 use super::link_queue::{Batch, LINK_QUEUE, LinkQueue};
 use super::mirror::Backoff;
 use super::peer_client::{Peer, PeerChannels, PeerCredentials};
@@ -207,13 +206,15 @@ fn lost_batches(metrics: &Metrics, batches: Vec<Batch>) -> usize {
 }
 
 impl PeerForwarder {
-    /// Queues the message `encode` makes for `node`; returns whether the
-    /// link is congested.
+    /// Queues a message for `node`: `write` appends its wire encoding,
+    /// given this node's name, and `size` is about how long that is.
+    /// Returns whether the link is congested.
     fn enqueue(
         &self,
         node: &NodeId,
+        size: usize,
         ticket: Option<Arc<ForwardTicket>>,
-        encode: impl FnOnce(&Bytes) -> ForwardedMessage,
+        write: impl FnOnce(&Bytes, &mut BytesMut),
     ) -> bool {
         let links = self.links.read();
         let Some(link) = links.get(node) else {
@@ -221,8 +222,10 @@ impl PeerForwarder {
             lost(&self.metrics, ticket);
             return false;
         };
-        let wire = encode(&link.own_node);
-        match link.queue.push(&wire, ticket) {
+        match link
+            .queue
+            .push(size, ticket, |body| write(&link.own_node, body))
+        {
             // Counted by the link's task as it takes them, once per batch.
             Ok(queued) => link.up.load(Ordering::Acquire) && queued > LINK_HIGH_WATER,
             Err((_, ticket)) => {
@@ -234,6 +237,12 @@ impl PeerForwarder {
     }
 }
 
+/// About how many bytes `message` takes on the wire.
+fn wire_size(message: &Message) -> usize {
+    // Topic and payload, and room for the rest of a usual message.
+    message.topic.len() + message.payload.len() + 48
+}
+
 impl Forwarder for PeerForwarder {
     fn forward(
         &self,
@@ -243,8 +252,8 @@ impl Forwarder for PeerForwarder {
         groups: Vec<Arc<ShareKey>>,
         ticket: Option<Arc<ForwardTicket>>,
     ) -> bool {
-        self.enqueue(node, ticket, |own_node| {
-            publish_to_wire(message, plain, &groups, own_node)
+        self.enqueue(node, wire_size(message), ticket, |own_node, body| {
+            put_publish_entry(message, plain, &groups, own_node, body)
         })
     }
 
@@ -280,8 +289,9 @@ impl Forwarder for PeerForwarder {
     }
 
     fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: Delivery) {
-        self.enqueue(node, None, |own_node| {
-            redirect_to_wire(client_id, &delivery, own_node)
+        let size = wire_size(&delivery.message) + client_id.len();
+        self.enqueue(node, size, None, |own_node, body| {
+            put_redirect_entry(client_id, &delivery, own_node, body)
         });
     }
 }

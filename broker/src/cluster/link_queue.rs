@@ -22,10 +22,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use prost::Message as _;
-use starling_proto::v1::{ForwardBatch, ForwardedMessage};
+use starling_proto::v1::ForwardBatch;
 use tokio::sync::Notify;
 
 use crate::message::ForwardTicket;
@@ -40,9 +40,6 @@ const BATCH: usize = 256;
 const BATCH_BYTES: usize = 1024 * 1024;
 /// Room a new batch starts with: 256 small messages fit.
 const BATCH_START: usize = 32 * 1024;
-/// The key of one entry of `ForwardBatch.messages` (field 2, length
-/// delimited); what follows it is the entry's length and encoding.
-const MESSAGES_ENTRY_KEY: u8 = (2 << 3) | 2;
 
 /// Encoded messages that go out together, with the tickets of those that
 /// wait for the peer's acknowledgement.
@@ -122,12 +119,15 @@ impl Default for LinkQueue {
 }
 
 impl LinkQueue {
-    /// Encodes `wire` into the queue; returns how many messages are queued
-    /// now. On refusal the ticket is handed back, to be failed.
+    /// Queues one message: `write` appends its entry to the open batch
+    /// (see [`super::convert::put_publish_entry`]); `size` is about how
+    /// many bytes that is. Returns how many messages are queued now. On
+    /// refusal the ticket is handed back, to be failed.
     pub fn push(
         &self,
-        wire: &ForwardedMessage,
+        size: usize,
         ticket: Option<Arc<ForwardTicket>>,
+        write: impl FnOnce(&mut BytesMut),
     ) -> Result<usize, (Refused, Option<Arc<ForwardTicket>>)> {
         let mut state = self.state.lock();
         if !state.accepting || state.closed {
@@ -136,16 +136,13 @@ impl LinkQueue {
         if state.messages >= LINK_QUEUE {
             return Err((Refused::Full, ticket));
         }
-        let size = wire.encoded_len();
         if state.open.messages > 0 && state.open.body.len() + size > BATCH_BYTES {
             let full = std::mem::replace(&mut state.open, Batch::new());
             state.sealed.push_back(full);
         }
         let was_empty = state.messages == 0;
         let open = &mut state.open;
-        open.body.put_u8(MESSAGES_ENTRY_KEY);
-        // Encoding into a BytesMut cannot run out of room.
-        let _ = wire.encode_length_delimited(&mut open.body);
+        write(&mut open.body);
         open.messages += 1;
         open.tickets.extend(ticket);
         if open.is_full() {
@@ -230,7 +227,19 @@ fn take(state: &mut Queued) -> Option<Batch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::convert::put_batch_entry;
     use bytes::Bytes;
+    use starling_proto::v1::ForwardedMessage;
+
+    fn push(
+        queue: &LinkQueue,
+        wire: &ForwardedMessage,
+        ticket: Option<Arc<ForwardTicket>>,
+    ) -> Result<usize, (Refused, Option<Arc<ForwardTicket>>)> {
+        queue.push(wire.encoded_len(), ticket, |body| {
+            put_batch_entry(wire, body)
+        })
+    }
 
     fn wire(topic: &str, payload_len: usize) -> ForwardedMessage {
         ForwardedMessage {
@@ -254,7 +263,7 @@ mod tests {
         let queue = LinkQueue::default();
         let sent = [wire("a/1", 3), wire("b", 0), wire("c/d/e", 100)];
         for message in &sent {
-            assert!(queue.push(message, None).is_ok());
+            assert!(push(&queue, message, None).is_ok());
         }
         assert_eq!(queue.len(), 3);
         let batch = queue.next().await;
@@ -268,7 +277,7 @@ mod tests {
     async fn batches_are_cut_by_count_and_by_bytes() {
         let queue = LinkQueue::default();
         for _ in 0..BATCH + 1 {
-            assert!(queue.push(&wire("t", 1), None).is_ok());
+            assert!(push(&queue, &wire("t", 1), None).is_ok());
         }
         let first = queue.next().await.map(|b| b.messages);
         let second = queue.next().await.map(|b| b.messages);
@@ -277,9 +286,9 @@ mod tests {
         // A message that does not fit the open batch starts the next one;
         // one larger than a batch goes alone.
         let big = wire("big", BATCH_BYTES);
-        assert!(queue.push(&wire("small", 1), None).is_ok());
-        assert!(queue.push(&big, None).is_ok());
-        assert!(queue.push(&wire("small", 1), None).is_ok());
+        assert!(push(&queue, &wire("small", 1), None).is_ok());
+        assert!(push(&queue, &big, None).is_ok());
+        assert!(push(&queue, &wire("small", 1), None).is_ok());
         let counts: Vec<usize> = [queue.next().await, queue.next().await, queue.next().await]
             .into_iter()
             .flatten()
@@ -292,10 +301,10 @@ mod tests {
     fn a_full_or_stopped_queue_refuses_and_hands_the_ticket_back() {
         let queue = LinkQueue::default();
         for _ in 0..LINK_QUEUE {
-            assert!(queue.push(&wire("t", 0), None).is_ok());
+            assert!(push(&queue, &wire("t", 0), None).is_ok());
         }
         let ticket = ForwardTicket::new(1);
-        match queue.push(&wire("t", 0), Some(ticket.clone())) {
+        match push(&queue, &wire("t", 0), Some(ticket.clone())) {
             Err((Refused::Full, Some(back))) => assert!(Arc::ptr_eq(&back, &ticket)),
             other => panic!("expected a refusal with the ticket, got {other:?}"),
         }
@@ -303,11 +312,11 @@ mod tests {
         assert_eq!(dropped, LINK_QUEUE);
         assert_eq!(queue.len(), 0);
         assert!(matches!(
-            queue.push(&wire("t", 0), None),
+            push(&queue, &wire("t", 0), None),
             Err((Refused::Down, None))
         ));
         queue.start_accepting();
-        assert!(matches!(queue.push(&wire("t", 0), None), Ok(1)));
+        assert!(matches!(push(&queue, &wire("t", 0), None), Ok(1)));
     }
 
     #[tokio::test]
@@ -322,7 +331,7 @@ mod tests {
             })
         };
         tokio::task::yield_now().await;
-        assert!(queue.push(&wire("t", 0), None).is_ok());
+        assert!(push(&queue, &wire("t", 0), None).is_ok());
         tokio::task::yield_now().await;
         queue.close();
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), taker).await;
