@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".starling.cluster.v1.ForwardedMessage.payload")
         .bytes(".starling.cluster.v1.ForwardedMessage.origin")
         .bytes(".starling.cluster.v1.ForwardedMessage.correlation_data")
+        .bytes(".starling.cluster.v1.ForwardBatchEntries.messages")
         .compile_protos(&["starling/cluster/v1/peer.proto"], &["."])?;
     Ok(())
 }

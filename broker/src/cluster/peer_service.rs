@@ -9,8 +9,8 @@ use starling_proto::v1::peer_server::{Peer, PeerServer};
 use starling_proto::v1::{
     AdoptRequest, AdoptResponse, AwaitRoutesRequest, AwaitRoutesResponse, ClaimClientsRequest,
     ClaimClientsResponse, ClaimedClient, DirectoryStamp, DirectorySyncedRequest,
-    DirectorySyncedResponse, DrainRequest, DrainResponse, ForwardAck, ForwardBatch, KickRequest,
-    KickResponse, LocateClientRequest, LocateClientResponse, RegisterClientsRequest,
+    DirectorySyncedResponse, DrainRequest, DrainResponse, ForwardAck, ForwardBatchEntries,
+    KickRequest, KickResponse, LocateClientRequest, LocateClientResponse, RegisterClientsRequest,
     RegisterClientsResponse, ReleaseClientsRequest, ReleaseClientsResponse, SessionSnapshot,
     StatusRequest, StatusResponse, TakeoverRequest, TakeoverResponse,
 };
@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::Cluster;
 use super::client_directory::{stamp_from_wire, stamp_to_wire};
-use super::convert::{Origins, Target, from_wire};
+use super::convert::{Origins, Target, decode_entry};
 use super::home_directory::{ClaimAnswer, HomeDirectory};
 use crate::broker::Broker;
 use crate::message::Delivery;
@@ -132,7 +132,7 @@ impl Peer for PeerService {
 
     async fn forward(
         &self,
-        request: Request<Streaming<ForwardBatch>>,
+        request: Request<Streaming<ForwardBatchEntries>>,
     ) -> Result<Response<AckStream>, Status> {
         let mut inbound = request.into_inner();
         let broker = self.broker.clone();
@@ -152,8 +152,8 @@ impl Peer for PeerService {
                 // Counted once per batch: a shared counter bumped per
                 // message bounces its cache line between the cores.
                 let mut received = 0u64;
-                for wire in batch.messages {
-                    let Some(incoming) = from_wire(wire, &mut origins) else {
+                for entry in batch.messages {
+                    let Some(incoming) = decode_entry(entry, &mut origins) else {
                         debug!("invalid message from a peer dropped");
                         continue;
                     };
