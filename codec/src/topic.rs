@@ -19,6 +19,44 @@ pub enum TopicError {
     InvalidSharedSubscription,
 }
 
+/// The levels of a topic name or filter: what `split('/')` yields.
+///
+/// Routing splits every published topic, and `str::split` with a `char`
+/// compares each candidate through a call to `memcmp`; scanning the bytes
+/// for `/` (ASCII, so every cut is a char boundary) costs a fraction.
+pub fn levels(topic: &str) -> Levels<'_> {
+    Levels { rest: Some(topic) }
+}
+
+/// See [`levels`].
+#[derive(Clone, Debug)]
+pub struct Levels<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Levels<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match rest.bytes().position(|b| b == b'/') {
+            Some(slash) => {
+                self.rest = rest.get(slash + 1..);
+                rest.get(..slash)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+/// How many levels `topic` has: `split('/').count()`.
+pub fn level_count(topic: &str) -> usize {
+    topic.bytes().filter(|b| *b == b'/').count() + 1
+}
+
 /// Checks a PUBLISH topic name: non-empty, no U+0000, no wildcards.
 pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     if name.is_empty() {
@@ -102,8 +140,8 @@ pub fn matches(filter: &str, name: &str) -> bool {
     if name.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
-    let mut names = name.split('/');
-    for level in filter.split('/') {
+    let mut names = levels(name);
+    for level in levels(filter) {
         match level {
             "#" => return true,
             "+" => {
@@ -124,6 +162,26 @@ pub fn matches(filter: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_are_what_split_gives() {
+        for topic in [
+            "",
+            "/",
+            "a",
+            "a/b",
+            "/a",
+            "a/",
+            "a//b",
+            "//",
+            "$SYS/x/#",
+            "é/ü/+/ß",
+        ] {
+            let expected: Vec<&str> = topic.split('/').collect();
+            assert_eq!(levels(topic).collect::<Vec<_>>(), expected, "{topic:?}");
+            assert_eq!(level_count(topic), expected.len(), "{topic:?}");
+        }
+    }
 
     #[test]
     fn filter_validation_follows_section_4_7_1() {

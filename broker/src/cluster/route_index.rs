@@ -178,7 +178,7 @@ impl Trie {
     fn matches<'a>(&'a self, topic: &str, out: &mut SmallVec<[&'a Node; 8]>) {
         collect(
             &self.root,
-            topic.split('/'),
+            starling_codec::topic::levels(topic),
             topic.starts_with('$'),
             true,
             out,

@@ -93,7 +93,7 @@ impl Connection {
         let topic = self.resolve_topic(&publish)?;
         let config = &self.broker.config;
         if topic.len() > config.max_topic_length
-            || topic.split('/').count() > config.max_topic_levels
+            || starling_codec::topic::level_count(&topic) > config.max_topic_levels
         {
             return Err(Ending::ServerClose(ReasonCode::TOPIC_NAME_INVALID));
         }

@@ -145,7 +145,7 @@ pub enum Scope<'a> {
 }
 
 fn first_level(topic: &str) -> &str {
-    topic.split('/').next().unwrap_or(topic)
+    starling_codec::topic::levels(topic).next().unwrap_or(topic)
 }
 
 impl Router {

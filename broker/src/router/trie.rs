@@ -181,7 +181,7 @@ impl Trie {
 
     /// Appends every subscription matching `topic` to `out`.
     pub fn matches<'a>(&'a self, topic: &str, out: &mut Matches<'a>) {
-        let levels = topic.split('/');
+        let levels = starling_codec::topic::levels(topic);
         let dollar = topic.starts_with('$');
         collect(&self.root, levels, true, dollar, out);
     }
