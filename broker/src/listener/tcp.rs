@@ -23,6 +23,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     // Restarting on the same port must not wait for TIME_WAIT to clear.
     socket.set_reuseaddr(true)?;
+    // Small MQTT packets must not wait for Nagle. Linux gives each
+    // accepted socket the listener's TCP options, so setting it here spares
+    // a setsockopt per connection (a test below holds Linux to it).
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -38,7 +42,8 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                // Small MQTT packets must not wait for Nagle.
+                // Inherited from the listener on Linux (see `bind`).
+                #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);
                 broker
                     .connections
@@ -50,5 +55,23 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().expect("an address"))
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("its address");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("TCP_NODELAY readable"));
+        drop(client);
     }
 }
