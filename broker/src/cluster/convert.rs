@@ -11,7 +11,9 @@ use starling_proto::v1::{ForwardedMessage, UserProperty};
 use crate::message::{Delivery, Message, ShareKey};
 
 /// A message for another node; `own_node` names this one as its origin
-/// when it was published here.
+/// when it was published here. [`put_publish_entry`] writes the usual
+/// publish without this struct: a field added here must be added there
+/// too (or make a message unusual there).
 pub fn to_wire(message: &Message, own_node: &Bytes) -> ForwardedMessage {
     let p = &message.properties;
     ForwardedMessage {

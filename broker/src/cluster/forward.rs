@@ -340,6 +340,9 @@ async fn run_link(ends: LinkEnds, queue: Arc<LinkQueue>) {
                     return;
                 }
                 backoff.wait().await;
+                if queue.is_closed() {
+                    return;
+                }
                 queue.start_accepting();
             }
         }
