@@ -31,10 +31,7 @@ pub fn to_wire(message: &Message, own_node: &Bytes) -> ForwardedMessage {
         qos: u32::from(message.qos.as_u8()),
         retain: message.retain,
         payload_format_indicator: p.payload_format_indicator.map(u32::from),
-        // The clock is read only for the few messages that expire.
-        message_expiry_interval: message
-            .expires_at
-            .and_then(|_| message.remaining_expiry(Instant::now())),
+        message_expiry_interval: expiry_left(message),
         content_type: p.content_type.as_ref().map(|s| s.to_string()),
         response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
         correlation_data: p.correlation_data.clone(),
@@ -82,6 +79,14 @@ pub fn redirect_to_wire(
     wire
 }
 
+/// Seconds of expiry the message has left, if it expires. The clock is
+/// read only for the few messages that do.
+fn expiry_left(message: &Message) -> Option<u32> {
+    message
+        .expires_at
+        .and_then(|_| message.remaining_expiry(Instant::now()))
+}
+
 /// The key of one entry of `ForwardBatch.messages` (field 2, length
 /// delimited): a batch's messages are a run of such entries.
 const BATCH_ENTRY_KEY: u8 = (2 << 3) | 2;
@@ -127,10 +132,7 @@ pub fn put_publish_entry(
     };
     let qos = u64::from(message.qos.as_u8());
     let format = p.payload_format_indicator.map(u64::from);
-    let expiry = message
-        .expires_at
-        .and_then(|_| message.remaining_expiry(Instant::now()))
-        .map(u64::from);
+    let expiry = expiry_left(message).map(u64::from);
     // Proto3 leaves out fields at their default; `optional` ones are
     // written whenever set. Every key here is one byte (fields 1 to 15).
     let bytes_len = |b: &[u8]| {
@@ -308,8 +310,6 @@ impl Origins {
 /// as its origin comes back as "published here", so both copies of a
 /// message compare equal.
 pub fn from_wire(wire: ForwardedMessage, origins: &mut Origins) -> Option<Incoming> {
-    let qos = QoS::from_u8(u8::try_from(wire.qos).ok()?)?;
-    let topic = ByteString::try_from(wire.topic).ok()?;
     let target = if wire.target_client.is_empty() {
         None
     } else {
@@ -320,8 +320,6 @@ pub fn from_wire(wire: ForwardedMessage, origins: &mut Origins) -> Option<Incomi
             subscription_ids: wire.target_subscription_ids,
         })
     };
-    let origin = origins.resolve(&wire.origin).ok()?;
-    let seq = wire.seq;
     let plain = wire.plain;
     let groups = wire
         .shared_groups
@@ -349,15 +347,54 @@ pub fn from_wire(wire: ForwardedMessage, origins: &mut Origins) -> Option<Incomi
             .collect(),
         ..PublishProperties::default()
     };
-    let mut message = Message::new(topic, wire.payload, qos, wire.retain, properties, None);
-    message.origin = origin;
-    message.seq = seq;
+    let message = received(
+        Received {
+            topic: wire.topic,
+            payload: wire.payload,
+            qos: wire.qos,
+            retain: wire.retain,
+            properties,
+            origin: &wire.origin,
+            seq: wire.seq,
+        },
+        origins,
+    )?;
     Some(Incoming {
         message,
         target,
         plain,
         groups,
     })
+}
+
+/// What either decoding read of a message, before its checks.
+struct Received<'a> {
+    topic: Bytes,
+    payload: Bytes,
+    qos: u32,
+    retain: bool,
+    properties: PublishProperties,
+    origin: &'a [u8],
+    seq: u64,
+}
+
+/// The message a peer sent, or `None` when its QoS, topic or origin is not
+/// valid: the one place both decodings check them.
+fn received(parts: Received<'_>, origins: &mut Origins) -> Option<Message> {
+    let qos = QoS::from_u8(u8::try_from(parts.qos).ok()?)?;
+    let topic = ByteString::try_from(parts.topic).ok()?;
+    let origin = origins.resolve(parts.origin).ok()?;
+    let mut message = Message::new(
+        topic,
+        parts.payload,
+        qos,
+        parts.retain,
+        parts.properties,
+        None,
+    );
+    message.origin = origin;
+    message.seq = parts.seq;
+    Some(message)
 }
 
 /// Decodes one entry of a `ForwardBatch` (a `ForwardedMessage`'s
@@ -372,18 +409,23 @@ pub fn from_wire(wire: ForwardedMessage, origins: &mut Origins) -> Option<Incomi
 pub fn decode_entry(entry: Bytes, origins: &mut Origins) -> Option<Incoming> {
     match decode_usual(&entry) {
         Some(usual) => {
-            let qos = QoS::from_u8(u8::try_from(usual.qos).ok()?)?;
-            let topic = ByteString::try_from(entry.slice(usual.topic)).ok()?;
-            let origin = origins.resolve(&entry[usual.origin]).ok()?;
             let properties = PublishProperties {
                 payload_format_indicator: usual.format.and_then(|v| u8::try_from(v).ok()),
                 message_expiry_interval: usual.expiry,
                 ..PublishProperties::default()
             };
-            let payload = entry.slice(usual.payload);
-            let mut message = Message::new(topic, payload, qos, usual.retain, properties, None);
-            message.origin = origin;
-            message.seq = usual.seq;
+            let message = received(
+                Received {
+                    topic: entry.slice(usual.topic),
+                    payload: entry.slice(usual.payload),
+                    qos: usual.qos,
+                    retain: usual.retain,
+                    properties,
+                    origin: &entry[usual.origin],
+                    seq: usual.seq,
+                },
+                origins,
+            )?;
             Some(Incoming {
                 message,
                 target: None,

@@ -137,8 +137,7 @@ impl LinkQueue {
             return Err((Refused::Full, ticket));
         }
         if state.open.messages > 0 && state.open.body.len() + size > BATCH_BYTES {
-            let full = std::mem::replace(&mut state.open, Batch::new());
-            state.sealed.push_back(full);
+            seal_open(&mut state);
         }
         let was_empty = state.messages == 0;
         let open = &mut state.open;
@@ -146,8 +145,7 @@ impl LinkQueue {
         open.messages += 1;
         open.tickets.extend(ticket);
         if open.is_full() {
-            let full = std::mem::replace(&mut state.open, Batch::new());
-            state.sealed.push_back(full);
+            seal_open(&mut state);
         }
         state.messages += 1;
         let queued = state.messages;
@@ -211,6 +209,12 @@ impl LinkQueue {
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed
     }
+}
+
+/// Ends the open batch: it goes behind the sealed ones, a new one opens.
+fn seal_open(state: &mut Queued) {
+    let full = std::mem::replace(&mut state.open, Batch::new());
+    state.sealed.push_back(full);
 }
 
 /// Takes the oldest batch out of the queue, the open one if no other.
