@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use starling_codec::{ByteString, PublishProperties, QoS};
 use starling_proto::v1::{ForwardedMessage, UserProperty};
@@ -347,18 +347,15 @@ pub fn from_wire(wire: ForwardedMessage, origins: &mut Origins) -> Option<Incomi
             .collect(),
         ..PublishProperties::default()
     };
-    let message = received(
-        Received {
-            topic: wire.topic,
-            payload: wire.payload,
-            qos: wire.qos,
-            retain: wire.retain,
-            properties,
-            origin: &wire.origin,
-            seq: wire.seq,
-        },
-        origins,
-    )?;
+    let message = received(Received {
+        topic: wire.topic,
+        payload: wire.payload,
+        qos: wire.qos,
+        retain: wire.retain,
+        properties,
+        origin: origins.resolve(&wire.origin).ok()?,
+        seq: wire.seq,
+    })?;
     Some(Incoming {
         message,
         target,
@@ -367,23 +364,23 @@ pub fn from_wire(wire: ForwardedMessage, origins: &mut Origins) -> Option<Incomi
     })
 }
 
-/// What either decoding read of a message, before its checks.
-struct Received<'a> {
+/// What either decoding read of a message, before its checks (the origin
+/// is checked as it is resolved: [`Origins::resolve`]).
+struct Received {
     topic: Bytes,
     payload: Bytes,
     qos: u32,
     retain: bool,
     properties: PublishProperties,
-    origin: &'a [u8],
+    origin: Option<Arc<str>>,
     seq: u64,
 }
 
-/// The message a peer sent, or `None` when its QoS, topic or origin is not
-/// valid: the one place both decodings check them.
-fn received(parts: Received<'_>, origins: &mut Origins) -> Option<Message> {
+/// The message a peer sent, or `None` when its QoS or topic is not valid:
+/// the one place both decodings check them.
+fn received(parts: Received) -> Option<Message> {
     let qos = QoS::from_u8(u8::try_from(parts.qos).ok()?)?;
     let topic = ByteString::try_from(parts.topic).ok()?;
-    let origin = origins.resolve(parts.origin).ok()?;
     let mut message = Message::new(
         topic,
         parts.payload,
@@ -392,7 +389,7 @@ fn received(parts: Received<'_>, origins: &mut Origins) -> Option<Message> {
         parts.properties,
         None,
     );
-    message.origin = origin;
+    message.origin = parts.origin;
     message.seq = parts.seq;
     Some(message)
 }
@@ -414,18 +411,23 @@ pub fn decode_entry(entry: Bytes, origins: &mut Origins) -> Option<Incoming> {
                 message_expiry_interval: usual.expiry,
                 ..PublishProperties::default()
             };
-            let message = received(
-                Received {
-                    topic: entry.slice(usual.topic),
-                    payload: entry.slice(usual.payload),
-                    qos: usual.qos,
-                    retain: usual.retain,
-                    properties,
-                    origin: &entry[usual.origin],
-                    seq: usual.seq,
-                },
-                origins,
-            )?;
+            let origin = origins.resolve(&entry[usual.origin]).ok()?;
+            let topic = entry.slice(usual.topic);
+            // The payload is the entry itself, cut down: slicing it out
+            // too would take one more reference on the frame and drop one,
+            // both atomic, per message.
+            let mut payload = entry;
+            payload.truncate(usual.payload.end);
+            payload.advance(usual.payload.start);
+            let message = received(Received {
+                topic,
+                payload,
+                qos: usual.qos,
+                retain: usual.retain,
+                properties,
+                origin,
+                seq: usual.seq,
+            })?;
             Some(Incoming {
                 message,
                 target: None,

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use smallvec::SmallVec;
@@ -259,6 +260,10 @@ pub struct RouteIndex {
     own_node: String,
     keys: Keys,
     trie: RwLock<Trie>,
+    /// Bumped with every change of the trie, under its write lock: an
+    /// answer of [`matching`](RouteIndex::matching) read at one version
+    /// holds for as long as the version stays.
+    version: AtomicU64,
 }
 
 impl RouteIndex {
@@ -267,7 +272,20 @@ impl RouteIndex {
             own_node: own_node.to_string(),
             keys,
             trie: RwLock::new(Trie::default()),
+            version: AtomicU64::new(1),
         })
+    }
+
+    /// See the field; never 0.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Changes the trie and bumps the version, under the write lock.
+    fn change(&self, f: impl FnOnce(&mut Trie)) {
+        let mut trie = self.trie.write();
+        f(&mut trie);
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// One walk for a publish: appends each remote node with a plain route
@@ -341,7 +359,7 @@ impl MirrorSink for IndexSink {
                 fresh.insert(filter, &name);
             }
         }
-        *self.index.trie.write() = fresh;
+        self.index.change(|trie| *trie = fresh);
     }
 
     fn put(&mut self, key: &str, _value: &[u8]) {
@@ -349,13 +367,13 @@ impl MirrorSink for IndexSink {
             && node != self.index.own_node
         {
             let name = self.node_name(node);
-            self.index.trie.write().insert(filter, &name);
+            self.index.change(|trie| trie.insert(filter, &name));
         }
     }
 
     fn delete(&mut self, key: &str) {
         if let Some((node, filter)) = self.index.keys.parse_route(key) {
-            self.index.trie.write().remove(filter, node);
+            self.index.change(|trie| trie.remove(filter, node));
         }
     }
 }
@@ -451,6 +469,22 @@ mod tests {
             index.trie.read().root.is_empty(),
             "empty trie nodes are pruned"
         );
+    }
+
+    #[test]
+    fn every_change_bumps_the_version() {
+        let keys = Keys::new("c");
+        let index = RouteIndex::new("me", keys.clone());
+        let mut sink = index.sink();
+        let mut seen = vec![index.version()];
+        sink.put(&keys.route("n2", "a/#"), b"");
+        seen.push(index.version());
+        sink.delete(&keys.route("n2", "a/#"));
+        seen.push(index.version());
+        sink.reset(vec![(keys.route("n3", "b"), vec![])]);
+        seen.push(index.version());
+        assert!(seen[0] != 0, "0 means uncachable");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use super::leased_keys::LeasedKeys;
 use super::route_aggregation::{Advertise, Aggregates};
 use super::route_index::RouteIndex;
 use super::route_sync::RouteSync;
-use crate::message::{ForwardTicket, ShareKey};
-use crate::router::store::{NodeId, RouteStore};
+use crate::message::ForwardTicket;
+use crate::router::store::{RemoteRoutes, RouteStore};
 
 pub struct EtcdRouteStore {
     node: String,
@@ -66,13 +66,13 @@ impl RouteStore for EtcdRouteStore {
         }
     }
 
-    fn remote_routes(
-        &self,
-        topic: &str,
-        nodes: &mut Vec<NodeId>,
-        groups: &mut Vec<(Arc<ShareKey>, Vec<NodeId>)>,
-    ) {
-        self.index.matching(topic, nodes, groups);
+    fn remote_routes(&self, topic: &str, routes: &mut RemoteRoutes) {
+        self.index
+            .matching(topic, &mut routes.nodes, &mut routes.groups);
+    }
+
+    fn remote_version(&self) -> u64 {
+        self.index.version()
     }
 
     fn local_route_count(&self) -> usize {

@@ -34,6 +34,7 @@ use tracing::{debug, trace, warn};
 use crate::broker::Broker;
 use crate::message::{Delivery, ForwardTicket};
 use crate::metrics::Metrics;
+use crate::router::remote_cache::RemoteRouteCache;
 use crate::router::store::NodeId;
 use crate::session::lifecycle::{self, Closing};
 use crate::session::mailbox::Mailbox;
@@ -117,6 +118,10 @@ pub(crate) struct Connection {
     /// Set while the link to this node is congested by what this client
     /// published: nothing more is read or handled until it drains.
     held_back: Option<NodeId>,
+    /// Cluster mode, once the client published: the other nodes that want
+    /// the topic it last published on (boxed: most connections never
+    /// publish, or not in a cluster).
+    remote_routes: Option<Box<RemoteRouteCache>>,
     /// When the client's keep-alive runs out unless a packet arrives.
     keep_alive_deadline: Option<Instant>,
     /// Last time bytes went either way (read, or handed to the socket):
@@ -303,6 +308,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         scratch: Vec::new(),
         pending_acks: VecDeque::new(),
         held_back: None,
+        remote_routes: None,
         keep_alive_deadline: None,
         last_active: Instant::now(),
     };
@@ -618,6 +624,7 @@ impl Connection {
             expiry,
             pending_acks: VecDeque::new(),
             held_back: None,
+            remote_routes: None,
             keep_alive_deadline: keep_alive_deadline.map(Instant::from_std),
             last_active: Instant::now(),
         })

@@ -6,6 +6,7 @@
 //! publish takes two read locks that only subscribes to the same first
 //! level ever write-lock: there is no broker-wide lock on the publish path.
 
+pub mod remote_cache;
 pub mod retained;
 pub mod store;
 pub mod trie;
@@ -21,14 +22,14 @@ use starling_codec::topic::ParsedFilter;
 use crate::message::{Delivery, ForwardTicket, Message, SessionId, ShareKey};
 use crate::metrics::Metrics;
 use crate::session::mailbox::PushOutcome;
+use remote_cache::RemoteRouteCache;
 use retained::RetainedStore;
-use store::{Forwarder, NodeId, RetainedReplicator, RouteStore};
+use store::{Forwarder, NodeId, RemoteRoutes, RetainedReplicator, RouteStore};
 
-/// Where a message published here goes in a cluster.
+/// Where a message published here goes in a cluster, besides the nodes
+/// with a matching plain route.
 #[derive(Default)]
 struct RoutePlan {
-    /// Nodes with a matching plain route.
-    plain_nodes: Vec<NodeId>,
     /// Share groups whose message this node delivers itself.
     local_groups: Vec<Arc<ShareKey>>,
     /// Share groups whose message another node delivers.
@@ -42,34 +43,40 @@ impl RoutePlan {
         &mut self,
         seq: u64,
         local: &[Arc<ShareKey>],
-        remote: Vec<(Arc<ShareKey>, Vec<NodeId>)>,
+        remote: &[(Arc<ShareKey>, Vec<NodeId>)],
     ) {
-        let mut remote = remote;
+        // Remote groups that have members here too, chosen among with them.
+        let mut also_local = vec![false; remote.len()];
         for key in local {
-            let others = remote
+            let others: &[NodeId] = match remote
                 .iter()
-                .position(|(k, _)| k == key)
-                .map(|i| remote.swap_remove(i).1)
-                .unwrap_or_default();
+                .enumerate()
+                .position(|(i, (k, _))| !also_local[i] && k == key)
+            {
+                Some(i) => {
+                    also_local[i] = true;
+                    &remote[i].1
+                }
+                None => &[],
+            };
             let pick = (seq % (others.len() as u64 + 1)) as usize;
             match others.get(pick) {
                 Some(node) => self.remote_groups.push((node.clone(), key.clone())),
                 None => self.local_groups.push(key.clone()),
             }
         }
-        for (key, nodes) in remote {
-            if !nodes.is_empty() {
+        for ((key, nodes), also_local) in remote.iter().zip(also_local) {
+            if !also_local && !nodes.is_empty() {
                 let node = nodes[(seq % nodes.len() as u64) as usize].clone();
-                self.remote_groups.push((node, key));
+                self.remote_groups.push((node, key.clone()));
             }
         }
     }
 
     /// Each target node once, with whether its plain subscriptions want the
     /// message and which share groups it serves.
-    fn remote_targets(&self) -> Vec<(NodeId, bool, Vec<Arc<ShareKey>>)> {
-        let mut targets: Vec<(NodeId, bool, Vec<Arc<ShareKey>>)> = self
-            .plain_nodes
+    fn remote_targets(&self, plain_nodes: &[NodeId]) -> Vec<(NodeId, bool, Vec<Arc<ShareKey>>)> {
+        let mut targets: Vec<(NodeId, bool, Vec<Arc<ShareKey>>)> = plain_nodes
             .iter()
             .map(|n| (n.clone(), true, Vec::new()))
             .collect();
@@ -268,12 +275,18 @@ impl Router {
     /// Returns the number of local deliveries plus target nodes (0 means
     /// nobody wanted it).
     pub fn route(&self, message: &Arc<Message>) -> usize {
-        self.route_tracked(message, false).delivered
+        self.route_tracked(message, false, None).delivered
     }
 
     /// [`route`](Self::route), and with `track` a ticket that completes
-    /// once every other node it was forwarded to acknowledged it.
-    pub fn route_tracked(&self, message: &Arc<Message>, track: bool) -> Routed {
+    /// once every other node it was forwarded to acknowledged it. A
+    /// publisher passes its `cache` of the remote routes of its last topic.
+    pub fn route_tracked(
+        &self,
+        message: &Arc<Message>,
+        track: bool,
+        cache: Option<&mut RemoteRouteCache>,
+    ) -> Routed {
         let topic: &str = &message.topic;
         let Some(forwarder) = &self.forwarder else {
             let local = self.route_local(message, Scope::All);
@@ -283,16 +296,23 @@ impl Router {
                 congested: None,
             };
         };
+        let mut uncached = RemoteRoutes::default();
+        let remote = match cache {
+            Some(cache) => cache.resolve(&*self.store, topic),
+            None => {
+                self.store.remote_routes(topic, &mut uncached);
+                &uncached
+            }
+        };
         // One walk of the local tries serves both the share-group plan and
         // the local deliveries; the forwards go out after the locks.
         let (local, plan) = self.with_local_matches(topic, |matches| {
             let mut plan = RoutePlan::default();
-            let mut remote_groups = Vec::new();
-            self.store
-                .remote_routes(topic, &mut plan.plain_nodes, &mut remote_groups);
-            let local_groups: Vec<Arc<ShareKey>> =
-                matches.groups.iter().map(|g| g.key.clone()).collect();
-            plan.choose_group_nodes(message.seq, &local_groups, remote_groups);
+            if !remote.groups.is_empty() || !matches.groups.is_empty() {
+                let local_groups: Vec<Arc<ShareKey>> =
+                    matches.groups.iter().map(|g| g.key.clone()).collect();
+                plan.choose_group_nodes(message.seq, &local_groups, &remote.groups);
+            }
             let local = self.deliver(
                 message,
                 matches,
@@ -304,20 +324,39 @@ impl Router {
             (local, plan)
         });
 
-        let targets = plan.remote_targets();
-        let ticket = (track && !targets.is_empty()).then(|| ForwardTicket::new(targets.len()));
-        let remote = targets.len();
         let mut congested = None;
-        for (node, plain, groups) in targets {
-            if forwarder.forward(&node, message, plain, groups, ticket.clone()) {
-                congested = Some(node);
+        let mut send = |node: &NodeId, plain, groups, ticket| {
+            if forwarder.forward(node, message, plain, groups, ticket) {
+                congested = Some(node.clone());
             }
-        }
+        };
+        let (remote_count, ticket) = if plan.remote_groups.is_empty() {
+            // The usual case, plain routes only: no list of targets to make.
+            let ticket =
+                (track && !remote.nodes.is_empty()).then(|| ForwardTicket::new(remote.nodes.len()));
+            for node in &remote.nodes {
+                send(node, true, Vec::new(), ticket.clone());
+            }
+            (remote.nodes.len(), ticket)
+        } else {
+            let targets = plan.remote_targets(&remote.nodes);
+            let ticket = (track && !targets.is_empty()).then(|| ForwardTicket::new(targets.len()));
+            let count = targets.len();
+            for (node, plain, groups) in targets {
+                send(&node, plain, groups, ticket.clone());
+            }
+            (count, ticket)
+        };
         Routed {
-            delivered: self.count_unwanted(local + remote),
+            delivered: self.count_unwanted(local + remote_count),
             ticket,
             congested,
         }
+    }
+
+    /// Cluster mode: messages may go to other nodes.
+    pub fn is_clustered(&self) -> bool {
+        self.forwarder.is_some()
     }
 
     /// Waits until the link to `node` takes messages again.

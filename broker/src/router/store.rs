@@ -16,20 +16,38 @@ use parking_lot::Mutex;
 /// A broker node's identity in the cluster (shared, cheap to clone).
 pub type NodeId = Arc<str>;
 
+/// Which other nodes want a topic.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RemoteRoutes {
+    /// Nodes with a matching plain route, each once.
+    pub nodes: Vec<NodeId>,
+    /// Share groups with a matching filter and members on other nodes,
+    /// with those nodes.
+    pub groups: Vec<(Arc<crate::message::ShareKey>, Vec<NodeId>)>,
+}
+
+impl RemoteRoutes {
+    pub fn clear(&mut self) {
+        self.nodes.clear();
+        self.groups.clear();
+    }
+}
+
 pub trait RouteStore: Send + Sync + 'static {
     /// The first local subscription of `filter` (shared ones included) exists.
     fn add_route(&self, filter: &str);
     /// The last local subscription of `filter` is gone.
     fn remove_route(&self, filter: &str);
-    /// Appends the remote nodes that have a plain route matching `topic`
-    /// (each once), and the share groups with a filter matching `topic`
-    /// that have members on other nodes, with those nodes.
-    fn remote_routes(
-        &self,
-        topic: &str,
-        nodes: &mut Vec<NodeId>,
-        groups: &mut Vec<(Arc<crate::message::ShareKey>, Vec<NodeId>)>,
-    );
+    /// Appends to `routes` the remote nodes that have a plain route
+    /// matching `topic` (each once), and the share groups with a filter
+    /// matching `topic` that have members on other nodes, with those nodes.
+    fn remote_routes(&self, topic: &str, routes: &mut RemoteRoutes);
+    /// Changes whenever what [`remote_routes`](Self::remote_routes) answers
+    /// may change, so that an answer can be kept and reused while it stays
+    /// the same. 0: answers must not be kept.
+    fn remote_version(&self) -> u64 {
+        0
+    }
     /// The filters this node currently advertises.
     fn local_route_count(&self) -> usize;
     /// With route sync on (cluster): a ticket completed once every other
@@ -79,13 +97,7 @@ impl RouteStore for LocalRouteStore {
         self.routes.lock().remove(filter);
     }
 
-    fn remote_routes(
-        &self,
-        _topic: &str,
-        _nodes: &mut Vec<NodeId>,
-        _groups: &mut Vec<(Arc<crate::message::ShareKey>, Vec<NodeId>)>,
-    ) {
-    }
+    fn remote_routes(&self, _topic: &str, _routes: &mut RemoteRoutes) {}
 
     fn local_route_count(&self) -> usize {
         self.routes.lock().len()
