@@ -566,8 +566,7 @@ mod tests {
             original.properties.correlation_data
         );
         assert!(
-            back.properties
-                .message_expiry_interval
+            back.remaining_expiry(Instant::now())
                 .is_some_and(|s| (59..=60).contains(&s))
         );
     }

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use starling_codec::{ByteString, Packet, PubAck, Publish, QoS};
+use starling_codec::{ByteString, Packet, PubAck, Publish, PublishProperties, QoS};
 use tracing::trace;
 
 use super::{BATCH, Connection, WRITE_HIGH_WATER};
@@ -53,7 +53,7 @@ impl Connection {
             Metrics::inc(&self.broker.metrics.dropped_expired);
             return;
         }
-        let mut properties = message.properties.clone();
+        let mut properties = PublishProperties::clone(&message.properties);
         properties.message_expiry_interval = message.remaining_expiry(now);
         properties.subscription_identifiers = delivery.subscription_ids.to_vec();
         let mut publish = Publish {
@@ -130,7 +130,7 @@ impl Connection {
                 OutboundPhase::AwaitingPubComp => Packet::PubRel(PubAck::new(outbound.packet_id)),
                 _ => {
                     let message = &outbound.delivery.message;
-                    let mut properties = message.properties.clone();
+                    let mut properties = PublishProperties::clone(&message.properties);
                     properties.message_expiry_interval = message.remaining_expiry(now);
                     properties.subscription_identifiers =
                         outbound.delivery.subscription_ids.to_vec();
