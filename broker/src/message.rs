@@ -168,6 +168,20 @@ impl Message {
         )
     }
 
+    /// The properties a PUBLISH of this message carries to a subscriber:
+    /// its own, with the expiry left at `now` and the subscriber's
+    /// Subscription Identifiers.
+    pub fn outbound_properties(&self, now: Instant, subscription_ids: &[u32]) -> PublishProperties {
+        let mut properties = match &self.properties.0 {
+            Some(properties) => PublishProperties::clone(properties),
+            // Built rather than cloned from the empty properties: cheaper.
+            None => PublishProperties::default(),
+        };
+        properties.message_expiry_interval = self.remaining_expiry(now);
+        properties.subscription_identifiers = subscription_ids.to_vec();
+        properties
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }

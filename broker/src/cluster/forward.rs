@@ -74,7 +74,8 @@ pub struct PeerInfo {
 
 pub struct PeerForwarder {
     own_node: Arc<str>,
-    links: RwLock<HashMap<NodeId, Link>>,
+    /// Looked up on every forward: foldhash rather than SipHash.
+    links: RwLock<HashMap<NodeId, Link, foldhash::fast::RandomState>>,
     credentials: PeerCredentials,
     metrics: Arc<Metrics>,
     /// Channels for unary calls to the same peers.
@@ -89,7 +90,7 @@ impl PeerForwarder {
     ) -> Arc<PeerForwarder> {
         Arc::new(PeerForwarder {
             own_node: Arc::from(own_node),
-            links: RwLock::new(HashMap::new()),
+            links: RwLock::new(HashMap::default()),
             channels: PeerChannels::new(credentials.clone()),
             credentials,
             metrics,

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use starling_codec::{ByteString, Packet, PubAck, Publish, PublishProperties, QoS};
+use starling_codec::{ByteString, Packet, PubAck, Publish, QoS};
 use tracing::trace;
 
 use super::{BATCH, Connection, WRITE_HIGH_WATER};
@@ -53,9 +53,7 @@ impl Connection {
             Metrics::inc(&self.broker.metrics.dropped_expired);
             return;
         }
-        let mut properties = PublishProperties::clone(&message.properties);
-        properties.message_expiry_interval = message.remaining_expiry(now);
-        properties.subscription_identifiers = delivery.subscription_ids.to_vec();
+        let properties = message.outbound_properties(now, &delivery.subscription_ids);
         let mut publish = Publish {
             dup: false,
             qos: delivery.qos,
@@ -130,10 +128,8 @@ impl Connection {
                 OutboundPhase::AwaitingPubComp => Packet::PubRel(PubAck::new(outbound.packet_id)),
                 _ => {
                     let message = &outbound.delivery.message;
-                    let mut properties = PublishProperties::clone(&message.properties);
-                    properties.message_expiry_interval = message.remaining_expiry(now);
-                    properties.subscription_identifiers =
-                        outbound.delivery.subscription_ids.to_vec();
+                    let properties =
+                        message.outbound_properties(now, &outbound.delivery.subscription_ids);
                     Packet::Publish(Publish {
                         dup: true,
                         qos: outbound.delivery.qos,
