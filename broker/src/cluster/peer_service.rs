@@ -148,19 +148,7 @@ impl Peer for PeerService {
                         return;
                     }
                 };
-                // Acknowledged on receipt, before routing: the batch is in
-                // this node's memory either way, which is all a publisher's
-                // PUBACK waits for (forward_ack), and the sender's
-                // publishers get their acks a batch's routing sooner.
-                if acks
-                    .send(Ok(ForwardAck {
-                        sequence: batch.sequence,
-                    }))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+                let sequence = batch.sequence;
                 // Counted once per batch: a shared counter bumped per
                 // message bounces its cache line between the cores.
                 let mut received = 0u64;
@@ -183,6 +171,9 @@ impl Peer for PeerService {
                     }
                 }
                 Metrics::add(&broker.metrics.forward_received, received);
+                if acks.send(Ok(ForwardAck { sequence })).await.is_err() {
+                    return;
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(outgoing))))
