@@ -330,17 +330,18 @@ impl Router {
                 congested = Some(node.clone());
             }
         };
+        let ticket_for =
+            |targets: usize| (track && targets > 0).then(|| ForwardTicket::new(targets));
         let (remote_count, ticket) = if plan.remote_groups.is_empty() {
             // The usual case, plain routes only: no list of targets to make.
-            let ticket =
-                (track && !remote.nodes.is_empty()).then(|| ForwardTicket::new(remote.nodes.len()));
+            let ticket = ticket_for(remote.nodes.len());
             for node in &remote.nodes {
                 send(node, true, Vec::new(), ticket.clone());
             }
             (remote.nodes.len(), ticket)
         } else {
             let targets = plan.remote_targets(&remote.nodes);
-            let ticket = (track && !targets.is_empty()).then(|| ForwardTicket::new(targets.len()));
+            let ticket = ticket_for(targets.len());
             let count = targets.len();
             for (node, plain, groups) in targets {
                 send(&node, plain, groups, ticket.clone());

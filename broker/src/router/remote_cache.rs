@@ -48,11 +48,21 @@ mod tests {
     use crate::router::store::NodeId;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-    /// Answers `n2` for every topic and counts the questions.
+    /// Answers one node, `n2:<topic>`, for every topic and counts the
+    /// questions.
     #[derive(Default)]
     struct Counting {
         version: AtomicU64,
         asked: AtomicUsize,
+    }
+
+    impl Counting {
+        fn at_version(version: u64) -> Counting {
+            Counting {
+                version: AtomicU64::new(version),
+                ..Counting::default()
+            }
+        }
     }
 
     impl RouteStore for Counting {
@@ -76,10 +86,7 @@ mod tests {
 
     #[test]
     fn the_same_topic_at_the_same_version_is_answered_from_the_cache() {
-        let store = Counting {
-            version: AtomicU64::new(1),
-            ..Counting::default()
-        };
+        let store = Counting::at_version(1);
         let mut cache = RemoteRouteCache::default();
         assert_eq!(nodes(cache.resolve(&store, "a/b")), ["n2:a/b"]);
         assert_eq!(nodes(cache.resolve(&store, "a/b")), ["n2:a/b"]);
@@ -88,10 +95,7 @@ mod tests {
 
     #[test]
     fn a_new_topic_or_a_new_version_asks_the_store_again() {
-        let store = Counting {
-            version: AtomicU64::new(1),
-            ..Counting::default()
-        };
+        let store = Counting::at_version(1);
         let mut cache = RemoteRouteCache::default();
         cache.resolve(&store, "a/b");
         assert_eq!(nodes(cache.resolve(&store, "a/c")), ["n2:a/c"]);
