@@ -260,9 +260,11 @@ mod time_left {
     }
 }
 
-/// Tracks one publish forwarded to other nodes until each of them
+/// Tracks a publish forwarded to other nodes until each of them
 /// acknowledged it, so that the publisher's PUBACK/PUBREC can wait for
-/// "every target node has the message".
+/// "every target node has the message". A message going to one node
+/// shares the ticket of its batch with the batch's other messages
+/// ([`Tracking::Batch`]).
 #[derive(Debug)]
 pub struct ForwardTicket {
     remaining: std::sync::atomic::AtomicUsize,
@@ -287,8 +289,10 @@ impl ForwardTicket {
             self.failed.store(true, Ordering::Release);
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // A stored permit: the waiter may not be waiting yet.
-            self.done.notify_one();
+            // Every waiter: a batch's ticket is awaited by each publisher
+            // with a message in the batch. Waiters register before they
+            // look (see `wait`), so none misses this.
+            self.done.notify_waiters();
         }
     }
 
@@ -303,10 +307,31 @@ impl ForwardTicket {
 
     /// Resolves once every target answered.
     pub async fn wait(&self) {
-        while !self.is_done() {
-            self.done.notified().await;
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            // Registered before the look: a completion in between wakes it.
+            notified.as_mut().enable();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
         }
     }
+}
+
+/// How a message handed to a peer link is acknowledged to its publisher.
+#[derive(Debug)]
+pub enum Tracking {
+    /// Nobody waits for the node's acknowledgement.
+    Untracked,
+    /// The message's own ticket, shared with the other nodes it goes to.
+    Own(Arc<ForwardTicket>),
+    /// The message goes to this node only: it waits on the ticket of the
+    /// batch it joins, which the link hands back. One ticket per batch
+    /// instead of one per message spares an allocation, a free on another
+    /// core and a wake-up per QoS 1 publish.
+    Batch,
 }
 
 #[cfg(test)]
@@ -319,7 +344,7 @@ mod tests {
         ticket.complete(true);
         assert!(!ticket.is_done());
         ticket.complete(false);
-        // Completed before anyone waited: the stored permit lets wait() end.
+        // Completed before anyone waited: wait() finds it done.
         tokio::time::timeout(Duration::from_secs(1), ticket.wait())
             .await
             .unwrap();
@@ -336,6 +361,30 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(ok.delivered());
+    }
+
+    /// A batch's ticket is awaited by every publisher with a message in
+    /// the batch: one completion wakes them all.
+    #[tokio::test]
+    async fn one_completion_wakes_every_waiter() {
+        let ticket = ForwardTicket::new(1);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let ticket = ticket.clone();
+                tokio::spawn(async move { ticket.wait().await })
+            })
+            .collect();
+        // Let them all start waiting before the completion.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        ticket.complete(true);
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(1), waiter)
+                .await
+                .unwrap()
+                .unwrap();
+        }
     }
 
     #[test]

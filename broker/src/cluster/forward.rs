@@ -30,9 +30,9 @@ use super::convert::{put_publish_entry, put_redirect_entry};
 use super::link_queue::{Batch, LINK_QUEUE, LinkQueue};
 use super::mirror::Backoff;
 use super::peer_client::{Peer, PeerChannels, PeerCredentials};
-use crate::message::{Delivery, ForwardTicket, Message, ShareKey};
+use crate::message::{Delivery, ForwardTicket, Message, ShareKey, Tracking};
 use crate::metrics::Metrics;
-use crate::router::store::{Forwarder, NodeId};
+use crate::router::store::{Forwarded, Forwarder, NodeId};
 
 /// Above this many queued messages a link holds its publishers back...
 const LINK_HIGH_WATER: usize = 16 * 1024;
@@ -185,11 +185,26 @@ impl PeerForwarder {
     }
 }
 
-/// Counts a message that will not reach its node.
-fn lost(metrics: &Metrics, ticket: Option<Arc<ForwardTicket>>) {
+/// Counts a message that will not reach its node, and fails what its
+/// publisher waits on: its own ticket, or for a message that was to join
+/// a batch's ticket, a failed one of its own.
+fn lost(metrics: &Metrics, tracking: Tracking) -> Forwarded {
     Metrics::inc(&metrics.forward_dropped);
-    if let Some(ticket) = ticket {
-        ticket.complete(false);
+    let ticket = match tracking {
+        Tracking::Untracked => None,
+        Tracking::Own(ticket) => {
+            ticket.complete(false);
+            None
+        }
+        Tracking::Batch => {
+            let ticket = ForwardTicket::new(1);
+            ticket.complete(false);
+            Some(ticket)
+        }
+    };
+    Forwarded {
+        congested: false,
+        ticket,
     }
 }
 
@@ -209,30 +224,30 @@ fn lost_batches(metrics: &Metrics, batches: Vec<Batch>) -> usize {
 impl PeerForwarder {
     /// Queues a message for `node`: `write` appends its wire encoding,
     /// given this node's name, and `size` is about how long that is.
-    /// Returns whether the link is congested.
     fn enqueue(
         &self,
         node: &NodeId,
         size: usize,
-        ticket: Option<Arc<ForwardTicket>>,
+        tracking: Tracking,
         write: impl FnOnce(&Bytes, &mut BytesMut),
-    ) -> bool {
+    ) -> Forwarded {
         let links = self.links.read();
         let Some(link) = links.get(node) else {
             drop(links);
-            lost(&self.metrics, ticket);
-            return false;
+            return lost(&self.metrics, tracking);
         };
         match link
             .queue
-            .push(size, ticket, |body| write(&link.own_node, body))
+            .push(size, tracking, |body| write(&link.own_node, body))
         {
             // Counted by the link's task as it takes them, once per batch.
-            Ok(queued) => link.up.load(Ordering::Acquire) && queued > LINK_HIGH_WATER,
-            Err((_, ticket)) => {
+            Ok(pushed) => Forwarded {
+                congested: link.up.load(Ordering::Acquire) && pushed.queued > LINK_HIGH_WATER,
+                ticket: pushed.ticket,
+            },
+            Err((_, tracking)) => {
                 drop(links);
-                lost(&self.metrics, ticket);
-                false
+                lost(&self.metrics, tracking)
             }
         }
     }
@@ -251,9 +266,9 @@ impl Forwarder for PeerForwarder {
         message: &Arc<Message>,
         plain: bool,
         groups: Vec<Arc<ShareKey>>,
-        ticket: Option<Arc<ForwardTicket>>,
-    ) -> bool {
-        self.enqueue(node, wire_size(message), ticket, |own_node, body| {
+        tracking: Tracking,
+    ) -> Forwarded {
+        self.enqueue(node, wire_size(message), tracking, |own_node, body| {
             put_publish_entry(message, plain, &groups, own_node, body)
         })
     }
@@ -291,7 +306,7 @@ impl Forwarder for PeerForwarder {
 
     fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: Delivery) {
         let size = wire_size(&delivery.message) + client_id.len();
-        self.enqueue(node, size, None, |own_node, body| {
+        self.enqueue(node, size, Tracking::Untracked, |own_node, body| {
             put_redirect_entry(client_id, &delivery, own_node, body)
         });
     }
@@ -457,4 +472,51 @@ async fn stream_to(ends: &LinkEnds, queue: &LinkQueue) -> StreamEnd {
         warn!(%node, lost, "messages in flight to a peer were lost with its stream");
     }
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message for a node without a link is lost: what its publisher
+    /// waits on fails at once, whether its own ticket or, in place of a
+    /// batch's, a failed one made for it.
+    #[test]
+    fn a_message_for_a_node_without_a_link_fails_its_ticket() {
+        let metrics = Arc::new(Metrics::default());
+        let forwarder = PeerForwarder::new("n1", PeerCredentials::default(), metrics.clone());
+        let node: NodeId = Arc::from("n2");
+        let message = Arc::new(Message::new(
+            "t".into(),
+            Bytes::from_static(b"x"),
+            starling_codec::QoS::AtLeastOnce,
+            false,
+            Default::default(),
+            None,
+        ));
+
+        let forwarded = forwarder.forward(&node, &message, true, Vec::new(), Tracking::Batch);
+        let Some(ticket) = forwarded.ticket else {
+            panic!("a batch-tracked message gets a ticket even when lost");
+        };
+        assert!(ticket.is_done() && !ticket.delivered());
+
+        let own = ForwardTicket::new(2);
+        let forwarded = forwarder.forward(
+            &node,
+            &message,
+            true,
+            Vec::new(),
+            Tracking::Own(own.clone()),
+        );
+        assert!(forwarded.ticket.is_none());
+        assert!(
+            !own.is_done() && !own.delivered(),
+            "one of its two targets failed"
+        );
+
+        let forwarded = forwarder.forward(&node, &message, true, Vec::new(), Tracking::Untracked);
+        assert!(forwarded.ticket.is_none() && !forwarded.congested);
+        assert_eq!(metrics.forward_dropped.load(Ordering::Relaxed), 3);
+    }
 }

@@ -28,7 +28,7 @@ use prost::Message as _;
 use starling_proto::v1::ForwardBatch;
 use tokio::sync::Notify;
 
-use crate::message::ForwardTicket;
+use crate::message::{ForwardTicket, Tracking};
 
 /// Messages queued per peer link before new ones are dropped.
 pub const LINK_QUEUE: usize = 64 * 1024;
@@ -46,7 +46,12 @@ const BATCH_START: usize = 32 * 1024;
 pub struct Batch {
     body: BytesMut,
     pub messages: usize,
+    /// Completed when the peer acknowledges the batch (or fails with it):
+    /// the messages' own tickets, and the batch's shared one.
     pub tickets: Vec<Arc<ForwardTicket>>,
+    /// The ticket shared by its messages that go to this node only, made
+    /// by the first of them (and also in `tickets`).
+    shared: Option<Arc<ForwardTicket>>,
 }
 
 impl Batch {
@@ -55,7 +60,20 @@ impl Batch {
             body: BytesMut::with_capacity(BATCH_START),
             messages: 0,
             tickets: Vec::new(),
+            shared: None,
         }
+    }
+
+    /// The ticket the messages of this batch that want one share.
+    fn shared_ticket(&mut self) -> Arc<ForwardTicket> {
+        let tickets = &mut self.tickets;
+        self.shared
+            .get_or_insert_with(|| {
+                let ticket = ForwardTicket::new(1);
+                tickets.push(ticket.clone());
+                ticket
+            })
+            .clone()
     }
 
     fn is_full(&self) -> bool {
@@ -85,6 +103,15 @@ struct Queued {
     accepting: bool,
     /// The link is gone (its node left).
     closed: bool,
+}
+
+/// A message queued.
+#[derive(Debug)]
+pub struct Pushed {
+    /// Messages queued now, this one included.
+    pub queued: usize,
+    /// For [`Tracking::Batch`]: the ticket of the batch it joined.
+    pub ticket: Option<Arc<ForwardTicket>>,
 }
 
 /// Why a message was not queued.
@@ -121,20 +148,21 @@ impl Default for LinkQueue {
 impl LinkQueue {
     /// Queues one message: `write` appends its entry to the open batch
     /// (see [`super::convert::put_publish_entry`]); `size` is about how
-    /// many bytes that is. Returns how many messages are queued now. On
-    /// refusal the ticket is handed back, to be failed.
+    /// many bytes that is. Returns how many messages are queued now, and
+    /// for [`Tracking::Batch`] the batch's ticket. On refusal a message's
+    /// own ticket is handed back, to be failed.
     pub fn push(
         &self,
         size: usize,
-        ticket: Option<Arc<ForwardTicket>>,
+        tracking: Tracking,
         write: impl FnOnce(&mut BytesMut),
-    ) -> Result<usize, (Refused, Option<Arc<ForwardTicket>>)> {
+    ) -> Result<Pushed, (Refused, Tracking)> {
         let mut state = self.state.lock();
         if !state.accepting || state.closed {
-            return Err((Refused::Down, ticket));
+            return Err((Refused::Down, tracking));
         }
         if state.messages >= LINK_QUEUE {
-            return Err((Refused::Full, ticket));
+            return Err((Refused::Full, tracking));
         }
         if state.open.messages > 0 && state.open.body.len() + size > BATCH_BYTES {
             seal_open(&mut state);
@@ -143,7 +171,14 @@ impl LinkQueue {
         let open = &mut state.open;
         write(&mut open.body);
         open.messages += 1;
-        open.tickets.extend(ticket);
+        let ticket = match tracking {
+            Tracking::Untracked => None,
+            Tracking::Own(ticket) => {
+                open.tickets.push(ticket);
+                None
+            }
+            Tracking::Batch => Some(open.shared_ticket()),
+        };
         if open.is_full() {
             seal_open(&mut state);
         }
@@ -153,7 +188,7 @@ impl LinkQueue {
         if was_empty {
             self.ready.notify_one();
         }
-        Ok(queued)
+        Ok(Pushed { queued, ticket })
     }
 
     /// Messages queued.
@@ -238,9 +273,9 @@ mod tests {
     fn push(
         queue: &LinkQueue,
         wire: &ForwardedMessage,
-        ticket: Option<Arc<ForwardTicket>>,
-    ) -> Result<usize, (Refused, Option<Arc<ForwardTicket>>)> {
-        queue.push(wire.encoded_len(), ticket, |body| {
+        tracking: Tracking,
+    ) -> Result<Pushed, (Refused, Tracking)> {
+        queue.push(wire.encoded_len(), tracking, |body| {
             put_batch_entry(wire, body)
         })
     }
@@ -267,7 +302,7 @@ mod tests {
         let queue = LinkQueue::default();
         let sent = [wire("a/1", 3), wire("b", 0), wire("c/d/e", 100)];
         for message in &sent {
-            assert!(push(&queue, message, None).is_ok());
+            assert!(push(&queue, message, Tracking::Untracked).is_ok());
         }
         assert_eq!(queue.len(), 3);
         let batch = queue.next().await;
@@ -281,7 +316,7 @@ mod tests {
     async fn batches_are_cut_by_count_and_by_bytes() {
         let queue = LinkQueue::default();
         for _ in 0..BATCH + 1 {
-            assert!(push(&queue, &wire("t", 1), None).is_ok());
+            assert!(push(&queue, &wire("t", 1), Tracking::Untracked).is_ok());
         }
         let first = queue.next().await.map(|b| b.messages);
         let second = queue.next().await.map(|b| b.messages);
@@ -290,9 +325,9 @@ mod tests {
         // A message that does not fit the open batch starts the next one;
         // one larger than a batch goes alone.
         let big = wire("big", BATCH_BYTES);
-        assert!(push(&queue, &wire("small", 1), None).is_ok());
-        assert!(push(&queue, &big, None).is_ok());
-        assert!(push(&queue, &wire("small", 1), None).is_ok());
+        assert!(push(&queue, &wire("small", 1), Tracking::Untracked).is_ok());
+        assert!(push(&queue, &big, Tracking::Untracked).is_ok());
+        assert!(push(&queue, &wire("small", 1), Tracking::Untracked).is_ok());
         let counts: Vec<usize> = [queue.next().await, queue.next().await, queue.next().await]
             .into_iter()
             .flatten()
@@ -301,26 +336,69 @@ mod tests {
         assert_eq!(counts, vec![1, 1, 1]);
     }
 
+    /// Messages for this node only share their batch's ticket: one per
+    /// batch, completed with it. A message's own ticket stays its own.
+    #[tokio::test]
+    async fn messages_of_a_batch_share_its_ticket() {
+        let queue = LinkQueue::default();
+        let batch_ticket = |pushed: Result<Pushed, (Refused, Tracking)>| match pushed {
+            Ok(Pushed {
+                ticket: Some(ticket),
+                ..
+            }) => ticket,
+            other => panic!("expected the batch's ticket, got {other:?}"),
+        };
+        let first = batch_ticket(push(&queue, &wire("t", 0), Tracking::Batch));
+        let own = ForwardTicket::new(2);
+        assert!(push(&queue, &wire("t", 0), Tracking::Own(own.clone())).is_ok());
+        for _ in 2..BATCH {
+            let same = batch_ticket(push(&queue, &wire("t", 0), Tracking::Batch));
+            assert!(Arc::ptr_eq(&same, &first));
+        }
+        // The batch is full: the next message starts another, and its ticket.
+        let second = batch_ticket(push(&queue, &wire("t", 0), Tracking::Batch));
+        assert!(!Arc::ptr_eq(&second, &first));
+
+        let Some(batch) = queue.next().await else {
+            panic!("a batch is queued");
+        };
+        let (_, tickets) = batch.finish(1);
+        assert_eq!(tickets.len(), 2, "the shared ticket and the own one");
+        assert!(tickets.iter().any(|t| Arc::ptr_eq(t, &first)));
+        assert!(tickets.iter().any(|t| Arc::ptr_eq(t, &own)));
+        for ticket in tickets {
+            ticket.complete(true);
+        }
+        assert!(first.is_done() && first.delivered());
+        assert!(!second.is_done(), "the next batch is not acknowledged yet");
+    }
+
     #[test]
     fn a_full_or_stopped_queue_refuses_and_hands_the_ticket_back() {
         let queue = LinkQueue::default();
         for _ in 0..LINK_QUEUE {
-            assert!(push(&queue, &wire("t", 0), None).is_ok());
+            assert!(push(&queue, &wire("t", 0), Tracking::Untracked).is_ok());
         }
         let ticket = ForwardTicket::new(1);
-        match push(&queue, &wire("t", 0), Some(ticket.clone())) {
-            Err((Refused::Full, Some(back))) => assert!(Arc::ptr_eq(&back, &ticket)),
+        match push(&queue, &wire("t", 0), Tracking::Own(ticket.clone())) {
+            Err((Refused::Full, Tracking::Own(back))) => assert!(Arc::ptr_eq(&back, &ticket)),
             other => panic!("expected a refusal with the ticket, got {other:?}"),
         }
         let dropped: usize = queue.stop_accepting().iter().map(|b| b.messages).sum();
         assert_eq!(dropped, LINK_QUEUE);
         assert_eq!(queue.len(), 0);
         assert!(matches!(
-            push(&queue, &wire("t", 0), None),
-            Err((Refused::Down, None))
+            push(&queue, &wire("t", 0), Tracking::Batch),
+            Err((Refused::Down, Tracking::Batch))
         ));
         queue.start_accepting();
-        assert!(matches!(push(&queue, &wire("t", 0), None), Ok(1)));
+        assert!(matches!(
+            push(&queue, &wire("t", 0), Tracking::Untracked),
+            Ok(Pushed {
+                queued: 1,
+                ticket: None
+            })
+        ));
     }
 
     #[tokio::test]
@@ -335,7 +413,7 @@ mod tests {
             })
         };
         tokio::task::yield_now().await;
-        assert!(push(&queue, &wire("t", 0), None).is_ok());
+        assert!(push(&queue, &wire("t", 0), Tracking::Untracked).is_ok());
         tokio::task::yield_now().await;
         queue.close();
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), taker).await;

@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 use starling_codec::QoS;
 use starling_codec::topic::ParsedFilter;
 
-use crate::message::{Delivery, ForwardTicket, Message, SessionId, ShareKey};
+use crate::message::{Delivery, ForwardTicket, Message, SessionId, ShareKey, Tracking};
 use crate::metrics::Metrics;
 use crate::session::mailbox::PushOutcome;
 use remote_cache::RemoteRouteCache;
@@ -325,28 +325,39 @@ impl Router {
         });
 
         let mut congested = None;
-        let mut send = |node: &NodeId, plain, groups, ticket| {
-            if forwarder.forward(node, message, plain, groups, ticket) {
+        let mut send = |node: &NodeId, plain, groups, tracking| {
+            let forwarded = forwarder.forward(node, message, plain, groups, tracking);
+            if forwarded.congested {
                 congested = Some(node.clone());
             }
+            forwarded.ticket
         };
-        let ticket_for =
-            |targets: usize| (track && targets > 0).then(|| ForwardTicket::new(targets));
+        // One target node: the message waits on its batch's ticket. Several:
+        // on a ticket of its own that each of them completes.
+        let own_ticket =
+            |targets: usize| (track && targets > 1).then(|| ForwardTicket::new(targets));
+        let tracking = |own: &Option<Arc<ForwardTicket>>| match own {
+            Some(ticket) => Tracking::Own(ticket.clone()),
+            None if track => Tracking::Batch,
+            None => Tracking::Untracked,
+        };
         let (remote_count, ticket) = if plan.remote_groups.is_empty() {
             // The usual case, plain routes only: no list of targets to make.
-            let ticket = ticket_for(remote.nodes.len());
+            let own = own_ticket(remote.nodes.len());
+            let mut batch = None;
             for node in &remote.nodes {
-                send(node, true, Vec::new(), ticket.clone());
+                batch = send(node, true, Vec::new(), tracking(&own));
             }
-            (remote.nodes.len(), ticket)
+            (remote.nodes.len(), own.or(batch))
         } else {
             let targets = plan.remote_targets(&remote.nodes);
-            let ticket = ticket_for(targets.len());
+            let own = own_ticket(targets.len());
             let count = targets.len();
+            let mut batch = None;
             for (node, plain, groups) in targets {
-                send(&node, plain, groups, ticket.clone());
+                batch = send(&node, plain, groups, tracking(&own));
             }
-            (count, ticket)
+            (count, own.or(batch))
         };
         Routed {
             delivered: self.count_unwanted(local + remote_count),

@@ -58,24 +58,34 @@ pub trait RouteStore: Send + Sync + 'static {
     }
 }
 
+/// What became of a message handed to a [`Forwarder`].
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    /// The link to the node is congested: the publisher should wait for
+    /// [`Forwarder::drained`] before taking more.
+    pub congested: bool,
+    /// With [`crate::message::Tracking::Batch`]: the ticket to wait on.
+    pub ticket: Option<Arc<crate::message::ForwardTicket>>,
+}
+
 /// Hands messages to other nodes (the cluster's peer links).
 pub trait Forwarder: Send + Sync + 'static {
     /// Queues `message` for `node`; never blocks. A message that cannot be
     /// queued is dropped and counted by the forwarder.
     /// `plain`: deliver to the node's plain subscriptions; `groups`: the
     /// share groups the node was chosen for.
-    /// `ticket`, when given, is completed once the node acknowledged the
-    /// message (or failed if it cannot get it).
-    /// Returns true when the link to `node` is congested: the publisher
-    /// should wait for [`Forwarder::drained`] before taking more.
+    /// `tracking` says what completes once the node acknowledged the
+    /// message (or fails if it cannot get it): nothing, the message's own
+    /// ticket, or the ticket of the batch it joins, which is returned
+    /// (already failed if the message could not be queued).
     fn forward(
         &self,
         node: &NodeId,
         message: &Arc<crate::message::Message>,
         plain: bool,
         groups: Vec<Arc<crate::message::ShareKey>>,
-        ticket: Option<Arc<crate::message::ForwardTicket>>,
-    ) -> bool;
+        tracking: crate::message::Tracking,
+    ) -> Forwarded;
     /// Resolves once the link to `node` is no longer congested (or gone).
     fn drained(&self, node: &NodeId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
     /// Sends a delivery for one session that moved to `node`.
