@@ -12,76 +12,10 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use starling_codec::{ByteString, LastWill, PublishProperties, QoS};
 
-/// A message's PUBLISH properties, boxed, and only when it has any. Most
-/// messages have none, and a message is written once and read on every
-/// hop: 160 bytes of empty fields inline made it two cache lines longer,
-/// copied and dropped with every message. Reads see the properties
-/// through `Deref`, empty ones when there are none.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MessageProperties(Option<Box<PublishProperties>>);
-
-/// What an empty [`MessageProperties`] reads as. Aligned to cache lines of
-/// its own: read by every publish, it must not share one with data that
-/// changes (the message counter sat next to it, and every read missed).
-static NO_PROPERTIES: CacheLines<PublishProperties> = CacheLines(PublishProperties {
-    payload_format_indicator: None,
-    message_expiry_interval: None,
-    topic_alias: None,
-    response_topic: None,
-    correlation_data: None,
-    user_properties: Vec::new(),
-    subscription_identifiers: Vec::new(),
-    content_type: None,
-});
-
-#[repr(align(128))]
-struct CacheLines<T>(T);
-
-impl std::ops::Deref for MessageProperties {
-    type Target = PublishProperties;
-
-    fn deref(&self) -> &PublishProperties {
-        self.0.as_deref().unwrap_or(&NO_PROPERTIES.0)
-    }
-}
-
-impl From<PublishProperties> for MessageProperties {
-    fn from(properties: PublishProperties) -> Self {
-        let PublishProperties {
-            payload_format_indicator,
-            message_expiry_interval,
-            topic_alias,
-            response_topic,
-            correlation_data,
-            user_properties,
-            subscription_identifiers,
-            content_type,
-        } = &properties;
-        let empty = payload_format_indicator.is_none()
-            && message_expiry_interval.is_none()
-            && topic_alias.is_none()
-            && response_topic.is_none()
-            && correlation_data.is_none()
-            && user_properties.is_empty()
-            && subscription_identifiers.is_empty()
-            && content_type.is_none();
-        MessageProperties((!empty).then(|| Box::new(properties)))
-    }
-}
-
-/// Stored (in session snapshots) as the properties themselves, as before
-/// they were boxed.
-impl Serialize for MessageProperties {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        PublishProperties::serialize(self, s)
-    }
-}
-
-impl<'de> Deserialize<'de> for MessageProperties {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        PublishProperties::deserialize(d).map(MessageProperties::from)
-    }
-}
+/// A message's PUBLISH properties, boxed, and only when it has any (see
+/// the codec's type: the same box travels from the decoded PUBLISH into
+/// the message, with no copy of the properties on the way).
+pub use starling_codec::MessageProperties;
 
 /// Identifies one session incarnation inside this broker (No Local and
 /// duplicate suppression compare these, not client ids).
@@ -118,21 +52,29 @@ impl Message {
         payload: Bytes,
         qos: QoS,
         retain: bool,
-        mut properties: PublishProperties,
+        properties: impl Into<MessageProperties>,
         publisher: Option<SessionId>,
     ) -> Message {
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
-        let expires_at = properties
-            .message_expiry_interval
-            .take()
-            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+        let mut properties = properties.into();
+        let mut expires_at = None;
+        if properties.is_boxed() {
+            // The alias and the identifiers were the publisher's; the expiry
+            // is kept as an instant.
+            let own = properties.make_mut();
+            own.topic_alias = None;
+            own.subscription_identifiers.clear();
+            expires_at = own
+                .message_expiry_interval
+                .take()
+                .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+            properties.shrink();
+        }
         Message {
             topic,
             payload,
             qos,
             retain,
-            properties: properties.into(),
+            properties,
             publisher,
             origin: None,
             seq: next_seq(),
@@ -171,14 +113,16 @@ impl Message {
     /// The properties a PUBLISH of this message carries to a subscriber:
     /// its own, with the expiry left at `now` and the subscriber's
     /// Subscription Identifiers.
-    pub fn outbound_properties(&self, now: Instant, subscription_ids: &[u32]) -> PublishProperties {
-        let mut properties = match &self.properties.0 {
-            Some(properties) => PublishProperties::clone(properties),
-            // Built rather than cloned from the empty properties: cheaper.
-            None => PublishProperties::default(),
-        };
-        properties.message_expiry_interval = self.remaining_expiry(now);
-        properties.subscription_identifiers = subscription_ids.to_vec();
+    pub fn outbound_properties(&self, now: Instant, subscription_ids: &[u32]) -> MessageProperties {
+        let expiry = self.remaining_expiry(now);
+        if !self.properties.is_boxed() && expiry.is_none() && subscription_ids.is_empty() {
+            // The usual case: none, and nothing to box.
+            return MessageProperties::default();
+        }
+        let mut properties = self.properties.clone();
+        let outbound = properties.make_mut();
+        outbound.message_expiry_interval = expiry;
+        outbound.subscription_identifiers = subscription_ids.to_vec();
         properties
     }
 
@@ -390,14 +334,14 @@ mod tests {
     #[test]
     fn properties_are_boxed_only_when_there_are_some() {
         let empty = MessageProperties::from(PublishProperties::default());
-        assert!(empty.0.is_none());
+        assert!(!empty.is_boxed());
         assert_eq!(*empty, PublishProperties::default());
         let typed = PublishProperties {
             content_type: Some("text/plain".into()),
             ..PublishProperties::default()
         };
         let boxed = MessageProperties::from(typed.clone());
-        assert!(boxed.0.is_some());
+        assert!(boxed.is_boxed());
         assert_eq!(*boxed, typed);
     }
 

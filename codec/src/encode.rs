@@ -83,7 +83,10 @@ fn size(packet: &Packet, version: ProtocolVersion) -> Result<Sizes, EncodeError>
                 len += 2;
             }
             if v5 {
-                sizes.props = props::content_len(&p.properties)?;
+                // None at all, the usual case: nothing to size.
+                if p.properties.is_boxed() {
+                    sizes.props = props::content_len(&*p.properties)?;
+                }
                 len += props::section_len(sizes.props);
             }
             len
@@ -270,7 +273,7 @@ fn write_publish(p: &Publish, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
     }
     buf.put_slice(&between[..len]);
     if v5 && sizes.props != 0 {
-        props::write(&p.properties, sizes.props, buf);
+        props::write(&*p.properties, sizes.props, buf);
     }
     buf.put_slice(&p.payload);
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
-    PublishProperties, SubscribeProperties, UnsubscribeProperties, WillProperties,
+    MessageProperties, SubscribeProperties, UnsubscribeProperties, WillProperties,
 };
 use crate::reason::ReasonCode;
 
@@ -70,7 +70,9 @@ impl QoS {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Packet {
     Connect(Box<Connect>),
-    ConnAck(ConnAck),
+    /// Boxed, like CONNECT: once per connection, and its properties would
+    /// make every packet (PUBLISH above all) as large as it.
+    ConnAck(Box<ConnAck>),
     Publish(Publish),
     PubAck(PubAck),
     PubRec(PubAck),
@@ -175,7 +177,7 @@ pub struct Publish {
     /// May be empty only in MQTT 5 when a Topic Alias is present.
     pub topic: ByteString,
     pub packet_id: u16,
-    pub properties: PublishProperties,
+    pub properties: MessageProperties,
     pub payload: Bytes,
 }
 

@@ -48,8 +48,9 @@ fn publish_encodes_fixed_header_flags_mqtt_3_3_1() {
 #[test]
 fn properties_are_dropped_before_mqtt_5() {
     let mut p = publish("t", QoS::AtMostOnce, 0, b"x");
-    p.properties.message_expiry_interval = Some(5);
-    p.properties.user_properties.push(("k".into(), "v".into()));
+    let properties = p.properties.make_mut();
+    properties.message_expiry_interval = Some(5);
+    properties.user_properties.push(("k".into(), "v".into()));
     let packet = Packet::Publish(p);
     assert_eq!(&enc(&packet, V3_1_1)[..], b"\x30\x04\x00\x01tx");
     assert_eq!(&enc(&packet, V3_1)[..], b"\x30\x04\x00\x01tx");
@@ -140,23 +141,23 @@ fn subscription_options_before_mqtt_5_are_only_the_qos() {
 
 #[test]
 fn connack_3_1_1_writes_the_code_as_the_return_code() {
-    let ack = Packet::ConnAck(ConnAck {
+    let ack = Packet::ConnAck(Box::new(ConnAck {
         session_present: true,
         code: ReasonCode(0),
         properties: ConnAckProperties {
             receive_maximum: Some(10),
             ..Default::default()
         },
-    });
+    }));
     assert_eq!(&enc(&ack, V3_1_1)[..], b"\x20\x02\x01\x00");
     // MQTT 3.1 has no Session Present flag.
     assert_eq!(&enc(&ack, V3_1)[..], b"\x20\x02\x00\x00");
     assert_eq!(&enc(&ack, V5)[..], b"\x20\x06\x01\x00\x03\x21\x00\x0A");
     // The broker maps with to_v3_connack; the encoder writes what it gets.
-    let refused = Packet::ConnAck(ConnAck {
+    let refused = Packet::ConnAck(Box::new(ConnAck {
         code: ReasonCode(ReasonCode::NOT_AUTHORIZED.to_v3_connack()),
         ..Default::default()
-    });
+    }));
     assert_eq!(&enc(&refused, V3_1_1)[..], b"\x20\x02\x00\x05");
 }
 
@@ -346,6 +347,7 @@ fn remaining_length_over_268_435_455_is_too_long() {
 fn encode_reserves_exactly_once() {
     let mut p = publish("sensors/1/temp", QoS::AtLeastOnce, 3, b"21.5");
     p.properties
+        .make_mut()
         .user_properties
         .push(("unit".into(), "C".into()));
     let ack = PubAck {

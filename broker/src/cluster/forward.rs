@@ -491,7 +491,7 @@ mod tests {
             Bytes::from_static(b"x"),
             starling_codec::QoS::AtLeastOnce,
             false,
-            Default::default(),
+            crate::message::MessageProperties::default(),
             None,
         ));
 

@@ -180,7 +180,7 @@ impl MirrorSink for RetainedSink {
                 Bytes::new(),
                 starling_codec::QoS::AtMostOnce,
                 true,
-                Default::default(),
+                starling_codec::MessageProperties::default(),
                 None,
             );
             self.broker.router.retain_local(Arc::new(clear));

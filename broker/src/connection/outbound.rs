@@ -102,7 +102,7 @@ impl Connection {
         }
         let aliases = self.aliases.get_or_insert_default();
         if let Some(&alias) = aliases.outbound.get(&publish.topic) {
-            publish.properties.topic_alias = Some(alias);
+            publish.properties.make_mut().topic_alias = Some(alias);
             publish.topic = ByteString::new();
             return None;
         }
@@ -112,7 +112,7 @@ impl Connection {
         }
         let alias = next as u16;
         aliases.outbound.insert(publish.topic.clone(), alias);
-        publish.properties.topic_alias = Some(alias);
+        publish.properties.make_mut().topic_alias = Some(alias);
         Some(publish.topic.clone())
     }
 
