@@ -180,7 +180,7 @@ async fn setup<F: Future<Output = ()>>(
         properties,
     })))?;
     let connack = match conn.recv(deadline, stop.as_mut()).await? {
-        Packet::ConnAck(connack) => *connack,
+        Packet::ConnAck(connack) => connack,
         Packet::Disconnect(d) => return Err(ConnError::Disconnected(d.code)),
         other => return Err(ConnError::Unexpected(other.name())),
     };

@@ -119,7 +119,7 @@ fn check_fixed_header(first: u8, version: ProtocolVersion) -> Result<(), DecodeE
 fn decode_body(first: u8, r: Reader, version: ProtocolVersion) -> Result<Packet, DecodeError> {
     match first >> 4 {
         1 => connect::connect(r),
-        2 => connect::connack(r, version).map(|c| Packet::ConnAck(Box::new(c))),
+        2 => connect::connack(r, version).map(Packet::ConnAck),
         4 => publish::ack(r, version, &publish::PUBACK).map(Packet::PubAck),
         5 => publish::ack(r, version, &publish::PUBREC).map(Packet::PubRec),
         6 => publish::ack(r, version, &publish::PUBREL).map(Packet::PubRel),

@@ -111,8 +111,7 @@ pub struct PublishProperties {
 /// publishes have none, and a publish is moved several times between the
 /// socket and the subscribers (as a `Packet`, a `Publish`, then inside the
 /// broker's message): 168 bytes of empty fields inline made a `Publish`
-/// 232 bytes, now 80, and with CONNACK boxed as well a `Packet` went from
-/// 264 to 128. Reads see the properties through `Deref`,
+/// 232 bytes, now 80. Reads see the properties through `Deref`,
 /// empty ones when there are none; writes go through
 /// [`make_mut`](Self::make_mut), which boxes them.
 #[derive(Clone, Default)]

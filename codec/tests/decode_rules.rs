@@ -576,10 +576,10 @@ fn connack_3_1_1_keeps_the_return_code() {
         let packet = ok(&frame(0x20, &[0x00, code]), V3_1_1);
         assert_eq!(
             packet,
-            Packet::ConnAck(Box::new(ConnAck {
+            Packet::ConnAck(ConnAck {
                 code: ReasonCode(code),
                 ..Default::default()
-            }))
+            })
         );
     }
     assert!(matches!(
@@ -605,7 +605,7 @@ fn connack_reserved_flags_are_malformed_3_2_2_1() {
 fn connack_3_1_first_byte_is_unused() {
     assert_eq!(
         ok(b"\x20\x02\x01\x00", V3_1),
-        Packet::ConnAck(Box::default())
+        Packet::ConnAck(ConnAck::default())
     );
 }
 
@@ -621,7 +621,7 @@ fn connack_5_needs_its_property_length() {
     assert!(is_malformed(&err(b"\x20\x02\x00\x00", V5)));
     assert_eq!(
         ok(b"\x20\x03\x00\x00\x00", V5),
-        Packet::ConnAck(Box::default())
+        Packet::ConnAck(ConnAck::default())
     );
 }
 

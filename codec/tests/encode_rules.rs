@@ -141,23 +141,23 @@ fn subscription_options_before_mqtt_5_are_only_the_qos() {
 
 #[test]
 fn connack_3_1_1_writes_the_code_as_the_return_code() {
-    let ack = Packet::ConnAck(Box::new(ConnAck {
+    let ack = Packet::ConnAck(ConnAck {
         session_present: true,
         code: ReasonCode(0),
         properties: ConnAckProperties {
             receive_maximum: Some(10),
             ..Default::default()
         },
-    }));
+    });
     assert_eq!(&enc(&ack, V3_1_1)[..], b"\x20\x02\x01\x00");
     // MQTT 3.1 has no Session Present flag.
     assert_eq!(&enc(&ack, V3_1)[..], b"\x20\x02\x00\x00");
     assert_eq!(&enc(&ack, V5)[..], b"\x20\x06\x01\x00\x03\x21\x00\x0A");
     // The broker maps with to_v3_connack; the encoder writes what it gets.
-    let refused = Packet::ConnAck(Box::new(ConnAck {
+    let refused = Packet::ConnAck(ConnAck {
         code: ReasonCode(ReasonCode::NOT_AUTHORIZED.to_v3_connack()),
         ..Default::default()
-    }));
+    });
     assert_eq!(&enc(&refused, V3_1_1)[..], b"\x20\x02\x00\x05");
 }
 

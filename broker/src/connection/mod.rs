@@ -137,8 +137,7 @@ struct PendingAck {
 
 /// What a held-back ack sends. Publish acks, nearly all of them, are kept
 /// small: a node that forwards QoS 1 to others holds one per publish, and
-/// queueing whole `Packet`s (264 bytes then, 128 now) showed in its
-/// profile as copying.
+/// queueing whole 264-byte `Packet`s showed in its profile as copying.
 enum HeldAck {
     /// PUBACK (QoS 1) or PUBREC (QoS 2).
     Publish {
@@ -209,12 +208,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
                     false,
                     None,
                 );
-                write_and_close(
-                    &stream,
-                    &Packet::ConnAck(Box::new(ack)),
-                    ProtocolVersion::V3_1_1,
-                )
-                .await;
+                write_and_close(&stream, &Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
                 debug!(%peer, level, "unsupported protocol level");
             } else {
                 debug!(%peer, %error, "bad CONNECT");
@@ -232,13 +226,13 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
     let refuse = |code: ReasonCode, reason: &'static str| {
         Metrics::inc(&broker.metrics.connects_refused);
         debug!(%peer, client_id = %connect.client_id, %code, reason, "CONNECT refused");
-        Packet::ConnAck(Box::new(handshake::refused(
+        Packet::ConnAck(handshake::refused(
             version,
             code,
             reason,
             problem_info,
             broker.config.server_reference.as_deref(),
-        )))
+        ))
     };
     let refusal = if broker.shutdown.is_cancelled() {
         Some(refuse(
@@ -320,7 +314,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
     };
     connection.keep_alive_deadline = connection.n.silence_allowed().map(|ka| Instant::now() + ka);
     let ack = handshake::accepted(&connection.n, &broker.config, opened.session_present);
-    connection.send(&Packet::ConnAck(Box::new(ack)));
+    connection.send(&Packet::ConnAck(ack));
     if opened.session_present {
         connection.resend_inflight();
     }

@@ -381,7 +381,7 @@ pub fn connack(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         v5_or_default(version, connack_properties()),
     )
         .prop_map(move |(session_present, code, properties)| {
-            Packet::ConnAck(Box::new(ConnAck {
+            Packet::ConnAck(ConnAck {
                 // Refused connections have no session (MQTT-3.2.2-4 / -6);
                 // MQTT 3.1 has no such flag at all.
                 session_present: session_present
@@ -389,7 +389,7 @@ pub fn connack(version: ProtocolVersion) -> BoxedStrategy<Packet> {
                     && version != ProtocolVersion::V3_1,
                 code,
                 properties,
-            }))
+            })
         })
         .boxed()
 }
