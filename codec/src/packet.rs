@@ -73,7 +73,8 @@ pub enum Packet {
     /// Not boxed, though its properties make it the largest variant (a
     /// `Packet` of 264 bytes rather than 128): boxed, the broker's idle
     /// connections measured about 20 bytes more each (`conn-idle`, 5
-    /// alternating pairs), the transient box left behind in the heap.
+    /// alternating pairs; why was not pinned down, presumably where the
+    /// short-lived box lands among the connections' long-lived memory).
     ConnAck(ConnAck),
     Publish(Publish),
     PubAck(PubAck),
