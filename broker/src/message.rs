@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use starling_codec::{ByteString, LastWill, PublishProperties, QoS};
+use starling_codec::{ByteString, LastWill, ProtocolVersion, PublishProperties, QoS};
 
 /// A message's PUBLISH properties, boxed, and only when it has any (see
 /// the codec's type: the same box travels from the decoded PUBLISH into
@@ -110,10 +110,19 @@ impl Message {
         )
     }
 
-    /// The properties a PUBLISH of this message carries to a subscriber:
-    /// its own, with the expiry left at `now` and the subscriber's
-    /// Subscription Identifiers.
-    pub fn outbound_properties(&self, now: Instant, subscription_ids: &[u32]) -> MessageProperties {
+    /// The properties a PUBLISH of this message carries to a subscriber
+    /// speaking `version`: its own, with the expiry left at `now` and the
+    /// subscriber's Subscription Identifiers; none before MQTT 5, which
+    /// has no properties to carry them.
+    pub fn outbound_properties(
+        &self,
+        version: ProtocolVersion,
+        now: Instant,
+        subscription_ids: &[u32],
+    ) -> MessageProperties {
+        if !version.is_v5() {
+            return MessageProperties::default();
+        }
         let expiry = self.remaining_expiry(now);
         if !self.properties.is_boxed() && expiry.is_none() && subscription_ids.is_empty() {
             // The usual case: none, and nothing to box.
@@ -359,6 +368,35 @@ mod tests {
                 stored.and_then(|bytes| postcard::from_bytes(&bytes).ok());
             assert_eq!(back.as_deref(), Some(&properties));
         }
+    }
+
+    /// MQTT 5 subscribers get the expiry left and their identifiers;
+    /// earlier versions have no properties, so none are made for them.
+    #[test]
+    fn outbound_properties_only_for_mqtt_5() {
+        let expiring = PublishProperties {
+            message_expiry_interval: Some(60),
+            ..PublishProperties::default()
+        };
+        let message = Message::new(
+            "t".into(),
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            false,
+            expiring,
+            None,
+        );
+        let now = Instant::now();
+
+        let v5 = message.outbound_properties(ProtocolVersion::V5, now, &[7]);
+        assert_eq!(v5.subscription_identifiers, vec![7]);
+        assert!(
+            v5.message_expiry_interval
+                .is_some_and(|left| left <= 60 && left > 0)
+        );
+
+        let v3 = message.outbound_properties(ProtocolVersion::V3_1_1, now, &[7]);
+        assert!(!v3.is_boxed());
     }
 
     #[test]

@@ -53,7 +53,8 @@ impl Connection {
             Metrics::inc(&self.broker.metrics.dropped_expired);
             return;
         }
-        let properties = message.outbound_properties(now, &delivery.subscription_ids);
+        let properties =
+            message.outbound_properties(self.n.version, now, &delivery.subscription_ids);
         let mut publish = Publish {
             dup: false,
             qos: delivery.qos,
@@ -128,8 +129,11 @@ impl Connection {
                 OutboundPhase::AwaitingPubComp => Packet::PubRel(PubAck::new(outbound.packet_id)),
                 _ => {
                     let message = &outbound.delivery.message;
-                    let properties =
-                        message.outbound_properties(now, &outbound.delivery.subscription_ids);
+                    let properties = message.outbound_properties(
+                        version,
+                        now,
+                        &outbound.delivery.subscription_ids,
+                    );
                     Packet::Publish(Publish {
                         dup: true,
                         qos: outbound.delivery.qos,
