@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use starling_codec::{
     ByteString, ConnAck, Connect, ConnectProperties, Packet, ProtocolVersion, PubAck, Publish, QoS,
     Subscribe, SubscribeFilter, SubscriptionOptions,
@@ -157,28 +157,34 @@ async fn setup<F: Future<Output = ()>>(
     let args = &ctx.common;
     let timeout = Duration::from_secs_f64(args.connect_timeout.max(0.001));
     let deadline = Instant::now() + timeout;
-    let stream = tokio::select! {
-        stream = tokio::time::timeout_at(deadline, ctx.connector.connect(index)) => {
-            stream.map_err(|_| ConnError::Timeout)??
-        }
-        () = stop.as_mut() => return Err(ConnError::Stopped),
-    };
     let version = protocol_version(args.version);
-    let mut conn = MqttConn::new(stream, version);
     let properties = ConnectProperties {
         session_expiry_interval: (args.session_expiry > 0).then_some(args.session_expiry),
         ..ConnectProperties::default()
     };
-    conn.send(&Packet::Connect(Box::new(Connect {
-        protocol: version,
-        clean_start: args.clean,
-        keep_alive: args.keepalive,
-        client_id: ByteString::from(client_id),
-        will: None,
-        username: args.username.as_deref().map(ByteString::from),
-        password: args.password.clone().map(Bytes::from),
-        properties,
-    })))?;
+    // Encoded first: over TCP the transport sends it with the connect.
+    let mut first = BytesMut::new();
+    starling_codec::encode(
+        &Packet::Connect(Box::new(Connect {
+            protocol: version,
+            clean_start: args.clean,
+            keep_alive: args.keepalive,
+            client_id: ByteString::from(client_id),
+            will: None,
+            username: args.username.as_deref().map(ByteString::from),
+            password: args.password.clone().map(Bytes::from),
+            properties,
+        })),
+        version,
+        &mut first,
+    )?;
+    let stream = tokio::select! {
+        stream = tokio::time::timeout_at(deadline, ctx.connector.connect(index, &mut first)) => {
+            stream.map_err(|_| ConnError::Timeout)??
+        }
+        () = stop.as_mut() => return Err(ConnError::Stopped),
+    };
+    let mut conn = MqttConn::new(stream, version, first);
     let connack = match conn.recv(deadline, stop.as_mut()).await? {
         Packet::ConnAck(connack) => connack,
         Packet::Disconnect(d) => return Err(ConnError::Disconnected(d.code)),

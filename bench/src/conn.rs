@@ -71,11 +71,13 @@ pub struct MqttConn<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> MqttConn<S> {
-    pub fn new(io: S, version: ProtocolVersion) -> MqttConn<S> {
+    /// A connection over `io`, with `queued` bytes still to write (the
+    /// CONNECT, or what of it the transport did not send yet).
+    pub fn new(io: S, version: ProtocolVersion, queued: BytesMut) -> MqttConn<S> {
         MqttConn {
             io,
             rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
+            wbuf: queued,
             version,
             need_flush: false,
             read_chunk: READ_FIRST,

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::{Context as _, bail};
+use bytes::{Buf, BytesMut};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -144,9 +146,18 @@ impl Connector {
         })
     }
 
-    /// Opens the stream for client `index` (which picks its source address).
-    pub async fn connect(&self, index: u32) -> io::Result<Stream> {
-        let tcp = self.tcp(index).await?;
+    /// Opens the stream for client `index` (which picks its source
+    /// address). Over plain TCP, what `first` holds (the CONNECT) is sent
+    /// as soon as the connection allows and taken out of it; the other
+    /// transports leave it to be sent after their handshake.
+    pub async fn connect(&self, index: u32, first: &mut BytesMut) -> io::Result<Stream> {
+        let mut nothing = BytesMut::new();
+        let early = match self.transport {
+            Transport::Tcp => first,
+            // Sent after the TLS or WebSocket handshake.
+            Transport::Tls | Transport::Ws | Transport::Wss => &mut nothing,
+        };
+        let tcp = self.tcp(index, early).await?;
         match self.transport {
             Transport::Tcp => Ok(Stream::Tcp(tcp)),
             Transport::Tls => Ok(Stream::Tls(Box::new(self.tls(tcp).await?))),
@@ -162,20 +173,48 @@ impl Connector {
         &choices[index as usize % choices.len()]
     }
 
-    async fn tcp(&self, index: u32) -> io::Result<TcpStream> {
+    /// Connects and sends `first` (if any) before waiting for the
+    /// connection to be reported writable. On loopback the handshake is
+    /// done by the time `connect` returns, so the send goes through at once
+    /// and the client spares a wake-up, a readiness check and `SO_ERROR`
+    /// per connection: a connect burst is as much the tool's CPU as the
+    /// broker's. A send that finds the handshake under way fails with
+    /// `WouldBlock` and the usual wait follows.
+    async fn tcp(&self, index: u32, first: &mut BytesMut) -> io::Result<TcpStream> {
         let addr = *Self::pick(&self.addrs, index);
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
+        socket.set_tcp_nodelay(true)?;
         if !self.sources.is_empty() {
             let source = *Self::pick(&self.sources, index);
             sys::bind_address_no_port(&socket)?;
-            socket.bind(SocketAddr::new(source, 0))?;
+            socket.bind(&SocketAddr::new(source, 0).into())?;
         }
-        let stream = socket.connect(addr).await?;
-        stream.set_nodelay(true)?;
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(error) => return Err(error),
+        }
+        let sent = if first.is_empty() {
+            0
+        } else {
+            match socket.send(first) {
+                Ok(sent) => sent,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(error) => return Err(error),
+            }
+        };
+        let stream = TcpStream::from_std(socket.into())?;
+        if sent == 0 {
+            stream.writable().await?;
+            if let Some(error) = stream.take_error()? {
+                return Err(error);
+            }
+        }
+        first.advance(sent);
         Ok(stream)
     }
 
@@ -288,5 +327,85 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use tokio::io::AsyncReadExt;
+    use tokio::time::{Duration, timeout};
+
+    async fn connector(port: u16, extra: &[&str]) -> Connector {
+        let port = port.to_string();
+        let mut args = vec!["starling-bench", "conn", "-h", "127.0.0.1", "-p", &port];
+        args.extend_from_slice(extra);
+        let cli = match Cli::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(error) => panic!("{error}"),
+        };
+        let Command::Conn(conn) = cli.command else {
+            panic!("not conn");
+        };
+        match Connector::new(&conn.common).await {
+            Ok(connector) => connector,
+            Err(error) => panic!("{error:#}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_sends_the_first_bytes_with_the_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        let mut sent_at_once = 0;
+        for extra in [&[][..], &["--ifaddr", "127.0.0.2"][..]].repeat(3) {
+            let connector = connector(port, extra).await;
+            let mut first = BytesMut::from(&b"\x10\x02hi"[..]);
+            let stream = timeout(Duration::from_secs(5), connector.connect(0, &mut first))
+                .await
+                .expect("connected in time")
+                .expect("connected");
+            assert!(matches!(stream, Stream::Tcp(_)));
+            // Whatever was not sent stays for the caller to write.
+            let sent = 4 - first.len();
+            if sent == 4 {
+                sent_at_once += 1;
+            }
+            let (mut accepted, peer) = listener.accept().await.expect("accept");
+            if !extra.is_empty() {
+                assert_eq!(peer.ip().to_string(), "127.0.0.2");
+            }
+            let mut received = vec![0u8; sent];
+            accepted
+                .read_exact(&mut received)
+                .await
+                .expect("the sent bytes");
+            assert_eq!(received, &b"\x10\x02hi"[..sent]);
+        }
+        // On loopback the handshake is normally done when `connect`
+        // returns; only softirqs deferred on a loaded machine delay it.
+        assert!(sent_at_once > 0, "no connect sent its first bytes at once");
+    }
+
+    #[tokio::test]
+    async fn tcp_to_a_closed_port_fails() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            listener.local_addr().expect("its address").port()
+        };
+        let connector = connector(port, &[]).await;
+        let mut first = BytesMut::from(&b"\x10\x00"[..]);
+        let result = timeout(Duration::from_secs(5), connector.connect(0, &mut first))
+            .await
+            .expect("done in time");
+        assert!(
+            matches!(&result, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused),
+            "{:?}",
+            result.err()
+        );
     }
 }
