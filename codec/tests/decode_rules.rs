@@ -584,7 +584,10 @@ fn connack_3_1_1_keeps_the_return_code() {
     }
     assert!(matches!(
         ok(b"\x20\x02\x01\x00", V3_1_1),
-        Packet::ConnAck(c) if c.session_present
+        Packet::ConnAck(ConnAck {
+            session_present: true,
+            ..
+        })
     ));
 }
 
