@@ -55,7 +55,32 @@ impl Message {
         properties: impl Into<MessageProperties>,
         publisher: Option<SessionId>,
     ) -> Message {
-        let mut properties = properties.into();
+        Message::numbered(
+            topic,
+            payload,
+            qos,
+            retain,
+            properties.into(),
+            publisher,
+            None,
+            next_seq(),
+        )
+    }
+
+    /// A message with its cluster-wide identity given (`origin`, `seq`),
+    /// as [`new`](Self::new) makes one otherwise.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn numbered(
+        topic: ByteString,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        mut properties: MessageProperties,
+        publisher: Option<SessionId>,
+        origin: Option<Arc<str>>,
+        seq: u64,
+    ) -> Message {
         let mut expires_at = None;
         if properties.is_boxed() {
             // The alias and the identifiers were the publisher's; the expiry
@@ -76,8 +101,8 @@ impl Message {
             retain,
             properties,
             publisher,
-            origin: None,
-            seq: next_seq(),
+            origin,
+            seq,
             expires_at,
         }
     }

@@ -263,7 +263,7 @@ impl Forwarder for PeerForwarder {
     fn forward(
         &self,
         node: &NodeId,
-        message: &Arc<Message>,
+        message: &Message,
         plain: bool,
         groups: Vec<Arc<ShareKey>>,
         tracking: Tracking,

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use starling_codec::ReasonCode;
 use starling_proto::v1::peer_server::{Peer, PeerServer};
 use starling_proto::v1::{
@@ -114,6 +115,33 @@ fn deliver_redirected(broker: &Arc<Broker>, message: Arc<crate::message::Message
     });
 }
 
+/// Delivers the messages of one forwarded batch here; returns how many
+/// were valid. Synchronous, so that the tries' read locks it keeps from
+/// one message to the next cannot be held across an `.await`.
+fn deliver_batch(broker: &Arc<Broker>, entries: Vec<Bytes>, origins: &mut Origins) -> u64 {
+    let mut received = 0u64;
+    let mut local = broker.router.local_run();
+    for entry in entries {
+        let Some(incoming) = decode_entry(entry, origins) else {
+            debug!("invalid message from a peer dropped");
+            continue;
+        };
+        received += 1;
+        let message = incoming.message;
+        match incoming.target {
+            None => {
+                let scope = Scope::Selected {
+                    plain: incoming.plain,
+                    groups: &incoming.groups,
+                };
+                local.route(&message, scope);
+            }
+            Some(target) => deliver_redirected(broker, message, target),
+        }
+    }
+    received
+}
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<ForwardAck, Status>> + Send>>;
 
 impl PeerService {
@@ -151,25 +179,7 @@ impl Peer for PeerService {
                 let sequence = batch.sequence;
                 // Counted once per batch: a shared counter bumped per
                 // message bounces its cache line between the cores.
-                let mut received = 0u64;
-                for entry in batch.messages {
-                    let Some(incoming) = decode_entry(entry, &mut origins) else {
-                        debug!("invalid message from a peer dropped");
-                        continue;
-                    };
-                    received += 1;
-                    let message = Arc::new(incoming.message);
-                    match incoming.target {
-                        None => {
-                            let scope = Scope::Selected {
-                                plain: incoming.plain,
-                                groups: &incoming.groups,
-                            };
-                            broker.router.route_local(&message, scope);
-                        }
-                        Some(target) => deliver_redirected(&broker, message, target),
-                    }
-                }
+                let received = deliver_batch(&broker, batch.messages, &mut origins);
                 Metrics::add(&broker.metrics.forward_received, received);
                 if acks.send(Ok(ForwardAck { sequence })).await.is_err() {
                     return;

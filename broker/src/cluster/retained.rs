@@ -125,7 +125,7 @@ fn encode(message: &Message) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn decode(value: &[u8]) -> Option<Message> {
+fn decode(value: &[u8]) -> Option<Arc<Message>> {
     let record = RetainedRecord::decode(value).ok()?;
     let mut wire = record.message?;
     if record.expires_at_ms > 0 {
@@ -142,9 +142,11 @@ fn decode(value: &[u8]) -> Option<Message> {
         wire.message_expiry_interval = None;
     }
     let mut message = from_wire(wire, &mut Origins::new(Arc::from("")))?.message;
-    message.retain = true;
+    // Just made, so not shared yet.
+    let own = Arc::get_mut(&mut message)?;
+    own.retain = true;
     // Its own allocation: a retained message may stay for a long time.
-    message.payload = Bytes::copy_from_slice(&message.payload);
+    own.payload = Bytes::copy_from_slice(&own.payload);
     Some(message)
 }
 
@@ -160,7 +162,6 @@ impl MirrorSink for RetainedSink {
             .iter()
             .filter(|(k, _)| self.keys.parse_retained(k).is_some())
             .filter_map(|(_, v)| decode(v))
-            .map(Arc::new)
             .collect();
         self.broker.router.replace_retained(messages);
     }
@@ -169,7 +170,7 @@ impl MirrorSink for RetainedSink {
         if self.keys.parse_retained(key).is_some()
             && let Some(message) = decode(value)
         {
-            self.broker.router.retain_local(Arc::new(message));
+            self.broker.router.retain_local(message);
         }
     }
 

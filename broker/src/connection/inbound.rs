@@ -13,8 +13,8 @@ use tracing::debug;
 use super::{Connection, Ending, HeldAck};
 use crate::message::{Delivery, ForwardTicket, Message};
 use crate::metrics::Metrics;
-use crate::router::route_name;
 use crate::router::trie::Subscriber;
+use crate::router::{ToRoute, route_name};
 use crate::session::state::{OutboundPhase, StoredSubscription};
 
 /// Closes with a protocol error (MQTT 5.0 §4.13.1).
@@ -119,14 +119,14 @@ impl Connection {
         Metrics::inc(&self.broker.metrics.messages_received);
         let retain = publish.retain;
         let packet_id = publish.packet_id;
-        let message = Arc::new(Message::new(
+        let message = Message::new(
             topic,
             publish.payload,
             qos,
             retain,
             publish.properties,
             Some(self.session.id),
-        ));
+        );
         if retain {
             // The retained copy may live for days: don't let it pin the whole
             // read buffer its payload was sliced from.
@@ -150,7 +150,10 @@ impl Connection {
             true => Some(&mut **self.remote_routes.get_or_insert_with(Box::default)),
             false => None,
         };
-        let routed = self.broker.router.route_tracked(&message, track, cache);
+        let routed = self
+            .broker
+            .router
+            .route_tracked(ToRoute::owned(message), track, cache);
         if routed.congested.is_some() {
             // A peer link is full: read nothing more until it drains.
             Metrics::inc(&self.broker.metrics.forward_held_back);

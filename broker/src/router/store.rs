@@ -81,7 +81,7 @@ pub trait Forwarder: Send + Sync + 'static {
     fn forward(
         &self,
         node: &NodeId,
-        message: &Arc<crate::message::Message>,
+        message: &crate::message::Message,
         plain: bool,
         groups: Vec<Arc<crate::message::ShareKey>>,
         tracking: crate::message::Tracking,

@@ -82,6 +82,10 @@ pub struct Matches<'a> {
 }
 
 impl Matches<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.groups.is_empty()
+    }
+
     pub fn clear(&mut self) {
         self.subscribers.clear();
         self.groups.clear();
