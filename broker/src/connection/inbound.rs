@@ -146,14 +146,16 @@ impl Connection {
         // QoS 1/2 in a cluster: the ack waits until every node the message
         // went to has it (forward_ack), so a PUBACK means "in the cluster".
         let track = qos != QoS::AtMostOnce && self.broker.config.forward_ack;
-        let cache = match self.broker.router.is_clustered() {
-            true => Some(&mut **self.remote_routes.get_or_insert_with(Box::default)),
-            false => None,
+        // In a cluster the router shares the message only if a subscriber
+        // here gets it; alone, one always does or nobody wants it.
+        let (message, cache) = match self.broker.router.is_clustered() {
+            true => (
+                ToRoute::owned(message),
+                Some(&mut **self.remote_routes.get_or_insert_with(Box::default)),
+            ),
+            false => (ToRoute::shared(Arc::new(message)), None),
         };
-        let routed = self
-            .broker
-            .router
-            .route_tracked(ToRoute::owned(message), track, cache);
+        let routed = self.broker.router.route_tracked(message, track, cache);
         if routed.congested.is_some() {
             // A peer link is full: read nothing more until it drains.
             Metrics::inc(&self.broker.metrics.forward_held_back);
