@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use starling_codec::{ByteString, PublishProperties, QoS};
 use starling_proto::v1::{ForwardedMessage, UserProperty};
@@ -396,33 +396,35 @@ fn received(parts: Received) -> Option<Arc<Message>> {
 }
 
 /// Decodes one entry of a `ForwardBatch` (a `ForwardedMessage`'s
-/// encoding) into the message it carries, as [`from_wire`] would.
+/// encoding, at `entry` in `batch`) into the message it carries, as
+/// [`from_wire`] would.
 ///
 /// The usual publish (the fields [`put_publish_entry`] writes directly) is
 /// read field by field into the message, its topic and payload sliced out
-/// of the frame; anything else (another field, another wire type, bytes
+/// of the batch; anything else (another field, another wire type, bytes
 /// that do not parse) is left to prost. Building the whole
 /// `ForwardedMessage` first cost the receiving node more than delivering
 /// the message.
-pub fn decode_entry(entry: Bytes, origins: &mut Origins) -> Option<Incoming> {
-    match decode_usual(&entry) {
+pub fn decode_entry(
+    batch: &Bytes,
+    entry: std::ops::Range<usize>,
+    origins: &mut Origins,
+) -> Option<Incoming> {
+    let bytes = batch.get(entry.clone())?;
+    match decode_usual(bytes) {
         Some(usual) => {
             let properties = PublishProperties {
                 payload_format_indicator: usual.format.and_then(|v| u8::try_from(v).ok()),
                 message_expiry_interval: usual.expiry,
                 ..PublishProperties::default()
             };
-            let origin = origins.resolve(&entry[usual.origin]).ok()?;
-            let topic = entry.slice(usual.topic);
-            // The payload is the entry itself, cut down: slicing it out
-            // too would take one more reference on the frame and drop one,
-            // both atomic, per message.
-            let mut payload = entry;
-            payload.truncate(usual.payload.end);
-            payload.advance(usual.payload.start);
+            let origin = origins.resolve(&bytes[usual.origin]).ok()?;
+            let within = |range: std::ops::Range<usize>| {
+                batch.slice(entry.start + range.start..entry.start + range.end)
+            };
             let message = received(Received {
-                topic,
-                payload,
+                topic: within(usual.topic),
+                payload: within(usual.payload),
                 qos: usual.qos,
                 retain: usual.retain,
                 properties,
@@ -436,7 +438,7 @@ pub fn decode_entry(entry: Bytes, origins: &mut Origins) -> Option<Incoming> {
                 groups: Vec::new(),
             })
         }
-        None => from_wire(ForwardedMessage::decode(entry).ok()?, origins),
+        None => from_wire(ForwardedMessage::decode(batch.slice(entry)).ok()?, origins),
     }
 }
 
@@ -697,6 +699,11 @@ mod tests {
     }
 
     /// The body of `wire`'s entry, as the receiver gets it.
+    /// An entry that is a whole batch by itself.
+    fn decode_alone(entry: Bytes, origins: &mut Origins) -> Option<Incoming> {
+        decode_entry(&entry, 0..entry.len(), origins)
+    }
+
     fn entry_of(wire: &ForwardedMessage) -> Bytes {
         Bytes::from(wire.encode_to_vec())
     }
@@ -740,7 +747,7 @@ mod tests {
         for wire in wires {
             let mut direct = Origins::new(Arc::from("n2"));
             let mut through_prost = Origins::new(Arc::from("n2"));
-            let fast = decode_entry(entry_of(&wire), &mut direct).map(|i| seen(&i));
+            let fast = decode_alone(entry_of(&wire), &mut direct).map(|i| seen(&i));
             let slow = from_wire(wire, &mut through_prost).map(|i| seen(&i));
             assert!(fast.is_some());
             assert_eq!(fast, slow);
@@ -754,7 +761,7 @@ mod tests {
         for cut in 1..good.len() {
             // Cut anywhere, it either still parses (a whole field ends
             // there) or is refused; it never reads past its end.
-            let _ = decode_entry(good.slice(..cut), &mut origins);
+            let _ = decode_alone(good.slice(..cut), &mut origins);
         }
         // A length beyond the entry, an eleven-byte varint, bits past 64.
         for broken in [
@@ -766,7 +773,7 @@ mod tests {
                 0x70, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
             ][..],
         ] {
-            assert!(decode_entry(Bytes::copy_from_slice(broken), &mut origins).is_none());
+            assert!(decode_alone(Bytes::copy_from_slice(broken), &mut origins).is_none());
         }
     }
 
@@ -776,7 +783,7 @@ mod tests {
         fn any_entry_decodes_as_prost_decodes_it(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
             let mut direct = Origins::new(Arc::from("n2"));
             let mut through_prost = Origins::new(Arc::from("n2"));
-            let fast = decode_entry(Bytes::from(bytes.clone()), &mut direct).map(|i| seen(&i));
+            let fast = decode_alone(Bytes::from(bytes.clone()), &mut direct).map(|i| seen(&i));
             let slow = ForwardedMessage::decode(&bytes[..])
                 .ok()
                 .and_then(|wire| from_wire(wire, &mut through_prost))

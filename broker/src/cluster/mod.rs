@@ -13,6 +13,7 @@
 pub mod client_directory;
 pub mod convert;
 pub mod forward;
+mod forward_service;
 mod fresh_claims;
 pub mod home_directory;
 pub mod keys;

@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use starling_codec::ReasonCode;
 use starling_proto::v1::peer_server::{Peer, PeerServer};
 use starling_proto::v1::{
@@ -15,21 +14,16 @@ use starling_proto::v1::{
     RegisterClientsResponse, ReleaseClientsRequest, ReleaseClientsResponse, SessionSnapshot,
     StatusRequest, StatusResponse, TakeoverRequest, TakeoverResponse,
 };
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::Cluster;
 use super::client_directory::{stamp_from_wire, stamp_to_wire};
-use super::convert::{Origins, Target, decode_entry};
+use super::forward_service::PeerRoutes;
 use super::home_directory::{ClaimAnswer, HomeDirectory};
 use crate::broker::Broker;
-use crate::message::Delivery;
-use crate::metrics::Metrics;
-use crate::router::Scope;
 use crate::session::directory::MovedSession;
 use crate::session::registry::{Kick, SessionRegistry};
 
@@ -62,16 +56,21 @@ pub struct PeerService {
 /// Longest an `AwaitRoutes` call waits, whatever the caller asks.
 const MAX_ROUTE_WAIT: Duration = Duration::from_secs(30);
 
-/// The service wrapped in the shared-token check.
+/// The service wrapped in the shared-token check, which every method
+/// passes first, `Forward` included.
 pub fn server(
     broker: Arc<Broker>,
     cluster: Arc<Cluster>,
     token: Option<String>,
-) -> InterceptedService<PeerServer<PeerService>, impl tonic::service::Interceptor + Clone> {
+) -> InterceptedService<PeerRoutes, impl tonic::service::Interceptor + Clone> {
     let expected = token.map(|t| format!("Bearer {t}"));
-    let service = PeerServer::new(PeerService { broker, cluster })
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE);
+    let generated = PeerServer::new(PeerService {
+        broker: broker.clone(),
+        cluster,
+    })
+    .max_decoding_message_size(MAX_PEER_MESSAGE)
+    .max_encoding_message_size(MAX_PEER_MESSAGE);
+    let service = PeerRoutes::new(broker, generated);
     InterceptedService::new(service, move |request: Request<()>| {
         if let Some(expected) = &expected {
             let presented = request
@@ -84,62 +83,6 @@ pub fn server(
         }
         Ok(request)
     })
-}
-
-/// Delivers a message redirected to one session that moved here. The
-/// redirect can overtake the takeover's answer that installs the session,
-/// so a session not found yet is looked for again for a moment.
-fn deliver_redirected(broker: &Arc<Broker>, message: Arc<crate::message::Message>, target: Target) {
-    let delivery = Delivery {
-        message,
-        qos: target.qos,
-        retain: target.retain,
-        subscription_ids: target.subscription_ids.into_iter().collect(),
-        share: None,
-    };
-    if let Some(mailbox) = broker.sessions.mailbox_of(&target.client_id) {
-        broker.router.push(&mailbox, delivery);
-        return;
-    }
-    let broker = broker.clone();
-    tokio::spawn(async move {
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(mailbox) = broker.sessions.mailbox_of(&target.client_id) {
-                broker.router.push(&mailbox, delivery);
-                return;
-            }
-        }
-        Metrics::inc(&broker.metrics.forward_dropped);
-        warn!(client_id = %target.client_id, "redirected message for an unknown session dropped");
-    });
-}
-
-/// Delivers the messages of one forwarded batch here; returns how many
-/// were valid. Synchronous, so that the tries' read locks it keeps from
-/// one message to the next cannot be held across an `.await`.
-fn deliver_batch(broker: &Arc<Broker>, entries: Vec<Bytes>, origins: &mut Origins) -> u64 {
-    let mut received = 0u64;
-    let mut local = broker.router.local_run();
-    for entry in entries {
-        let Some(incoming) = decode_entry(entry, origins) else {
-            debug!("invalid message from a peer dropped");
-            continue;
-        };
-        received += 1;
-        let message = incoming.message;
-        match incoming.target {
-            None => {
-                let scope = Scope::Selected {
-                    plain: incoming.plain,
-                    groups: &incoming.groups,
-                };
-                local.route(&message, scope);
-            }
-            Some(target) => deliver_redirected(broker, message, target),
-        }
-    }
-    received
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<ForwardAck, Status>> + Send>>;
@@ -158,35 +101,13 @@ impl PeerService {
 impl Peer for PeerService {
     type ForwardStream = AckStream;
 
+    /// Never called: [`PeerRoutes`] serves `Forward` itself, with a codec
+    /// that leaves each batch undecoded (see `forward_service`).
     async fn forward(
         &self,
-        request: Request<Streaming<ForwardBatchEntries>>,
+        _: Request<Streaming<ForwardBatchEntries>>,
     ) -> Result<Response<AckStream>, Status> {
-        let mut inbound = request.into_inner();
-        let broker = self.broker.clone();
-        let mut origins = Origins::new(Arc::from(broker.config.node_id.as_str()));
-        let (acks, outgoing) = mpsc::channel(16);
-        tokio::spawn(async move {
-            loop {
-                let batch = match inbound.message().await {
-                    Ok(Some(batch)) => batch,
-                    Ok(None) => return,
-                    Err(status) => {
-                        debug!(%status, "forward stream from a peer ended");
-                        return;
-                    }
-                };
-                let sequence = batch.sequence;
-                // Counted once per batch: a shared counter bumped per
-                // message bounces its cache line between the cores.
-                let received = deliver_batch(&broker, batch.messages, &mut origins);
-                Metrics::add(&broker.metrics.forward_received, received);
-                if acks.send(Ok(ForwardAck { sequence })).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(outgoing))))
+        Err(Status::internal("Forward is served by PeerRoutes"))
     }
 
     async fn takeover_session(
