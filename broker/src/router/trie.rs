@@ -58,7 +58,7 @@ impl ShareGroup {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: Children,
     subscribers: HashMap<SessionId, Subscriber>,
     groups: HashMap<Box<str>, ShareGroup>,
 }
@@ -70,6 +70,49 @@ impl Node {
 
     fn has_subscriptions(&self) -> bool {
         !self.subscribers.is_empty() || !self.groups.is_empty()
+    }
+}
+
+/// The levels below a node. `+` and `#` are looked for at every level of
+/// every publish: kept apart from the literal levels, finding them (or
+/// not) costs no hashing — two of every three lookups of a topic's walk.
+#[derive(Debug, Default)]
+struct Children {
+    literal: HashMap<Box<str>, Node>,
+    plus: Option<Box<Node>>,
+    hash: Option<Box<Node>>,
+}
+
+impl Children {
+    fn is_empty(&self) -> bool {
+        self.literal.is_empty() && self.plus.is_none() && self.hash.is_none()
+    }
+
+    /// The child for a filter's `level` (`+` and `#` are the wildcards).
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            _ => self.literal.get_mut(level),
+        }
+    }
+
+    fn get_or_insert(&mut self, level: &str) -> &mut Node {
+        match level {
+            "+" => self.plus.get_or_insert_with(Box::default),
+            "#" => self.hash.get_or_insert_with(Box::default),
+            _ => self.literal.entry(level.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match level {
+            "+" => self.plus = None,
+            "#" => self.hash = None,
+            _ => {
+                self.literal.remove(level);
+            }
+        }
     }
 }
 
@@ -126,7 +169,7 @@ impl Trie {
     ) -> Change {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.children.get_or_insert(level);
         }
         let was_used = node.has_subscriptions();
         let route_existed = match group {
@@ -223,10 +266,10 @@ fn remove_at(
                 };
         }
         Some((level, rest)) => {
-            if let Some(child) = node.children.get_mut(*level) {
+            if let Some(child) = node.children.get_mut(level) {
                 remove_at(child, rest, group, session, change);
                 if child.is_empty() {
-                    node.children.remove(*level);
+                    node.children.remove(level);
                 }
             }
         }
@@ -245,19 +288,19 @@ fn collect<'a, 'b>(
         None => {
             add(node, out);
             // "a/#" also matches "a" (MQTT 5.0 §4.7.1.2).
-            if let Some(hash) = node.children.get("#") {
+            if let Some(hash) = &node.children.hash {
                 add(hash, out);
             }
         }
         Some(level) => {
-            if let Some(child) = node.children.get(level) {
+            if let Some(child) = node.children.literal.get(level) {
                 collect(child, levels.clone(), false, dollar, out);
             }
             if wildcards_allowed {
-                if let Some(plus) = node.children.get("+") {
+                if let Some(plus) = &node.children.plus {
                     collect(plus, levels, false, dollar, out);
                 }
-                if let Some(hash) = node.children.get("#") {
+                if let Some(hash) = &node.children.hash {
                     add(hash, out);
                 }
             }
@@ -326,6 +369,25 @@ mod tests {
         assert!(last.existed && last.filter_edge);
         assert_eq!(t.filter_count(), 0);
         assert!(t.root.is_empty(), "empty nodes are pruned");
+    }
+
+    #[test]
+    fn wildcard_levels_are_kept_apart_and_pruned() {
+        let mut t = Trie::default();
+        for (i, f) in ["a/+", "a/#", "a/+/#", "+/+", "#"].iter().enumerate() {
+            let (id, s) = sub(i as u64);
+            t.insert(f, None, id, s);
+        }
+        // "a/+/#" matches "a/b" too (MQTT 5.0 §4.7.1.2).
+        assert_eq!(matched(&t, "a/b"), [0, 1, 2, 3, 4]);
+        assert_eq!(matched(&t, "a/b/c"), [1, 2, 4]);
+        t.remove("a/+", None, SessionId(0));
+        assert_eq!(matched(&t, "a/b"), [1, 2, 3, 4]);
+        assert_eq!(matched(&t, "a/b/c"), [1, 2, 4]);
+        for (i, f) in ["a/#", "a/+/#", "+/+", "#"].iter().enumerate() {
+            assert!(t.remove(f, None, SessionId(i as u64 + 1)).existed, "{f}");
+        }
+        assert!(t.root.is_empty(), "wildcard children are pruned too");
     }
 
     #[test]
