@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstEncoder;
 use tracing::{debug, warn};
 
-use super::convert::{Origins, Target, decode_entry};
+use super::convert::{Origins, Target, decode_entry, read_varint};
 use super::peer_service::{MAX_PEER_MESSAGE, PeerService};
 use crate::broker::Broker;
 use crate::message::{Delivery, Message};
@@ -309,13 +309,7 @@ impl Fields<'_> {
             1 => self.skip(8)?,
             2 => {
                 let len = usize::try_from(self.varint()?).ok()?;
-                let end = self
-                    .at
-                    .checked_add(len)
-                    .filter(|end| *end <= self.body.len())?;
-                let range = self.at..end;
-                self.at = end;
-                Value::Delimited(range)
+                Value::Delimited(self.take(len)?)
             }
             3 if depth < MAX_GROUP_DEPTH => loop {
                 match self.key()? {
@@ -329,28 +323,22 @@ impl Fields<'_> {
     }
 
     fn skip(&mut self, len: usize) -> Option<Value> {
+        self.take(len).map(|_| Value::Other)
+    }
+
+    /// The next `len` bytes; `None` past the end.
+    fn take(&mut self, len: usize) -> Option<Range<usize>> {
         let end = self
             .at
             .checked_add(len)
             .filter(|end| *end <= self.body.len())?;
+        let range = self.at..end;
         self.at = end;
-        Some(Value::Other)
+        Some(range)
     }
 
     fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self.body.get(self.at)?;
-            self.at += 1;
-            if shift == 63 && byte > 1 {
-                return None;
-            }
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Some(value);
-            }
-        }
-        None
+        read_varint(self.body, &mut self.at)
     }
 }
 

@@ -351,11 +351,9 @@ impl Router {
         // One walk of the local tries serves both the share-group plan and
         // the local deliveries; the forwards go out after the locks.
         let (local, plan) = {
-            let shard = self.shards[shard_of(first_level(topic))].read();
-            let wildcard = self.wildcard.read();
+            let mut run = self.local_run();
             let mut matches = Matches::default();
-            shard.matches(topic, &mut matches);
-            wildcard.matches(topic, &mut matches);
+            run.matches(topic, &mut matches);
             let mut plan = RoutePlan::default();
             if !remote.groups.is_empty() || !matches.groups.is_empty() {
                 let local_groups: Vec<Arc<ShareKey>> =
@@ -452,30 +450,17 @@ impl Router {
     /// that came from another node go only here: they are never forwarded
     /// again. Returns the number of deliveries made.
     pub fn route_local(&self, message: &Arc<Message>, scope: Scope<'_>) -> usize {
-        self.with_local_matches(&message.topic, |matches| {
-            self.deliver(message, matches, scope)
-        })
+        self.local_run().route(message, scope)
     }
 
-    /// A [`LocalRun`]: routes a run of messages from other nodes, keeping
-    /// the tries' read locks from one message to the next.
+    /// A [`LocalRun`]: routes a run of messages, keeping the tries' read
+    /// locks from one message to the next (a run of one: until it is
+    /// dropped).
     pub fn local_run(&self) -> LocalRun<'_> {
         LocalRun {
             router: self,
             held: None,
         }
-    }
-
-    /// Runs `f` on every local subscription matching `topic`, with the two
-    /// tries that can hold them (the topic's shard and the wildcard one)
-    /// read-locked meanwhile.
-    fn with_local_matches<R>(&self, topic: &str, f: impl FnOnce(Matches<'_>) -> R) -> R {
-        let shard = self.shards[shard_of(first_level(topic))].read();
-        let wildcard = self.wildcard.read();
-        let mut matches = Matches::default();
-        shard.matches(topic, &mut matches);
-        wildcard.matches(topic, &mut matches);
-        f(matches)
     }
 
     /// Queues `message` for the matched subscriptions `scope` selects.
@@ -580,9 +565,9 @@ impl Router {
     }
 }
 
-/// Routes messages to local subscriptions like [`Router::route_local`],
-/// but keeps the two tries' read locks while consecutive messages need the
-/// same ones. A peer's batch (up to 256 messages, mostly one first topic
+/// Routes messages to local subscriptions ([`Router::route_local`] is a
+/// run of one), keeping the two tries' read locks while consecutive
+/// messages need the same ones. A peer's batch (up to 256 messages, mostly one first topic
 /// level) then takes them once instead of per message: on the receiving
 /// node, taking and releasing them was about 5 % of its CPU. Subscribes
 /// to those tries wait until the run is dropped; hold it for one batch,
@@ -599,24 +584,30 @@ impl LocalRun<'_> {
     /// Delivers `message` to the local subscriptions `scope` selects;
     /// returns the number of deliveries made.
     pub fn route(&mut self, message: &Arc<Message>, scope: Scope<'_>) -> usize {
-        let topic: &str = &message.topic;
+        let router = self.router;
+        let mut matches = Matches::default();
+        self.matches(&message.topic, &mut matches);
+        router.deliver(message, matches, scope)
+    }
+
+    /// Appends to `out` every local subscription matching `topic`, from
+    /// the two tries that can hold them (the topic's shard and the wildcard
+    /// one), read-locked while the run holds them.
+    fn matches<'s>(&'s mut self, topic: &str, out: &mut Matches<'s>) {
         let shard = shard_of(first_level(topic));
-        if self.held.as_ref().is_none_or(|(held, ..)| *held != shard) {
+        if self.held.as_ref().is_some_and(|(held, ..)| *held != shard) {
             // Both go, and come back in the order every publish takes them
             // (shard, then wildcard): taking a shard while holding the
             // wildcard lock could deadlock against a publish and two
             // waiting subscribes.
             self.held = None;
-            let router = self.router;
-            self.held = Some((shard, router.shards[shard].read(), router.wildcard.read()));
         }
-        let Some((_, shard_trie, wildcard)) = &self.held else {
-            return 0;
-        };
-        let mut matches = Matches::default();
-        shard_trie.matches(topic, &mut matches);
-        wildcard.matches(topic, &mut matches);
-        self.router.deliver(message, matches, scope)
+        let router = self.router;
+        let (_, shard_trie, wildcard) = self
+            .held
+            .get_or_insert_with(|| (shard, router.shards[shard].read(), router.wildcard.read()));
+        shard_trie.matches(topic, out);
+        wildcard.matches(topic, out);
     }
 }
 
