@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstEncoder;
 use tracing::{debug, warn};
 
-use super::convert::{Origins, Target, decode_entry, read_varint};
+use super::convert::{Incoming, Origins, Target, decode_entry, read_varint};
 use super::peer_service::{MAX_PEER_MESSAGE, PeerService};
 use crate::broker::Broker;
 use crate::message::{Delivery, Message};
@@ -36,6 +36,10 @@ use crate::metrics::Metrics;
 use crate::router::Scope;
 
 const FORWARD_PATH: &str = "/starling.cluster.v1.Peer/Forward";
+
+/// Decoded messages a stream keeps room for between batches: a full batch
+/// of the usual sender (a peer may send more, once in a while).
+const DECODED_KEPT: usize = 256;
 
 /// The peer service: `Forward` served here, the rest by the generated
 /// server.
@@ -134,6 +138,7 @@ impl Service<Request<Streaming<Bytes>>> for ForwardMethod {
 /// once its messages are in their subscribers' queues.
 fn receive(broker: Arc<Broker>, mut inbound: Streaming<Bytes>) -> AckStream {
     let mut origins = Origins::new(Arc::from(broker.config.node_id.as_str()));
+    let mut decoded = Vec::new();
     let (acks, outgoing) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -155,7 +160,7 @@ fn receive(broker: Arc<Broker>, mut inbound: Streaming<Bytes>) -> AckStream {
             };
             // Counted once per batch: a shared counter bumped per message
             // bounces its cache line between the cores.
-            let received = deliver_batch(&broker, &batch, &mut origins);
+            let received = deliver_batch(&broker, &batch, &mut origins, &mut decoded);
             Metrics::add(&broker.metrics.forward_received, received);
             let ack = ForwardAck {
                 sequence: batch.sequence,
@@ -171,15 +176,29 @@ fn receive(broker: Arc<Broker>, mut inbound: Streaming<Bytes>) -> AckStream {
 /// Delivers the messages of one batch here; returns how many were valid.
 /// Synchronous, so that the tries' read locks it keeps from one message
 /// to the next cannot be held across an `.await`.
-fn deliver_batch(broker: &Arc<Broker>, batch: &Batch, origins: &mut Origins) -> u64 {
-    let mut received = 0u64;
-    let mut local = broker.router.local_run();
+///
+/// Decodes the whole batch into `decoded` (empty, reused from batch to
+/// batch) before delivering any of it: each message's topic and payload
+/// take a reference on the batch's buffer, which the subscribers' writers
+/// give back as they send. Decoding first keeps the two from working on
+/// that count at the same time, and keeps the tries locked for the
+/// routing only; node 2 of a cluster fan-in spent about 10 % less CPU per
+/// message (6 alternating pairs, lower in 5).
+fn deliver_batch(
+    broker: &Arc<Broker>,
+    batch: &Batch,
+    origins: &mut Origins,
+    decoded: &mut Vec<Incoming>,
+) -> u64 {
     for entry in batch.entries() {
-        let Some(incoming) = decode_entry(&batch.body, entry, origins) else {
-            debug!("invalid message from a peer dropped");
-            continue;
-        };
-        received += 1;
+        match decode_entry(&batch.body, entry, origins) {
+            Some(incoming) => decoded.push(incoming),
+            None => debug!("invalid message from a peer dropped"),
+        }
+    }
+    let received = decoded.len() as u64;
+    let mut local = broker.router.local_run();
+    for incoming in decoded.drain(..) {
         match incoming.target {
             None => {
                 let scope = Scope::Selected {
@@ -190,6 +209,9 @@ fn deliver_batch(broker: &Arc<Broker>, batch: &Batch, origins: &mut Origins) -> 
             }
             Some(target) => deliver_redirected(broker, incoming.message, target),
         }
+    }
+    if decoded.capacity() > DECODED_KEPT {
+        *decoded = Vec::new();
     }
     received
 }
