@@ -72,6 +72,15 @@ impl Reader {
         }
     }
 
+    /// Reads the next byte if it is `byte`; says whether it did.
+    pub(crate) fn skip_if(&mut self, byte: u8) -> bool {
+        let found = self.buf.first() == Some(&byte);
+        if found {
+            self.buf.advance(1);
+        }
+        found
+    }
+
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         if self.buf.is_empty() {
             return Err(SHORT);

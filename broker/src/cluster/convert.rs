@@ -8,7 +8,7 @@ use prost::Message as _;
 use starling_codec::{ByteString, PublishProperties, QoS};
 use starling_proto::v1::{ForwardedMessage, UserProperty};
 
-use crate::message::{Delivery, Message, ShareKey};
+use crate::message::{Delivery, Message, MessageProperties, ShareKey};
 
 /// A message for another node; `own_node` names this one as its origin
 /// when it was published here. [`put_publish_entry`] writes the usual
@@ -352,7 +352,7 @@ pub fn from_wire(wire: ForwardedMessage, origins: &mut Origins) -> Option<Incomi
         payload: wire.payload,
         qos: wire.qos,
         retain: wire.retain,
-        properties,
+        properties: properties.into(),
         origin: origins.resolve(&wire.origin).ok()?,
         seq: wire.seq,
     })?;
@@ -371,7 +371,7 @@ struct Received {
     payload: Bytes,
     qos: u32,
     retain: bool,
-    properties: PublishProperties,
+    properties: MessageProperties,
     origin: Option<Arc<str>>,
     seq: u64,
 }
@@ -388,7 +388,7 @@ fn received(parts: Received) -> Option<Arc<Message>> {
         parts.payload,
         qos,
         parts.retain,
-        parts.properties.into(),
+        parts.properties,
         None,
         parts.origin,
         parts.seq,
@@ -413,10 +413,16 @@ pub fn decode_entry(
     let bytes = batch.get(entry.clone())?;
     match decode_usual(bytes) {
         Some(usual) => {
-            let properties = PublishProperties {
-                payload_format_indicator: usual.format.and_then(|v| u8::try_from(v).ok()),
-                message_expiry_interval: usual.expiry,
-                ..PublishProperties::default()
+            // Most messages have neither: no 160-byte struct to fill and
+            // check for them.
+            let properties = match (usual.format, usual.expiry) {
+                (None, None) => MessageProperties::default(),
+                (format, expiry) => PublishProperties {
+                    payload_format_indicator: format.and_then(|v| u8::try_from(v).ok()),
+                    message_expiry_interval: expiry,
+                    ..PublishProperties::default()
+                }
+                .into(),
             };
             let origin = origins.resolve(&bytes[usual.origin]).ok()?;
             let within = |range: std::ops::Range<usize>| {

@@ -36,7 +36,9 @@ pub(super) fn publish(
         properties: MessageProperties::default(),
         payload: Bytes::new(),
     };
-    if version.is_v5() {
+    // Most publishes have no properties (a length of 0): then there is no
+    // 160-byte struct to fill and find empty.
+    if version.is_v5() && !r.skip_if(0) {
         let mut read = PublishProperties::default();
         props::read_into(&mut r, &mut read)?;
         publish.properties = read.into();
