@@ -10,6 +10,7 @@ pub mod remote_cache;
 pub mod retained;
 pub mod store;
 pub mod trie;
+mod trie_lock;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,14 +90,15 @@ impl RoutePlan {
         targets
     }
 }
-use trie::{Matches, Subscriber, Trie};
+use trie::{Matches, Subscriber};
+use trie_lock::{TrieLock, TrieRead};
 
 const SHARDS: usize = 16;
 
 pub struct Router {
-    shards: Box<[RwLock<Trie>]>,
+    shards: Box<[TrieLock]>,
     /// Filters whose first level is `+` or `#`: they can match any topic.
-    wildcard: RwLock<Trie>,
+    wildcard: TrieLock,
     retained: RwLock<RetainedStore>,
     store: Arc<dyn RouteStore>,
     /// Cluster mode: hands messages to the nodes the store says want them.
@@ -201,15 +203,15 @@ impl Router {
         Router {
             forwarder,
             replicator: std::sync::OnceLock::new(),
-            shards: (0..SHARDS).map(|_| RwLock::new(Trie::default())).collect(),
-            wildcard: RwLock::new(Trie::default()),
+            shards: (0..SHARDS).map(|_| TrieLock::default()).collect(),
+            wildcard: TrieLock::default(),
             retained: RwLock::new(RetainedStore::default()),
             store,
             metrics,
         }
     }
 
-    fn trie_for_filter(&self, filter: &str) -> &RwLock<Trie> {
+    fn trie_for_filter(&self, filter: &str) -> &TrieLock {
         match first_level(filter) {
             "+" | "#" => &self.wildcard,
             level => &self.shards[shard_of(level)],
@@ -578,7 +580,7 @@ pub struct LocalRun<'r> {
     held: Option<(usize, TrieGuard<'r>, TrieGuard<'r>)>,
 }
 
-type TrieGuard<'r> = parking_lot::RwLockReadGuard<'r, Trie>;
+type TrieGuard<'r> = TrieRead<'r>;
 
 impl LocalRun<'_> {
     /// Delivers `message` to the local subscriptions `scope` selects;
