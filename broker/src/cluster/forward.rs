@@ -21,7 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
@@ -32,6 +32,7 @@ use super::mirror::Backoff;
 use super::peer_client::{Peer, PeerChannels, PeerCredentials};
 use crate::message::{Delivery, ForwardTicket, Message, ShareKey, Tracking};
 use crate::metrics::Metrics;
+use crate::read_mostly::ReadMostly;
 use crate::router::store::{Forwarded, Forwarder, NodeId};
 
 /// Above this many queued messages a link holds its publishers back...
@@ -75,7 +76,8 @@ pub struct PeerInfo {
 pub struct PeerForwarder {
     own_node: Arc<str>,
     /// Looked up on every forward: foldhash rather than SipHash.
-    links: RwLock<HashMap<NodeId, Link, foldhash::fast::RandomState>>,
+    /// Read by every forward: a sharded lock (see [`ReadMostly`]).
+    links: ReadMostly<HashMap<NodeId, Link, foldhash::fast::RandomState>>,
     credentials: PeerCredentials,
     metrics: Arc<Metrics>,
     /// Channels for unary calls to the same peers.
@@ -90,7 +92,7 @@ impl PeerForwarder {
     ) -> Arc<PeerForwarder> {
         Arc::new(PeerForwarder {
             own_node: Arc::from(own_node),
-            links: RwLock::new(HashMap::default()),
+            links: ReadMostly::default(),
             channels: PeerChannels::new(credentials.clone()),
             credentials,
             metrics,

@@ -10,11 +10,11 @@ pub mod remote_cache;
 pub mod retained;
 pub mod store;
 pub mod trie;
-mod trie_lock;
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use crossbeam_utils::sync::ShardedLockReadGuard;
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 use starling_codec::QoS;
@@ -22,6 +22,7 @@ use starling_codec::topic::ParsedFilter;
 
 use crate::message::{Delivery, ForwardTicket, Message, SessionId, ShareKey, Tracking};
 use crate::metrics::Metrics;
+use crate::read_mostly::ReadMostly;
 use crate::session::mailbox::PushOutcome;
 use remote_cache::RemoteRouteCache;
 use retained::RetainedStore;
@@ -90,15 +91,15 @@ impl RoutePlan {
         targets
     }
 }
-use trie::{Matches, Subscriber};
-use trie_lock::{TrieLock, TrieRead};
+use trie::{Matches, Subscriber, Trie};
 
 const SHARDS: usize = 16;
 
 pub struct Router {
-    shards: Box<[TrieLock]>,
+    /// Read by every publish: sharded locks (see [`ReadMostly`]).
+    shards: Box<[ReadMostly<Trie>]>,
     /// Filters whose first level is `+` or `#`: they can match any topic.
-    wildcard: TrieLock,
+    wildcard: ReadMostly<Trie>,
     retained: RwLock<RetainedStore>,
     store: Arc<dyn RouteStore>,
     /// Cluster mode: hands messages to the nodes the store says want them.
@@ -203,15 +204,15 @@ impl Router {
         Router {
             forwarder,
             replicator: std::sync::OnceLock::new(),
-            shards: (0..SHARDS).map(|_| TrieLock::default()).collect(),
-            wildcard: TrieLock::default(),
+            shards: (0..SHARDS).map(|_| ReadMostly::default()).collect(),
+            wildcard: ReadMostly::default(),
             retained: RwLock::new(RetainedStore::default()),
             store,
             metrics,
         }
     }
 
-    fn trie_for_filter(&self, filter: &str) -> &TrieLock {
+    fn trie_for_filter(&self, filter: &str) -> &ReadMostly<Trie> {
         match first_level(filter) {
             "+" | "#" => &self.wildcard,
             level => &self.shards[shard_of(level)],
@@ -580,7 +581,7 @@ pub struct LocalRun<'r> {
     held: Option<(usize, TrieGuard<'r>, TrieGuard<'r>)>,
 }
 
-type TrieGuard<'r> = TrieRead<'r>;
+type TrieGuard<'r> = ShardedLockReadGuard<'r, Trie>;
 
 impl LocalRun<'_> {
     /// Delivers `message` to the local subscriptions `scope` selects;
