@@ -197,7 +197,7 @@ fn deliver_batch(
         }
     }
     let received = decoded.len() as u64;
-    let mut local = broker.router.local_run();
+    let mut local = broker.router.gathering_run();
     for incoming in decoded.drain(..) {
         match incoming.target {
             None => {
@@ -207,9 +207,14 @@ fn deliver_batch(
                 };
                 local.route(&incoming.message, scope);
             }
-            Some(target) => deliver_redirected(broker, incoming.message, target),
+            Some(target) => {
+                // Behind what this batch already has for that session.
+                local.queue_gathered();
+                deliver_redirected(broker, incoming.message, target);
+            }
         }
     }
+    drop(local);
     if decoded.capacity() > DECODED_KEPT {
         *decoded = Vec::new();
     }

@@ -86,40 +86,73 @@ impl Mailbox {
 
     pub fn push(&self, delivery: Delivery) -> PushOutcome {
         let online = self.is_online();
-        if !online && delivery.qos == QoS::AtMostOnce && !self.queue_qos0_offline {
-            return PushOutcome::DroppedOfflineQos0;
+        if let Some(dropped) = self.dropped_offline(online, &delivery) {
+            return dropped;
         }
-        let outcome = {
-            let mut guard = self.queue.lock();
-            if let Some(dedupe) = &mut guard.dedupe {
-                if Instant::now() > dedupe.until {
-                    guard.dedupe = None;
-                } else {
-                    let id = (delivery.message.origin.clone(), delivery.message.seq);
-                    if !dedupe.seen.insert(id) {
-                        return PushOutcome::Duplicate;
-                    }
-                }
-            }
-            let queue = &mut guard.items;
-            if queue.len() >= self.max_queued {
-                match self.drop_policy {
-                    DropPolicy::Newest => return PushOutcome::DroppedFull,
-                    DropPolicy::Oldest => {
-                        queue.pop_front();
-                        queue.push_back(delivery);
-                        PushOutcome::QueuedDroppedOldest
-                    }
-                }
-            } else {
-                queue.push_back(delivery);
-                PushOutcome::Queued
-            }
-        };
+        let outcome = self.queue_locked(&mut self.queue.lock(), delivery);
         if online {
             self.signal();
         }
         outcome
+    }
+
+    /// [`push`](Self::push)es each of `deliveries` in order, under one
+    /// lock and with one wake-up of the reader; `outcome` hears how each
+    /// went.
+    pub fn push_all(
+        &self,
+        deliveries: impl Iterator<Item = Delivery>,
+        mut outcome: impl FnMut(PushOutcome),
+    ) {
+        let online = self.is_online();
+        {
+            let mut queue = self.queue.lock();
+            for delivery in deliveries {
+                outcome(match self.dropped_offline(online, &delivery) {
+                    Some(dropped) => dropped,
+                    None => self.queue_locked(&mut queue, delivery),
+                });
+            }
+        }
+        if online {
+            self.signal();
+        }
+    }
+
+    /// `Some` when `delivery` is not to be queued at all: QoS 0 while the
+    /// session is offline and such messages are not kept.
+    fn dropped_offline(&self, online: bool, delivery: &Delivery) -> Option<PushOutcome> {
+        (!online && delivery.qos == QoS::AtMostOnce && !self.queue_qos0_offline)
+            .then_some(PushOutcome::DroppedOfflineQos0)
+    }
+
+    /// Queues `delivery` in the locked `guard`, per the queue's bound and
+    /// drop policy and the duplicate window.
+    fn queue_locked(&self, guard: &mut Queue, delivery: Delivery) -> PushOutcome {
+        if let Some(dedupe) = &mut guard.dedupe {
+            if Instant::now() > dedupe.until {
+                guard.dedupe = None;
+            } else {
+                let id = (delivery.message.origin.clone(), delivery.message.seq);
+                if !dedupe.seen.insert(id) {
+                    return PushOutcome::Duplicate;
+                }
+            }
+        }
+        let queue = &mut guard.items;
+        if queue.len() >= self.max_queued {
+            match self.drop_policy {
+                DropPolicy::Newest => PushOutcome::DroppedFull,
+                DropPolicy::Oldest => {
+                    queue.pop_front();
+                    queue.push_back(delivery);
+                    PushOutcome::QueuedDroppedOldest
+                }
+            }
+        } else {
+            queue.push_back(delivery);
+            PushOutcome::Queued
+        }
     }
 
     /// Moves up to `max` deliveries from the front into `out`, stopping at
