@@ -8,7 +8,7 @@ use prost::Message as _;
 use starling_codec::{ByteString, PublishProperties, QoS};
 use starling_proto::v1::{ForwardedMessage, UserProperty};
 
-use crate::message::{Delivery, Message, MessageProperties, ShareKey};
+use crate::message::{Delivery, Message, MessageProperties, Origin, ShareKey};
 
 /// A message for another node; `own_node` names this one as its origin
 /// when it was published here. [`put_publish_entry`] writes the usual
@@ -275,7 +275,7 @@ pub struct Incoming {
 /// allocated again for every message.
 pub struct Origins {
     own_node: Arc<str>,
-    last: Option<Arc<str>>,
+    last: Option<Origin>,
 }
 
 impl Origins {
@@ -290,17 +290,17 @@ impl Origins {
 
     /// The origin a message names, `Ok(None)` for this node; `Err` when
     /// the name is not UTF-8.
-    fn resolve(&mut self, wire: &[u8]) -> Result<Option<Arc<str>>, std::str::Utf8Error> {
+    fn resolve(&mut self, wire: &[u8]) -> Result<Option<Origin>, std::str::Utf8Error> {
+        if let Some(last) = self.last
+            && last.as_bytes() == wire
+        {
+            return Ok(Some(last));
+        }
         if wire.is_empty() || wire == self.own_node.as_bytes() {
             return Ok(None);
         }
-        if let Some(last) = &self.last
-            && last.as_bytes() == wire
-        {
-            return Ok(Some(last.clone()));
-        }
-        let name: Arc<str> = Arc::from(std::str::from_utf8(wire)?);
-        self.last = Some(name.clone());
+        let name = Origin::intern(std::str::from_utf8(wire)?);
+        self.last = Some(name);
         Ok(Some(name))
     }
 }
@@ -372,7 +372,7 @@ struct Received {
     qos: u32,
     retain: bool,
     properties: MessageProperties,
-    origin: Option<Arc<str>>,
+    origin: Option<Origin>,
     seq: u64,
 }
 
@@ -604,7 +604,7 @@ mod tests {
         let (Some(a), Some(b)) = (&first.message.origin, &second.message.origin) else {
             panic!("both messages name n1");
         };
-        assert!(Arc::ptr_eq(a, b));
+        assert!(std::ptr::eq(a.as_str(), b.as_str()));
         let n3 = Bytes::from_static(b"n3");
         let third = from_wire(to_wire(&message, &n3), &mut origins).unwrap();
         assert_eq!(third.message.origin.as_deref(), Some("n3"));
@@ -654,7 +654,7 @@ mod tests {
             },
             None,
         );
-        relayed.origin = Some(Arc::from("n3"));
+        relayed.origin = Some(Origin::intern("n3"));
         relayed.seq = 0;
         cases.push((relayed, true));
         // Not the usual kind: written through the struct, same result.

@@ -6,7 +6,6 @@
 //! publish path.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use parking_lot::Mutex;
 use starling_codec::QoS;
 
 use crate::config::DropPolicy;
-use crate::message::{Delivery, SessionId};
+use crate::message::{Delivery, Origin, SessionId};
 
 /// Capacity above which an emptied queue gives its memory back, so that a
 /// burst does not leave every idle session holding a large buffer.
@@ -41,7 +40,7 @@ pub enum PushOutcome {
 /// message both directly and redirected from its old node.
 #[derive(Debug)]
 struct Dedupe {
-    seen: HashSet<(Option<Arc<str>>, u64)>,
+    seen: HashSet<(Option<Origin>, u64)>,
     until: Instant,
 }
 
@@ -133,7 +132,7 @@ impl Mailbox {
             if Instant::now() > dedupe.until {
                 guard.dedupe = None;
             } else {
-                let id = (delivery.message.origin.clone(), delivery.message.seq);
+                let id = (delivery.message.origin, delivery.message.seq);
                 if !dedupe.seen.insert(id) {
                     return PushOutcome::Duplicate;
                 }
