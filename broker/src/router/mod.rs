@@ -10,11 +10,11 @@ pub mod remote_cache;
 pub mod retained;
 pub mod store;
 pub mod trie;
+mod trie_slot;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_utils::sync::ShardedLockReadGuard;
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 use starling_codec::QoS;
@@ -22,7 +22,6 @@ use starling_codec::topic::ParsedFilter;
 
 use crate::message::{Delivery, ForwardTicket, Message, SessionId, ShareKey, Tracking};
 use crate::metrics::Metrics;
-use crate::read_mostly::ReadMostly;
 use crate::session::mailbox::{Mailbox, PushOutcome};
 use remote_cache::RemoteRouteCache;
 use retained::RetainedStore;
@@ -91,15 +90,18 @@ impl RoutePlan {
         targets
     }
 }
-use trie::{Matches, Subscriber, Trie};
+use trie::{Matches, Subscriber};
+use trie_slot::{TrieGuard, TrieSlot};
 
 const SHARDS: usize = 16;
 
 pub struct Router {
-    /// Read by every publish: sharded locks (see [`ReadMostly`]).
-    shards: Box<[ReadMostly<Trie>]>,
+    /// Read by every publish: sharded locks (see
+    /// [`ReadMostly`](crate::read_mostly::ReadMostly)), skipped
+    /// while empty (see [`TrieSlot`]).
+    shards: Box<[TrieSlot]>,
     /// Filters whose first level is `+` or `#`: they can match any topic.
-    wildcard: ReadMostly<Trie>,
+    wildcard: TrieSlot,
     retained: RwLock<RetainedStore>,
     store: Arc<dyn RouteStore>,
     /// Cluster mode: hands messages to the nodes the store says want them.
@@ -204,15 +206,15 @@ impl Router {
         Router {
             forwarder,
             replicator: std::sync::OnceLock::new(),
-            shards: (0..SHARDS).map(|_| ReadMostly::default()).collect(),
-            wildcard: ReadMostly::default(),
+            shards: (0..SHARDS).map(|_| TrieSlot::default()).collect(),
+            wildcard: TrieSlot::default(),
             retained: RwLock::new(RetainedStore::default()),
             store,
             metrics,
         }
     }
 
-    fn trie_for_filter(&self, filter: &str) -> &ReadMostly<Trie> {
+    fn trie_for_filter(&self, filter: &str) -> &TrieSlot {
         match first_level(filter) {
             "+" | "#" => &self.wildcard,
             level => &self.shards[shard_of(level)],
@@ -226,12 +228,9 @@ impl Router {
         session: SessionId,
         subscriber: Subscriber,
     ) -> bool {
-        let change = self.trie_for_filter(filter.filter).write().insert(
-            filter.filter,
-            filter.share_group,
-            session,
-            subscriber,
-        );
+        let change = self
+            .trie_for_filter(filter.filter)
+            .write(|trie| trie.insert(filter.filter, filter.share_group, session, subscriber));
         if change.route_edge {
             self.store.add_route(&route_name(filter));
         }
@@ -246,11 +245,9 @@ impl Router {
 
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(&self, filter: &ParsedFilter<'_>, session: SessionId) -> bool {
-        let change = self.trie_for_filter(filter.filter).write().remove(
-            filter.filter,
-            filter.share_group,
-            session,
-        );
+        let change = self
+            .trie_for_filter(filter.filter)
+            .write(|trie| trie.remove(filter.filter, filter.share_group, session));
         if change.route_edge {
             self.store.remove_route(&route_name(filter));
         }
@@ -636,9 +633,9 @@ pub struct LocalRun<'r> {
     gathered: Option<Gathered>,
 }
 
-type HeldTries<'r> = (usize, TrieGuard<'r>, TrieGuard<'r>);
-
-type TrieGuard<'r> = ShardedLockReadGuard<'r, Trie>;
+/// The shard of the topics routed, and the guards of its trie and the
+/// wildcard one, each `None` when the trie was empty.
+type HeldTries<'r> = (usize, Option<TrieGuard<'r>>, Option<TrieGuard<'r>>);
 
 impl LocalRun<'_> {
     /// Delivers `message` to the local subscriptions `scope` selects;
@@ -680,17 +677,30 @@ fn matching<'s, 'r: 's>(
     out: &mut Matches<'s>,
 ) {
     let shard = shard_of(first_level(topic));
-    if held.as_ref().is_some_and(|(held, ..)| *held != shard) {
+    let still_fits = held.as_ref().is_some_and(|(held, shard_trie, wildcard)| {
+        // A trie skipped as empty may have been subscribed to since (the
+        // flag only: no lock may be taken here, see below).
+        *held == shard
+            && (shard_trie.is_some() || !router.shards[shard].is_occupied())
+            && (wildcard.is_some() || !router.wildcard.is_occupied())
+    });
+    if !still_fits {
         // Both go, and come back in the order every publish takes them
         // (shard, then wildcard): taking a shard while holding the
         // wildcard lock could deadlock against a publish and two
         // waiting subscribes.
         *held = None;
     }
-    let (_, shard_trie, wildcard) =
-        held.get_or_insert_with(|| (shard, router.shards[shard].read(), router.wildcard.read()));
-    shard_trie.matches(topic, out);
-    wildcard.matches(topic, out);
+    let (_, shard_trie, wildcard) = held.get_or_insert_with(|| {
+        let shard_trie = router.shards[shard].read_occupied();
+        (shard, shard_trie, router.wildcard.read_occupied())
+    });
+    if let Some(trie) = shard_trie {
+        trie.matches(topic, out);
+    }
+    if let Some(trie) = wildcard {
+        trie.matches(topic, out);
+    }
 }
 
 /// Consecutive deliveries to one mailbox, queued together: one lock of
@@ -910,6 +920,19 @@ mod tests {
         let third = subscribe(&router, 3, &["c/#", "+/x"]);
         router.route(&Arc::new(message("c/x")));
         assert_eq!(topics(&third), ["c/x"]);
+    }
+
+    #[test]
+    fn a_run_sees_a_trie_it_skipped_as_empty_once_it_has_a_filter() {
+        let router = Router::new(Arc::new(LocalRouteStore::default()), None, Arc::default());
+        let mut run = router.local_run();
+        assert_eq!(run.route(&Arc::new(message("a/1")), Scope::All), 0);
+        // Neither trie is locked by the run while empty, so this goes
+        // through with the run still open.
+        let late = subscribe(&router, 1, &["a/#"]);
+        assert_eq!(run.route(&Arc::new(message("a/2")), Scope::All), 1);
+        drop(run);
+        assert_eq!(topics(&late), ["a/2"]);
     }
 
     #[test]
