@@ -1,6 +1,6 @@
 //! Peer links: one long-lived `Forward` stream from this node to each other
 //! node. Publishes are queued per link (bounded, encoded as they are
-//! queued: [`super::link_queue`]), sent in batches, and acknowledged per
+//! queued: `link_queue`), sent in batches, and acknowledged per
 //! batch. A link that breaks reconnects with backoff;
 //! messages that could not be delivered (queue full, or in flight on a
 //! stream that broke) are counted and logged.

@@ -7,7 +7,7 @@
 //!   batches, mirrored from every node;
 //! - [`mirror`]: snapshot + watch + resync for any prefix;
 //! - [`forward`]: peer links; [`peer_service`]: the gRPC service, whose
-//!   `Forward` method [`forward_service`] serves;
+//!   `Forward` method `forward_service` serves;
 //! - where sessions are: [`client_directory`] and [`home_directory`] (the
 //!   client id's home node, the default) or [`sessions`] (etcd).
 

@@ -153,7 +153,7 @@ pub async fn connect_forward(
 }
 
 /// The calling end of `Peer.Forward`. Its batches come encoded already
-/// (by the link's queue, [`super::link_queue`]), so instead of the
+/// (by the link's queue, `link_queue`), so instead of the
 /// generated client, whose codec encodes a `ForwardBatch` struct, it uses
 /// one that writes the bytes as they are. The receiver decodes them as the
 /// `ForwardBatch` they are.

@@ -101,7 +101,7 @@ impl PeerService {
 impl Peer for PeerService {
     type ForwardStream = AckStream;
 
-    /// Never called: [`PeerRoutes`] serves `Forward` itself, with a codec
+    /// Never called: `PeerRoutes` serves `Forward` itself, with a codec
     /// that leaves each batch undecoded (see `forward_service`).
     async fn forward(
         &self,

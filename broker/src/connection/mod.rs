@@ -1,6 +1,6 @@
 //! One task per active client connection: it reads and decodes packets,
 //! runs the session's protocol flows, and writes what the session's mailbox
-//! holds. An idle connection gives its task up ([`parking`]).
+//! holds. An idle connection gives its task up (`parking`).
 //!
 //! The task owns its socket without splitting it: readiness for reading and
 //! writing are awaited in one `select!`, reads go through `try_read_buf` and
@@ -152,7 +152,7 @@ enum HeldAck {
 /// Serves one accepted TCP connection to its end (or until it parks).
 ///
 /// The handshake runs as a boxed future: it is large and short-lived, and a
-/// connection task should only carry the state of [`Connection::run`].
+/// connection task should only carry the state of `Connection::run`.
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let Some(connection) = Box::pin(accept(broker, stream, peer)).await else {
         return;
