@@ -706,12 +706,12 @@ mod tests {
         )
     }
 
-    /// The body of `wire`'s entry, as the receiver gets it.
     /// An entry that is a whole batch by itself.
     fn decode_alone(entry: Bytes, origins: &mut Origins) -> Option<Incoming> {
         decode_entry(&entry, 0..entry.len(), origins)
     }
 
+    /// The body of `wire`'s entry, as the receiver gets it.
     fn entry_of(wire: &ForwardedMessage) -> Bytes {
         Bytes::from(wire.encode_to_vec())
     }
