@@ -75,8 +75,8 @@ pub struct PeerInfo {
 
 pub struct PeerForwarder {
     own_node: Arc<str>,
-    /// Looked up on every forward: foldhash rather than SipHash.
-    /// Read by every forward: a sharded lock (see [`ReadMostly`]).
+    /// Looked up on every forward: foldhash rather than SipHash, behind a
+    /// sharded lock (see [`ReadMostly`]).
     links: ReadMostly<HashMap<NodeId, Link, foldhash::fast::RandomState>>,
     credentials: PeerCredentials,
     metrics: Arc<Metrics>,
