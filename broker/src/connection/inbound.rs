@@ -83,7 +83,7 @@ impl Connection {
         }
     }
 
-    fn on_publish(&mut self, mut publish: Publish) -> Result<(), Ending> {
+    pub(super) fn on_publish(&mut self, mut publish: Publish) -> Result<(), Ending> {
         if !publish.properties.subscription_identifiers.is_empty() {
             // MQTT-3.3.4-6: only the server sends Subscription Identifiers.
             return Err(protocol_error(

@@ -673,6 +673,9 @@ impl Connection {
         let max = self.broker.config.max_packet_size as usize;
         while self.held_back.is_none() {
             match starling_codec::decode(&mut self.rbuf, self.n.version, max) {
+                // PUBLISH first and on its own: matched whole, the 264-byte
+                // `Packet` was copied once more for every packet read.
+                Ok(Some(Packet::Publish(publish))) => self.on_publish(publish)?,
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => break,
                 Err(error) => {
