@@ -199,27 +199,48 @@ fn deliver_batch(
     }
     let received = decoded.len() as u64;
     let mut local = broker.router.gathering_run();
-    for incoming in decoded.drain(..) {
-        match incoming.target {
-            None => {
-                let scope = Scope::Selected {
-                    plain: incoming.plain,
-                    groups: &incoming.groups,
-                };
-                local.route(&incoming.message, scope);
-            }
-            Some(target) => {
-                // Behind what this batch already has for that session.
-                local.queue_gathered();
-                deliver_redirected(broker, incoming.message, target);
-            }
+    let mut rest = &mut decoded[..];
+    while let Some((first, _)) = rest.split_first_mut() {
+        if let Some(target) = first.target.take() {
+            // Behind what this batch already has for that session.
+            local.queue_gathered();
+            deliver_redirected(broker, first.message.clone(), target);
+            rest = &mut rest[1..];
+            continue;
         }
+        // A run of messages that route alike is matched once: a peer's
+        // batch holds each of its publishers' messages mostly in a row.
+        let run = 1 + rest[1..]
+            .iter()
+            .take_while(|next| routes_alike(&rest[0], next))
+            .count();
+        let (same, after) = rest.split_at_mut(run);
+        let scope = Scope::Selected {
+            plain: same[0].plain,
+            groups: &same[0].groups,
+        };
+        local.route_same_topic(
+            &same[0].message.topic,
+            same.iter().map(|i| &i.message),
+            scope,
+        );
+        rest = after;
     }
     drop(local);
+    decoded.clear();
     if decoded.capacity() > DECODED_KEPT {
         *decoded = Vec::new();
     }
     received
+}
+
+/// Whether `next` goes where `first` (a message for subscriptions, not a
+/// redirect) goes: the same topic, for the same subscriptions.
+fn routes_alike(first: &Incoming, next: &Incoming) -> bool {
+    next.target.is_none()
+        && next.plain == first.plain
+        && next.message.topic == first.message.topic
+        && next.groups == first.groups
 }
 
 /// Delivers a message redirected to one session that moved here. The
@@ -460,5 +481,75 @@ mod tests {
                 Err(_) => proptest::prop_assert!(ours.is_none(), "prost refuses {:?}", bytes),
             }
         }
+    }
+
+    /// A batch's messages reach each subscriber in the order they came,
+    /// whether they routed in a run of one topic or on their own.
+    #[test]
+    fn a_batch_delivers_in_order_across_runs_of_one_topic() {
+        use crate::config::DropPolicy;
+        use crate::message::SessionId;
+        use crate::router::trie::Subscriber;
+        use crate::session::mailbox::Mailbox;
+        use starling_codec::topic::parse_filter;
+        use starling_codec::{MessageProperties, QoS, SubscriptionOptions};
+
+        let broker = Broker::new(crate::Config::default());
+        let subscribe = |id: u64, filter: &str| {
+            let mailbox = Arc::new(Mailbox::new(SessionId(id), 100, DropPolicy::Oldest, true));
+            let Ok(parsed) = parse_filter(filter) else {
+                panic!("{filter} is a valid filter");
+            };
+            let subscriber = Subscriber {
+                mailbox: mailbox.clone(),
+                options: SubscriptionOptions::default(),
+                identifier: None,
+            };
+            broker.router.subscribe(&parsed, SessionId(id), subscriber);
+            mailbox.set_online(true);
+            mailbox
+        };
+        let only_a = subscribe(1, "a");
+        let all = subscribe(2, "#");
+
+        // (topic, for plain subscriptions): the third "a" is for a share
+        // group only, so it ends the run of "a" and reaches nobody here.
+        let sent = [
+            ("a", true),
+            ("a", true),
+            ("a", false),
+            ("a", true),
+            ("b", true),
+            ("a", true),
+        ];
+        let mut body = bytes::BytesMut::new();
+        let own_node = Bytes::from_static(b"n1");
+        for (i, (topic, plain)) in sent.iter().enumerate() {
+            let message = Message::new(
+                (*topic).into(),
+                Bytes::from(i.to_string()),
+                QoS::AtMostOnce,
+                false,
+                MessageProperties::default(),
+                None,
+            );
+            super::super::convert::put_publish_entry(&message, *plain, &[], &own_node, &mut body);
+        }
+        let Some(batch) = Batch::parse(body.freeze()) else {
+            panic!("a valid batch parses");
+        };
+        let mut origins = Origins::new(Arc::from("n2"));
+        let received = deliver_batch(&broker, &batch, &mut origins, &mut Vec::new());
+
+        assert_eq!(received, 6);
+        let payloads = |mailbox: &Mailbox| -> Vec<String> {
+            mailbox
+                .take_all()
+                .into_iter()
+                .map(|d| String::from_utf8_lossy(&d.message.payload).into_owned())
+                .collect()
+        };
+        assert_eq!(payloads(&only_a), ["0", "1", "3", "5"]);
+        assert_eq!(payloads(&all), ["0", "1", "3", "4", "5"]);
     }
 }

@@ -484,25 +484,21 @@ impl Router {
         message: &Arc<Message>,
         mut matches: Matches<'_>,
         scope: Scope<'_>,
+        gathered: Option<&mut Gathered>,
+    ) -> usize {
+        select(&mut matches, scope);
+        self.deliver_selected(message, &matches, gathered)
+    }
+
+    /// Queues `message` for `matches` as [`select`] left them.
+    fn deliver_selected(
+        &self,
+        message: &Arc<Message>,
+        matches: &Matches<'_>,
         mut gathered: Option<&mut Gathered>,
     ) -> usize {
-        let (plain, groups) = match scope {
-            Scope::All => (true, None),
-            Scope::Selected { plain, groups } => (plain, Some(groups)),
-        };
-        if !plain {
-            matches.subscribers.clear();
-        }
-        if let Some(selected) = groups {
-            matches
-                .groups
-                .retain(|g| selected.iter().any(|k| **k == *g.key));
-        }
         let mut delivered = 0;
-        let subscribers = &mut matches.subscribers;
-        if subscribers.len() > 1 {
-            subscribers.sort_unstable_by_key(|(id, _)| *id);
-        }
+        let subscribers = &matches.subscribers;
         let mut i = 0;
         while i < subscribers.len() {
             let session = subscribers[i].0;
@@ -641,10 +637,29 @@ impl LocalRun<'_> {
     /// Delivers `message` to the local subscriptions `scope` selects;
     /// returns the number of deliveries made.
     pub fn route(&mut self, message: &Arc<Message>, scope: Scope<'_>) -> usize {
+        self.route_same_topic(&message.topic, std::iter::once(message), scope)
+    }
+
+    /// Delivers each of `messages`, which share `topic` (all of them), to
+    /// the local subscriptions `scope` selects, matching the topic once;
+    /// returns the number of deliveries made. For a peer's batch, where one
+    /// publisher's messages tend to come one after another.
+    pub fn route_same_topic<'m>(
+        &mut self,
+        topic: &str,
+        messages: impl IntoIterator<Item = &'m Arc<Message>>,
+        scope: Scope<'_>,
+    ) -> usize {
         let router = self.router;
         let mut matches = Matches::default();
-        matching(router, &mut self.held, &message.topic, &mut matches);
-        router.deliver(message, matches, scope, self.gathered.as_mut())
+        matching(router, &mut self.held, topic, &mut matches);
+        select(&mut matches, scope);
+        let mut delivered = 0;
+        for message in messages {
+            debug_assert_eq!(&*message.topic, topic);
+            delivered += router.deliver_selected(message, &matches, self.gathered.as_mut());
+        }
+        delivered
     }
 
     /// Queues the deliveries gathered so far, so that a message queued
@@ -738,6 +753,26 @@ impl Gathered {
 /// (MQTT 5.0 §3.3.4: highest QoS, all Subscription Identifiers). A
 /// subscription with No Local set does not count for its own session's
 /// messages.
+/// Keeps of `matches` what `scope` selects, one session's subscriptions
+/// next to each other (they make one delivery).
+fn select(matches: &mut Matches<'_>, scope: Scope<'_>) {
+    let (plain, groups) = match scope {
+        Scope::All => (true, None),
+        Scope::Selected { plain, groups } => (plain, Some(groups)),
+    };
+    if !plain {
+        matches.subscribers.clear();
+    }
+    if let Some(selected) = groups {
+        matches
+            .groups
+            .retain(|g| selected.iter().any(|k| **k == *g.key));
+    }
+    if matches.subscribers.len() > 1 {
+        matches.subscribers.sort_unstable_by_key(|(id, _)| *id);
+    }
+}
+
 fn merge_overlapping(
     message: &Arc<Message>,
     subs: &[(SessionId, &Subscriber)],
@@ -960,5 +995,66 @@ mod tests {
         assert_eq!(topics(&first), ["a/1", "a/2", "a/3", "a/4"]);
         assert_eq!(topics(&second), ["a/2", "b/1", "b/2", "b/3"]);
         assert_eq!(metrics.snapshot().deliveries, 8);
+    }
+
+    #[test]
+    fn a_same_topic_run_matches_once_and_delivers_each_message_on_its_own() {
+        let metrics = Arc::new(Metrics::default());
+        let router = Router::new(Arc::new(LocalRouteStore::default()), None, metrics.clone());
+        let own = Arc::new(Mailbox::new(SessionId(1), 100, DropPolicy::Oldest, true));
+        let Ok(filter) = parse_filter("a/b") else {
+            panic!("a valid filter");
+        };
+        let no_local = SubscriptionOptions {
+            no_local: true,
+            ..Default::default()
+        };
+        router.subscribe(
+            &filter,
+            SessionId(1),
+            trie::Subscriber {
+                mailbox: own.clone(),
+                options: no_local,
+                identifier: None,
+            },
+        );
+        // Two filters matching one topic: one delivery per message.
+        let other = subscribe(&router, 2, &["a/b", "a/#"]);
+
+        let published = |payload: &'static [u8], publisher: Option<u64>| {
+            let mut m = message("a/b");
+            m.payload = Bytes::from_static(payload);
+            m.publisher = publisher.map(SessionId);
+            Arc::new(m)
+        };
+        let run = [
+            published(b"1", None),
+            published(b"2", Some(1)),
+            published(b"3", Some(2)),
+        ];
+        let mut local = router.local_run();
+        let delivered = local.route_same_topic("a/b", &run, Scope::All);
+        let none = local.route_same_topic(
+            "a/b",
+            &run,
+            Scope::Selected {
+                plain: false,
+                groups: &[],
+            },
+        );
+        drop(local);
+
+        assert_eq!((delivered, none), (5, 0));
+        let payloads = |mailbox: &Mailbox| -> Vec<Bytes> {
+            mailbox
+                .take_all()
+                .into_iter()
+                .map(|d| d.message.payload.clone())
+                .collect()
+        };
+        // No Local is looked at for each message: the session's own stays.
+        assert_eq!(payloads(&own), [&b"1"[..], b"3"]);
+        assert_eq!(payloads(&other), [&b"1"[..], b"2", b"3"]);
+        assert_eq!(metrics.snapshot().deliveries, 5);
     }
 }
