@@ -158,6 +158,32 @@ def test_v5_properties_and_retain_flag_cross_node(cluster, paho):
     assert (rap.get().retain, plain.get().retain) == (True, False)
 
 
+def test_small_and_larger_messages_keep_their_order_across_nodes(cluster, paho):
+    """n1 gathers a publisher's small forwards and queues them together once it has handled a
+    read, while a larger message (or one whose PUBACK waits for n2) goes to the link on its own:
+    sent back to back and mixed, they still reach n2's subscriber in the order they were
+    published, for each QoS (MQTT 5.0 §4.6: a QoS 0 delivery need not wait for QoS 1 ones held
+    by the subscriber's inflight window)."""
+    c = cluster(2)
+    n1, n2 = c
+    sub = paho(n2, "mixed-sub")
+    sub.subscribe("mixed/t", 1)
+    pub = paho(n1, "mixed-pub")
+    await_delivery(pub, sub, "mixed/t")
+    sizes = [5, 5, 3000, 5, 40_000, 5, 5, 5, 2100, 5] * 6
+    payloads = [f"{i}:".encode() + b"x" * size for i, size in enumerate(sizes)]
+    infos = [pub.publish("mixed/t", p, qos=i % 2, wait=False) for i, p in enumerate(payloads)]
+    for info in infos:
+        assert pub.wait_published(info) < 0x80
+    got = sub.collect(len(payloads), timeout=10)
+    for qos in (0, 1):
+        sent = [p for i, p in enumerate(payloads) if i % 2 == qos]
+        received = [m.payload for m in got if m.qos == qos]
+        assert [p.split(b":")[0] for p in received] == [p.split(b":")[0] for p in sent], f"QoS {qos}"
+        assert received == sent
+    sub.assert_no_message()
+
+
 def test_large_messages_cross_node(cluster, paho):
     """Issue point 3: messages close to the 1 MiB default maximum packet size, published back
     to back on n1 (so that a batch to n2 holds several of them, more than gRPC's default 4 MiB

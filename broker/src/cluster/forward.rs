@@ -33,6 +33,7 @@ use super::peer_client::{Peer, PeerChannels, PeerCredentials};
 use crate::message::{Delivery, ForwardTicket, Message, ShareKey, Tracking};
 use crate::metrics::Metrics;
 use crate::read_mostly::ReadMostly;
+use crate::router::gathered::{GATHER_LARGEST, GatheredForwards};
 use crate::router::store::{Forwarded, Forwarder, NodeId};
 
 /// Above this many queued messages a link holds its publishers back...
@@ -75,6 +76,8 @@ pub struct PeerInfo {
 
 pub struct PeerForwarder {
     own_node: Arc<str>,
+    /// The same, as forwarded messages carry it.
+    own_node_wire: Bytes,
     /// Looked up on every forward: foldhash rather than SipHash, behind a
     /// sharded lock (see [`ReadMostly`]).
     links: ReadMostly<HashMap<NodeId, Link, foldhash::fast::RandomState>>,
@@ -92,6 +95,7 @@ impl PeerForwarder {
     ) -> Arc<PeerForwarder> {
         Arc::new(PeerForwarder {
             own_node: Arc::from(own_node),
+            own_node_wire: Bytes::copy_from_slice(own_node.as_bytes()),
             links: ReadMostly::default(),
             channels: PeerChannels::new(credentials.clone()),
             credentials,
@@ -262,6 +266,65 @@ fn wire_size(message: &Message) -> usize {
 }
 
 impl Forwarder for PeerForwarder {
+    fn gather(
+        &self,
+        gathered: &mut GatheredForwards,
+        node: &NodeId,
+        message: &Message,
+        plain: bool,
+        groups: Vec<Arc<ShareKey>>,
+    ) -> Option<NodeId> {
+        if wire_size(message) > GATHER_LARGEST {
+            // Alone, behind what was gathered before it.
+            let earlier = self.queue_gathered(gathered);
+            let forwarded = self.forward(node, message, plain, groups, Tracking::Untracked);
+            return match forwarded.congested {
+                true => Some(node.clone()),
+                false => earlier,
+            };
+        }
+        let gathering = gathered.for_node(node);
+        put_publish_entry(
+            message,
+            plain,
+            &groups,
+            &self.own_node_wire,
+            &mut gathering.entries,
+        );
+        gathering.messages += 1;
+        match gathering.is_full() {
+            true => self.queue_gathered(gathered),
+            false => None,
+        }
+    }
+
+    fn queue_gathered(&self, gathered: &mut GatheredForwards) -> Option<NodeId> {
+        if gathered.is_empty() {
+            return None;
+        }
+        let links = self.links.read();
+        let mut congested = None;
+        for gathering in gathered.take() {
+            let queued = links.get(&gathering.node).map(|link| {
+                (
+                    link,
+                    link.queue
+                        .push_entries(&gathering.entries, gathering.messages),
+                )
+            });
+            match queued {
+                Some((link, Ok(queued))) => {
+                    if link.up.load(Ordering::Acquire) && queued > LINK_HIGH_WATER {
+                        congested = Some(gathering.node);
+                    }
+                }
+                // Gone, down or full: as for a message queued alone.
+                _ => Metrics::add(&self.metrics.forward_dropped, gathering.messages as u64),
+            }
+        }
+        congested
+    }
+
     fn forward(
         &self,
         node: &NodeId,

@@ -1,7 +1,9 @@
 //! The queue of one peer link: messages are encoded for the wire as they
 //! are queued, by the connection that routes them, straight into the
 //! batch that will go out, and the link's task only hands whole batches
-//! to the stream.
+//! to the stream. (Or into the connection's own gathering first, queued
+//! once per read with [`LinkQueue::push_entries`]; see
+//! [`crate::router::gathered`].)
 //!
 //! Why encode at enqueue: queuing the message itself meant a channel send,
 //! a reference count taken on one core and dropped on another, and then
@@ -191,6 +193,41 @@ impl LinkQueue {
         Ok(Pushed { queued, ticket })
     }
 
+    /// Queues `messages` messages at once, `entries` being their batch
+    /// entries back to back (see [`crate::router::gathered`]); all or
+    /// none. They join the open batch unless it would get more than a
+    /// batch's worth, in which case it is sealed first and they start the
+    /// next one. Returns how many messages are queued now.
+    pub fn push_entries(&self, entries: &[u8], messages: usize) -> Result<usize, Refused> {
+        let mut state = self.state.lock();
+        if !state.accepting || state.closed {
+            return Err(Refused::Down);
+        }
+        if state.messages + messages > LINK_QUEUE {
+            return Err(Refused::Full);
+        }
+        let open = &state.open;
+        if open.messages > 0
+            && (open.messages + messages > BATCH || open.body.len() + entries.len() > BATCH_BYTES)
+        {
+            seal_open(&mut state);
+        }
+        let was_empty = state.messages == 0;
+        let open = &mut state.open;
+        open.body.extend_from_slice(entries);
+        open.messages += messages;
+        if open.is_full() {
+            seal_open(&mut state);
+        }
+        state.messages += messages;
+        let queued = state.messages;
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(queued)
+    }
+
     /// Messages queued.
     pub fn len(&self) -> usize {
         self.state.lock().messages
@@ -334,6 +371,53 @@ mod tests {
             .map(|b| b.messages)
             .collect();
         assert_eq!(counts, vec![1, 1, 1]);
+    }
+
+    /// Entries gathered elsewhere join the open batch whole: after what is
+    /// queued, in their order, never splitting a batch's worth.
+    #[tokio::test]
+    async fn gathered_entries_are_queued_whole_and_in_order() {
+        let queue = LinkQueue::default();
+        let gathered = |topics: &[&str]| {
+            let mut entries = BytesMut::new();
+            for topic in topics {
+                put_batch_entry(&wire(topic, 2), &mut entries);
+            }
+            entries
+        };
+        assert!(push(&queue, &wire("first", 1), Tracking::Untracked).is_ok());
+        assert_eq!(queue.push_entries(&gathered(&["a", "b"]), 2), Ok(3));
+        assert!(push(&queue, &wire("last", 1), Tracking::Untracked).is_ok());
+        let topics = |batch: Option<Batch>| -> Vec<Bytes> {
+            let decoded = batch.map(|b| decode(b, 1)).unwrap_or_default();
+            decoded.messages.into_iter().map(|m| m.topic).collect()
+        };
+        assert_eq!(topics(queue.next().await), ["first", "a", "b", "last"]);
+
+        // Entries that would take the open batch past a batch's worth
+        // start the next one.
+        for _ in 0..BATCH - 1 {
+            assert!(push(&queue, &wire("t", 1), Tracking::Untracked).is_ok());
+        }
+        assert_eq!(queue.push_entries(&gathered(&["x", "y"]), 2), Ok(BATCH + 1));
+        let first = queue.next().await.map(|b| b.messages);
+        assert_eq!(first, Some(BATCH - 1));
+        assert_eq!(topics(queue.next().await), ["x", "y"]);
+    }
+
+    #[test]
+    fn gathered_entries_are_refused_whole() {
+        let queue = LinkQueue::default();
+        let mut entries = BytesMut::new();
+        put_batch_entry(&wire("a", 1), &mut entries);
+        put_batch_entry(&wire("b", 1), &mut entries);
+        for _ in 0..LINK_QUEUE - 1 {
+            assert!(push(&queue, &wire("t", 1), Tracking::Untracked).is_ok());
+        }
+        assert_eq!(queue.push_entries(&entries, 2), Err(Refused::Full));
+        assert_eq!(queue.len(), LINK_QUEUE - 1);
+        let _ = queue.stop_accepting();
+        assert_eq!(queue.push_entries(&entries[..0], 0), Err(Refused::Down));
     }
 
     /// Messages for this node only share their batch's ticket: one per

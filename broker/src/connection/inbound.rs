@@ -148,14 +148,14 @@ impl Connection {
         let track = qos != QoS::AtMostOnce && self.broker.config.forward_ack;
         // In a cluster the router shares the message only if a subscriber
         // here gets it; alone, one always does or nobody wants it.
-        let (message, cache) = match self.broker.router.is_clustered() {
+        let (message, publisher) = match self.broker.router.is_clustered() {
             true => (
                 ToRoute::owned(message),
-                Some(&mut **self.remote_routes.get_or_insert_with(Box::default)),
+                Some(&mut **self.publishing.get_or_insert_with(Box::default)),
             ),
             false => (ToRoute::shared(Arc::new(message)), None),
         };
-        let routed = self.broker.router.route_tracked(message, track, cache);
+        let routed = self.broker.router.route_tracked(message, track, publisher);
         if routed.congested.is_some() {
             // A peer link is full: read nothing more until it drains.
             Metrics::inc(&self.broker.metrics.forward_held_back);

@@ -34,7 +34,7 @@ use tracing::{debug, trace, warn};
 use crate::broker::Broker;
 use crate::message::{Delivery, ForwardTicket};
 use crate::metrics::Metrics;
-use crate::router::remote_cache::RemoteRouteCache;
+use crate::router::PublisherRouting;
 use crate::router::store::NodeId;
 use crate::session::lifecycle::{self, Closing};
 use crate::session::mailbox::Mailbox;
@@ -119,9 +119,10 @@ pub(crate) struct Connection {
     /// published: nothing more is read or handled until it drains.
     held_back: Option<NodeId>,
     /// Cluster mode, once the client published: the other nodes that want
-    /// the topic it last published on (boxed: most connections never
-    /// publish, or not in a cluster).
-    remote_routes: Option<Box<RemoteRouteCache>>,
+    /// the topic it last published on, and the forwards gathered while a
+    /// read is handled (boxed: most connections never publish, or not in a
+    /// cluster).
+    publishing: Option<Box<PublisherRouting>>,
     /// When the client's keep-alive runs out unless a packet arrives.
     keep_alive_deadline: Option<Instant>,
     /// Last time bytes went either way (read, or handed to the socket):
@@ -308,7 +309,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         scratch: Vec::new(),
         pending_acks: VecDeque::new(),
         held_back: None,
-        remote_routes: None,
+        publishing: None,
         keep_alive_deadline: None,
         last_active: Instant::now(),
     };
@@ -624,7 +625,7 @@ impl Connection {
             expiry,
             pending_acks: VecDeque::new(),
             held_back: None,
-            remote_routes: None,
+            publishing: None,
             keep_alive_deadline: keep_alive_deadline.map(Instant::from_std),
             last_active: Instant::now(),
         })
@@ -668,8 +669,21 @@ impl Connection {
     }
 
     /// Handles every complete packet in the read buffer; stops early while
-    /// a congested peer link holds this publisher back.
+    /// a congested peer link holds this publisher back. What the packets
+    /// forwarded to other nodes is on its links when this returns.
     fn handle_buffered(&mut self) -> Result<(), Ending> {
+        let handled = self.handle_packets();
+        if let Some(publishing) = &mut self.publishing
+            && let Some(node) = self.broker.router.queue_gathered(publishing)
+            && self.held_back.is_none()
+        {
+            Metrics::inc(&self.broker.metrics.forward_held_back);
+            self.held_back = Some(node);
+        }
+        handled
+    }
+
+    fn handle_packets(&mut self) -> Result<(), Ending> {
         let max = self.broker.config.max_packet_size as usize;
         while self.held_back.is_none() {
             match starling_codec::decode(&mut self.rbuf, self.n.version, max) {

@@ -6,6 +6,7 @@
 //! publish takes two read locks that only subscribes to the same first
 //! level ever write-lock: there is no broker-wide lock on the publish path.
 
+pub mod gathered;
 pub mod remote_cache;
 pub mod retained;
 pub mod store;
@@ -23,6 +24,7 @@ use starling_codec::topic::ParsedFilter;
 use crate::message::{Delivery, ForwardTicket, Message, SessionId, ShareKey, Tracking};
 use crate::metrics::Metrics;
 use crate::session::mailbox::{Mailbox, PushOutcome};
+use gathered::GatheredForwards;
 use remote_cache::RemoteRouteCache;
 use retained::RetainedStore;
 use store::{Forwarder, NodeId, RemoteRoutes, RetainedReplicator, RouteStore};
@@ -129,6 +131,16 @@ pub fn route_name(filter: &ParsedFilter<'_>) -> String {
         None => filter.filter.to_string(),
         Some(group) => format!("$share/{group}/{}", filter.filter),
     }
+}
+
+/// What a publishing connection keeps for routing its messages in a
+/// cluster, from one publish to the next.
+#[derive(Debug, Default)]
+pub struct PublisherRouting {
+    /// The remote routes of its last topic.
+    routes: RemoteRouteCache,
+    /// Forwards not queued on their links yet.
+    forwards: GatheredForwards,
 }
 
 /// What routing a publish did.
@@ -318,13 +330,19 @@ impl Router {
 
     /// [`route`](Self::route), and with `track` a ticket that completes
     /// once every other node it was forwarded to acknowledged it. A
-    /// publisher passes its `cache` of the remote routes of its last topic.
+    /// publisher passes what it keeps for routing (the remote routes of
+    /// its last topic, and the forwards it gathers: it must then
+    /// [`queue_gathered`](Self::queue_gathered) before it waits).
     pub fn route_tracked(
         &self,
         mut message: ToRoute,
         track: bool,
-        cache: Option<&mut RemoteRouteCache>,
+        publisher: Option<&mut PublisherRouting>,
     ) -> Routed {
+        let (cache, mut gathered) = match publisher {
+            Some(p) => (Some(&mut p.routes), Some(&mut p.forwards)),
+            None => (None, None),
+        };
         let Some(forwarder) = &self.forwarder else {
             let local = match message.share() {
                 Some(shared) => self.route_local(shared, Scope::All),
@@ -384,7 +402,26 @@ impl Router {
         };
 
         let mut congested = None;
-        let mut send = |node: &NodeId, plain, groups, tracking| {
+        let mut send = |node: &NodeId, plain, groups, tracking: Tracking| {
+            let Some(gathered) = gathered.as_deref_mut() else {
+                let forwarded = forwarder.forward(node, message, plain, groups, tracking);
+                if forwarded.congested {
+                    congested = Some(node.clone());
+                }
+                return forwarded.ticket;
+            };
+            if let Tracking::Untracked = tracking {
+                if let Some(node) = forwarder.gather(gathered, node, message, plain, groups) {
+                    congested = Some(node);
+                }
+                return None;
+            }
+            // Behind what this publisher gathered before it.
+            if !gathered.is_empty()
+                && let Some(node) = forwarder.queue_gathered(gathered)
+            {
+                congested = Some(node);
+            }
             let forwarded = forwarder.forward(node, message, plain, groups, tracking);
             if forwarded.congested {
                 congested = Some(node.clone());
@@ -422,6 +459,17 @@ impl Router {
             delivered: self.count_unwanted(local + remote_count),
             ticket,
             congested,
+        }
+    }
+
+    /// Queues on their links the forwards `publisher` gathered; returns a
+    /// node whose link is congested now.
+    pub fn queue_gathered(&self, publisher: &mut PublisherRouting) -> Option<NodeId> {
+        match &self.forwarder {
+            Some(forwarder) if !publisher.forwards.is_empty() => {
+                forwarder.queue_gathered(&mut publisher.forwards)
+            }
+            _ => None,
         }
     }
 
@@ -1056,5 +1104,84 @@ mod tests {
         assert_eq!(payloads(&own), [&b"1"[..], b"3"]);
         assert_eq!(payloads(&other), [&b"1"[..], b"2", b"3"]);
         assert_eq!(metrics.snapshot().deliveries, 5);
+    }
+
+    /// Gathers the topics of untracked forwards and records them when
+    /// queued; what goes alone, [`Recording`] records.
+    #[derive(Default)]
+    struct GatheringRecorder(Recording);
+
+    impl Forwarder for GatheringRecorder {
+        fn forward(
+            &self,
+            node: &NodeId,
+            message: &Message,
+            plain: bool,
+            groups: Vec<Arc<ShareKey>>,
+            tracking: Tracking,
+        ) -> Forwarded {
+            self.0.forward(node, message, plain, groups, tracking)
+        }
+        fn gather(
+            &self,
+            gathered: &mut GatheredForwards,
+            node: &NodeId,
+            message: &Message,
+            _: bool,
+            _: Vec<Arc<ShareKey>>,
+        ) -> Option<NodeId> {
+            let gathering = gathered.for_node(node);
+            gathering
+                .entries
+                .extend_from_slice(message.topic.as_bytes());
+            gathering.entries.extend_from_slice(b" ");
+            gathering.messages += 1;
+            None
+        }
+        fn queue_gathered(&self, gathered: &mut GatheredForwards) -> Option<NodeId> {
+            for gathering in gathered.take() {
+                let entries = String::from_utf8_lossy(&gathering.entries).into_owned();
+                let line = format!("gathered {}:{}", gathering.node, entries.trim_end());
+                self.0.0.lock().push(line);
+            }
+            None
+        }
+        fn drained(&self, node: &NodeId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+            self.0.drained(node)
+        }
+        fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: Delivery) {
+            self.0.redirect(node, client_id, delivery)
+        }
+    }
+
+    #[test]
+    fn a_publishers_forwards_are_gathered_until_queued_and_a_tracked_one_waits_its_turn() {
+        let forwarder = Arc::new(GatheringRecorder::default());
+        let router = Router::new(
+            Arc::new(RemoteWantsRemote),
+            Some(forwarder.clone()),
+            Arc::default(),
+        );
+        let mut publisher = PublisherRouting::default();
+        for (topic, track) in [
+            ("remote/a", false),
+            ("remote/b", false),
+            ("remote/c", true),
+            ("remote/d", false),
+        ] {
+            let routed =
+                router.route_tracked(ToRoute::owned(message(topic)), track, Some(&mut publisher));
+            assert_eq!(routed.delivered, 1, "{topic} has a node that wants it");
+        }
+        assert_eq!(
+            *forwarder.0.0.lock(),
+            ["gathered n2:remote/a remote/b", "n2:remote/c"]
+        );
+        assert_eq!(router.queue_gathered(&mut publisher), None);
+        let last = || forwarder.0.0.lock().last().cloned();
+        assert_eq!(last().as_deref(), Some("gathered n2:remote/d"));
+        // Without a publisher's state nothing is gathered.
+        router.route_tracked(ToRoute::owned(message("remote/e")), false, None);
+        assert_eq!(last().as_deref(), Some("n2:remote/e"));
     }
 }

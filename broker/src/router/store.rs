@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::gathered::GatheredForwards;
+
 /// A broker node's identity in the cluster (shared, cheap to clone).
 pub type NodeId = Arc<str>;
 
@@ -86,6 +88,31 @@ pub trait Forwarder: Send + Sync + 'static {
         groups: Vec<Arc<crate::message::ShareKey>>,
         tracking: crate::message::Tracking,
     ) -> Forwarded;
+    /// Like [`forward`](Self::forward) for a message nobody waits on, but
+    /// the message may only be encoded into `gathered`, to be queued by
+    /// [`queue_gathered`](Self::queue_gathered) (or here, once `gathered`
+    /// is full). Returns a node whose link is congested now. The default
+    /// gathers nothing: it forwards at once.
+    fn gather(
+        &self,
+        gathered: &mut GatheredForwards,
+        node: &NodeId,
+        message: &crate::message::Message,
+        plain: bool,
+        groups: Vec<Arc<crate::message::ShareKey>>,
+    ) -> Option<NodeId> {
+        let _ = gathered;
+        let tracking = crate::message::Tracking::Untracked;
+        let forwarded = self.forward(node, message, plain, groups, tracking);
+        forwarded.congested.then(|| node.clone())
+    }
+    /// Queues what `gathered` holds on the links, leaving it empty; what
+    /// cannot be queued is dropped and counted. Returns a node whose link
+    /// is congested now.
+    fn queue_gathered(&self, gathered: &mut GatheredForwards) -> Option<NodeId> {
+        let _ = gathered.take();
+        None
+    }
     /// Resolves once the link to `node` is no longer congested (or gone).
     fn drained(&self, node: &NodeId) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
     /// Sends a delivery for one session that moved to `node`.
