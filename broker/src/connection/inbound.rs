@@ -92,8 +92,11 @@ impl Connection {
         }
         let topic = self.resolve_topic(&mut publish)?;
         let config = &self.broker.config;
+        // A topic of n bytes has at most n + 1 levels: only one at least
+        // as long as the limit needs its levels counted.
         if topic.len() > config.max_topic_length
-            || starling_codec::topic::level_count(&topic) > config.max_topic_levels
+            || (topic.len() >= config.max_topic_levels
+                && starling_codec::topic::level_count(&topic) > config.max_topic_levels)
         {
             return Err(Ending::ServerClose(ReasonCode::TOPIC_NAME_INVALID));
         }
