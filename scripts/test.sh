@@ -2,7 +2,8 @@
 # The whole test suite: formatting, lints, unit and property tests, a
 # bounded fuzz run of the codec, the protocol tests that drive a real
 # `starling` with paho-mqtt and mosquitto_pub/sub, the cluster tests (real
-# etcd, several nodes), and a smoke run of every benchmark scenario.
+# etcd, several nodes), a smoke run of every benchmark scenario, and the
+# load tool over each of its transports.
 #
 #   FUZZ_SECONDS=N   fuzz time (default 30)
 set -euo pipefail
@@ -35,3 +36,6 @@ python3 -m pytest e2e/cluster -q -p no:cacheprovider
 
 echo "== benchmark smoke: every scenario, tiny sizes, no message lost"
 bench/smoke.sh
+
+echo "== starling-bench over TLS, WebSocket and WebSocket over TLS (against Mosquitto)"
+bench/transports.sh
