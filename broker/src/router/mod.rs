@@ -797,10 +797,6 @@ impl Gathered {
     }
 }
 
-/// Folds every subscription one session has that matched into one delivery
-/// (MQTT 5.0 §3.3.4: highest QoS, all Subscription Identifiers). A
-/// subscription with No Local set does not count for its own session's
-/// messages.
 /// Keeps of `matches` what `scope` selects, one session's subscriptions
 /// next to each other (they make one delivery).
 fn select(matches: &mut Matches<'_>, scope: Scope<'_>) {
@@ -821,6 +817,10 @@ fn select(matches: &mut Matches<'_>, scope: Scope<'_>) {
     }
 }
 
+/// Folds every subscription one session has that matched into one delivery
+/// (MQTT 5.0 §3.3.4: highest QoS, all Subscription Identifiers). A
+/// subscription with No Local set does not count for its own session's
+/// messages.
 fn merge_overlapping(
     message: &Arc<Message>,
     subs: &[(SessionId, &Subscriber)],
