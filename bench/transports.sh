@@ -16,7 +16,9 @@ ensure_bench
 ensure_mosquitto
 
 WORK=$(mktemp -d)
+SUB_PID=
 cleanup() {
+    [[ -z "$SUB_PID" ]] || stop_pid "$SUB_PID"
     stop_broker
     rm -rf "$WORK"
 }
@@ -100,12 +102,13 @@ for transport in tls ws wss; do
         "$BENCH_BIN" sub "${common[@]}" -c 1 -t "t/$transport/$version/#" -q 1 \
             --expect $((PUBS * MSGS)) --idle-timeout 5 --duration 30 \
             --json "$dir/sub.json" --ready-file "$dir/ready" 2>"$dir/sub.err" &
-        sub=$!
+        SUB_PID=$!
         for _ in $(seq 200); do [[ -f "$dir/ready" ]] && break; sleep 0.05; done
         rc=0
         "$BENCH_BIN" pub "${common[@]}" -c "$PUBS" -t "t/$transport/$version/%i" -q 1 -s 64 \
             -i 0 -L "$MSGS" --duration 30 --json "$dir/pub.json" 2>"$dir/pub.err" || rc=$?
-        wait "$sub" || rc=$?
+        wait "$SUB_PID" || rc=$?
+        SUB_PID=
         summary=$(python3 "$WORK/check.py" "$dir/sub.json" "$dir/pub.json" "$transport" \
             "$((PUBS * MSGS))") || rc=$?
         if ((rc == 0)); then
