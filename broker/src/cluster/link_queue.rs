@@ -159,62 +159,60 @@ impl LinkQueue {
         tracking: Tracking,
         write: impl FnOnce(&mut BytesMut),
     ) -> Result<Pushed, (Refused, Tracking)> {
-        let mut state = self.state.lock();
-        if !state.accepting || state.closed {
-            return Err((Refused::Down, tracking));
-        }
-        if state.messages >= LINK_QUEUE {
-            return Err((Refused::Full, tracking));
-        }
-        if state.open.messages > 0 && state.open.body.len() + size > BATCH_BYTES {
-            seal_open(&mut state);
-        }
-        let was_empty = state.messages == 0;
-        let open = &mut state.open;
-        write(&mut open.body);
-        open.messages += 1;
-        let ticket = match tracking {
-            Tracking::Untracked => None,
-            Tracking::Own(ticket) => {
-                open.tickets.push(ticket);
-                None
+        let (queued, ticket) = self.append(1, size, tracking, |open, tracking| {
+            write(&mut open.body);
+            match tracking {
+                Tracking::Untracked => None,
+                Tracking::Own(ticket) => {
+                    open.tickets.push(ticket);
+                    None
+                }
+                Tracking::Batch => Some(open.shared_ticket()),
             }
-            Tracking::Batch => Some(open.shared_ticket()),
-        };
-        if open.is_full() {
-            seal_open(&mut state);
-        }
-        state.messages += 1;
-        let queued = state.messages;
-        drop(state);
-        if was_empty {
-            self.ready.notify_one();
-        }
+        })?;
         Ok(Pushed { queued, ticket })
     }
 
     /// Queues `messages` messages at once, `entries` being their batch
     /// entries back to back (see [`crate::router::gathered`]); all or
-    /// none. They join the open batch unless it would get more than a
-    /// batch's worth, in which case it is sealed first and they start the
-    /// next one. Returns how many messages are queued now.
+    /// none. Returns how many messages are queued now.
     pub fn push_entries(&self, entries: &[u8], messages: usize) -> Result<usize, Refused> {
+        let appended = self.append(messages, entries.len(), (), |open, ()| {
+            open.body.extend_from_slice(entries)
+        });
+        appended
+            .map(|(queued, ())| queued)
+            .map_err(|(refused, ())| refused)
+    }
+
+    /// Adds `messages` messages of about `size` bytes to the open batch,
+    /// `fill` writing them (given `carried`, handed back on refusal). They
+    /// join the open batch unless it would get more than a batch's worth,
+    /// in which case it is sealed first and they start the next one.
+    /// Returns how many messages are queued now, and what `fill` returned.
+    fn append<T, R>(
+        &self,
+        messages: usize,
+        size: usize,
+        carried: T,
+        fill: impl FnOnce(&mut Batch, T) -> R,
+    ) -> Result<(usize, R), (Refused, T)> {
         let mut state = self.state.lock();
         if !state.accepting || state.closed {
-            return Err(Refused::Down);
+            return Err((Refused::Down, carried));
         }
         if state.messages + messages > LINK_QUEUE {
-            return Err(Refused::Full);
+            return Err((Refused::Full, carried));
         }
         let open = &state.open;
         if open.messages > 0
-            && (open.messages + messages > BATCH || open.body.len() + entries.len() > BATCH_BYTES)
+            && (open.messages + messages > BATCH || open.body.len() + size > BATCH_BYTES)
         {
             seal_open(&mut state);
         }
         let was_empty = state.messages == 0;
         let open = &mut state.open;
-        open.body.extend_from_slice(entries);
+        let filled = fill(open, carried);
         open.messages += messages;
         if open.is_full() {
             seal_open(&mut state);
@@ -225,7 +223,7 @@ impl LinkQueue {
         if was_empty {
             self.ready.notify_one();
         }
-        Ok(queued)
+        Ok((queued, filled))
     }
 
     /// Messages queued.

@@ -12,7 +12,6 @@ use tracing::debug;
 
 use super::{Connection, Ending, HeldAck};
 use crate::message::{Delivery, ForwardTicket, Message};
-use crate::metrics::Metrics;
 use crate::router::trie::Subscriber;
 use crate::router::{ToRoute, route_name};
 use crate::session::state::{OutboundPhase, StoredSubscription};
@@ -159,10 +158,8 @@ impl Connection {
             false => (ToRoute::shared(Arc::new(message)), None),
         };
         let routed = self.broker.router.route_tracked(message, track, publisher);
-        if routed.congested.is_some() {
-            // A peer link is full: read nothing more until it drains.
-            Metrics::inc(&self.broker.metrics.forward_held_back);
-            self.held_back = routed.congested;
+        if let Some(node) = routed.congested {
+            self.hold_back(node);
         }
         let ticket = routed.ticket;
         let code = if routed.delivered == 0 && self.n.version.is_v5() {

@@ -677,10 +677,16 @@ impl Connection {
             && let Some(node) = self.broker.router.queue_gathered(publishing)
             && self.held_back.is_none()
         {
-            Metrics::inc(&self.broker.metrics.forward_held_back);
-            self.held_back = Some(node);
+            self.hold_back(node);
         }
         handled
+    }
+
+    /// A peer link `node` is full with what this client published: read
+    /// nothing more until it drains.
+    fn hold_back(&mut self, node: NodeId) {
+        Metrics::inc(&self.broker.metrics.forward_held_back);
+        self.held_back = Some(node);
     }
 
     fn handle_packets(&mut self) -> Result<(), Ending> {

@@ -403,24 +403,17 @@ impl Router {
 
         let mut congested = None;
         let mut send = |node: &NodeId, plain, groups, tracking: Tracking| {
-            let Some(gathered) = gathered.as_deref_mut() else {
-                let forwarded = forwarder.forward(node, message, plain, groups, tracking);
-                if forwarded.congested {
-                    congested = Some(node.clone());
+            if let Some(gathered) = gathered.as_deref_mut() {
+                if let Tracking::Untracked = tracking {
+                    if let Some(node) = forwarder.gather(gathered, node, message, plain, groups) {
+                        congested = Some(node);
+                    }
+                    return None;
                 }
-                return forwarded.ticket;
-            };
-            if let Tracking::Untracked = tracking {
-                if let Some(node) = forwarder.gather(gathered, node, message, plain, groups) {
+                // Behind what this publisher gathered before it.
+                if let Some(node) = forwarder.queue_gathered(gathered) {
                     congested = Some(node);
                 }
-                return None;
-            }
-            // Behind what this publisher gathered before it.
-            if !gathered.is_empty()
-                && let Some(node) = forwarder.queue_gathered(gathered)
-            {
-                congested = Some(node);
             }
             let forwarded = forwarder.forward(node, message, plain, groups, tracking);
             if forwarded.congested {
@@ -465,12 +458,8 @@ impl Router {
     /// Queues on their links the forwards `publisher` gathered; returns a
     /// node whose link is congested now.
     pub fn queue_gathered(&self, publisher: &mut PublisherRouting) -> Option<NodeId> {
-        match &self.forwarder {
-            Some(forwarder) if !publisher.forwards.is_empty() => {
-                forwarder.queue_gathered(&mut publisher.forwards)
-            }
-            _ => None,
-        }
+        let forwarder = self.forwarder.as_ref()?;
+        forwarder.queue_gathered(&mut publisher.forwards)
     }
 
     /// Cluster mode: messages may go to other nodes.
