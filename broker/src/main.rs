@@ -35,10 +35,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    let runtime = match starling::connection::reply_order::configure(&mut builder).build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("starling: cannot start the async runtime: {error}");

@@ -12,6 +12,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 pub(crate) mod parking;
+pub mod reply_order;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -422,6 +423,8 @@ impl Connection {
                     continue;
                 }
             }
+            // Written: a publisher that let this task go first may reply.
+            reply_order::wake_waiting();
             let front_ticket = self.pending_acks.front().and_then(|a| a.ticket.clone());
             let take_mail = self.wbuf.len() < WRITE_HIGH_WATER;
             let held = self.held_back.is_some();
@@ -447,9 +450,21 @@ impl Connection {
                         return Ending::Lost;
                     };
                     if ready.is_readable() || ready.is_read_closed() {
+                        let mark = reply_order::mark();
                         match self.read_and_handle() {
-                            Ok(true) => self.heard_from_client(),
-                            Ok(false) => {}
+                            Ok(Some(packets)) => {
+                                let quiet = self.heard_from_client();
+                                // A lone PUBLISH that woke a subscriber here:
+                                // its delivery is written before our PUBACK.
+                                if packets == 1
+                                    && quiet >= reply_order::QUIET
+                                    && !self.wbuf.is_empty()
+                                    && reply_order::woke_since(mark)
+                                {
+                                    reply_order::after_woken_tasks().await;
+                                }
+                            }
+                            Ok(None) => {}
                             Err(ending) => return ending,
                         }
                     }
@@ -468,7 +483,7 @@ impl Connection {
                         return ending;
                     }
                     // The client kept sending while it was held back.
-                    self.heard_from_client();
+                    let _ = self.heard_from_client();
                 }
                 _ = &mut timer, if !held => {
                     let now = Instant::now();
@@ -493,12 +508,15 @@ impl Connection {
     }
 
     /// A packet (or part of one) arrived: the keep-alive starts over.
-    fn heard_from_client(&mut self) {
+    /// Returns how long the connection had been quiet before.
+    fn heard_from_client(&mut self) -> Duration {
         let now = Instant::now();
+        let quiet = now.saturating_duration_since(self.last_active);
         self.last_active = now;
         if let Some(keep_alive) = self.n.silence_allowed() {
             self.keep_alive_deadline = Some(now + keep_alive);
         }
+        quiet
     }
 
     /// Told to leave. Packets that arrived before the kick count: a
@@ -632,8 +650,8 @@ impl Connection {
     }
 
     /// Reads what the socket has and handles every complete packet.
-    /// `Ok(true)` when at least one byte arrived.
-    fn read_and_handle(&mut self) -> Result<bool, Ending> {
+    /// `Ok(Some(packets handled))` when at least one byte arrived.
+    fn read_and_handle(&mut self) -> Result<Option<usize>, Ending> {
         let result = self.read_and_handle_inner();
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
             // Give the buffer back while idle (readiness can be spurious, so
@@ -644,7 +662,7 @@ impl Connection {
         result
     }
 
-    fn read_and_handle_inner(&mut self) -> Result<bool, Ending> {
+    fn read_and_handle_inner(&mut self) -> Result<Option<usize>, Ending> {
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
             self.rbuf.reserve(self.read_size);
         }
@@ -661,17 +679,17 @@ impl Connection {
                     self.read_size *= 2;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
             Err(_) => return Err(Ending::Lost),
         }
-        self.handle_buffered()?;
-        Ok(true)
+        self.handle_buffered().map(Some)
     }
 
     /// Handles every complete packet in the read buffer; stops early while
     /// a congested peer link holds this publisher back. What the packets
     /// forwarded to other nodes is on its links when this returns.
-    fn handle_buffered(&mut self) -> Result<(), Ending> {
+    /// Returns how many packets were handled.
+    fn handle_buffered(&mut self) -> Result<usize, Ending> {
         let handled = self.handle_packets();
         if let Some(publishing) = &mut self.publishing
             && let Some(node) = self.broker.router.queue_gathered(publishing)
@@ -689,8 +707,9 @@ impl Connection {
         self.held_back = Some(node);
     }
 
-    fn handle_packets(&mut self) -> Result<(), Ending> {
+    fn handle_packets(&mut self) -> Result<usize, Ending> {
         let max = self.broker.config.max_packet_size as usize;
+        let mut handled = 0;
         while self.held_back.is_none() {
             match starling_codec::decode(&mut self.rbuf, self.n.version, max) {
                 // PUBLISH first and on its own: matched whole, the 264-byte
@@ -704,8 +723,9 @@ impl Connection {
                     return Err(Ending::ServerClose(error.reason_code()));
                 }
             }
+            handled += 1;
         }
-        Ok(())
+        Ok(handled)
     }
 
     /// Encodes a packet into the write buffer.
