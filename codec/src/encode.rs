@@ -12,6 +12,7 @@ use crate::packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, ProtocolVersion, PubAck, Publish, QoS,
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
+use crate::properties::PublishProperties;
 use crate::props::{self, Properties};
 use crate::reason::ReasonCode;
 use crate::wire::{MAX_VBI, prefixed_len, put_fixed_header, put_prefixed};
@@ -44,6 +45,92 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
     }
 }
 
+/// A PUBLISH to encode that borrows its topic, properties and payload.
+///
+/// A broker writes every delivery of a message from the one shared copy:
+/// building a [`Publish`] for each would take (and later drop) a reference
+/// on the topic's and the payload's buffers per delivery, two atomic
+/// updates each of a count that the receiving thread touches too.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// May be empty only in MQTT 5 when a Topic Alias is present.
+    pub topic: &'a str,
+    pub packet_id: u16,
+    /// `None` when there are none (the usual case).
+    pub properties: Option<&'a PublishProperties>,
+    pub payload: &'a [u8],
+}
+
+impl Publish {
+    /// This PUBLISH as a [`PublishRef`].
+    pub fn as_ref(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            properties: self.properties.is_boxed().then_some(&*self.properties),
+            payload: &self.payload,
+        }
+    }
+}
+
+/// Appends `publish`, encoded for `version`, to `buf`: the same bytes as
+/// [`encode`] of the equivalent [`Packet::Publish`]. On error nothing is
+/// appended.
+pub fn encode_publish(
+    publish: &PublishRef<'_>,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let sizes = publish_sizes(publish, version.is_v5())?;
+    buf.reserve(fixed_header_len(sizes.remaining) + sizes.remaining);
+    put_fixed_header(buf, publish_first_byte(publish), sizes.remaining);
+    write_publish(publish, version.is_v5(), &sizes, buf);
+    Ok(())
+}
+
+/// The number of bytes [`encode_publish`] would append (0 if it would
+/// refuse).
+pub fn publish_encoded_len(publish: &PublishRef<'_>, version: ProtocolVersion) -> usize {
+    match publish_sizes(publish, version.is_v5()) {
+        Ok(sizes) => fixed_header_len(sizes.remaining) + sizes.remaining,
+        Err(_) => 0,
+    }
+}
+
+fn publish_first_byte(p: &PublishRef<'_>) -> u8 {
+    3 << 4 | u8::from(p.dup) << 3 | p.qos.as_u8() << 1 | u8::from(p.retain)
+}
+
+fn publish_sizes(p: &PublishRef<'_>, v5: bool) -> Result<Sizes, EncodeError> {
+    let mut sizes = Sizes {
+        remaining: 0,
+        props: 0,
+        will_props: 0,
+    };
+    let mut len = prefixed_len(p.topic.len(), "topic name")? + p.payload.len();
+    if p.qos != QoS::AtMostOnce {
+        len += 2;
+    }
+    if v5 {
+        // None at all, the usual case: nothing to size.
+        if let Some(properties) = p.properties {
+            sizes.props = props::content_len(properties)?;
+        }
+        len += props::section_len(sizes.props);
+    }
+    if len > MAX_VBI {
+        return Err(EncodeError::TooLong("packet"));
+    }
+    sizes.remaining = len;
+    Ok(sizes)
+}
+
 /// What sizing learnt and writing needs again.
 struct Sizes {
     remaining: usize,
@@ -55,7 +142,7 @@ struct Sizes {
 
 fn first_byte(packet: &Packet) -> u8 {
     let flags = match packet {
-        Packet::Publish(p) => u8::from(p.dup) << 3 | p.qos.as_u8() << 1 | u8::from(p.retain),
+        Packet::Publish(p) => return publish_first_byte(&p.as_ref()),
         // Fixed by MQTT-3.6.1-1, MQTT-3.8.1-1 and MQTT-3.10.1-1.
         Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => 0b0010,
         _ => 0,
@@ -78,18 +165,8 @@ fn size(packet: &Packet, version: ProtocolVersion) -> Result<Sizes, EncodeError>
         }
         Packet::ConnAck(_) => 2,
         Packet::Publish(p) => {
-            let mut len = prefixed_len(p.topic.len(), "topic name")? + p.payload.len();
-            if p.qos != QoS::AtMostOnce {
-                len += 2;
-            }
-            if v5 {
-                // None at all, the usual case: nothing to size.
-                if p.properties.is_boxed() {
-                    sizes.props = props::content_len(&*p.properties)?;
-                }
-                len += props::section_len(sizes.props);
-            }
-            len
+            sizes = publish_sizes(&p.as_ref(), v5)?;
+            sizes.remaining
         }
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
             if v5 {
@@ -202,7 +279,7 @@ fn write(packet: &Packet, version: ProtocolVersion, sizes: &Sizes, buf: &mut Byt
     match packet {
         Packet::Connect(c) => write_connect(c, sizes, buf),
         Packet::ConnAck(c) => write_connack(c, version, sizes, buf),
-        Packet::Publish(p) => write_publish(p, v5, sizes, buf),
+        Packet::Publish(p) => write_publish(&p.as_ref(), v5, sizes, buf),
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
             write_ack(a, v5, sizes, buf)
         }
@@ -257,7 +334,7 @@ fn write_connack(c: &ConnAck, version: ProtocolVersion, sizes: &Sizes, buf: &mut
     }
 }
 
-fn write_publish(p: &Publish, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
+fn write_publish(p: &PublishRef<'_>, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
     put_prefixed(buf, p.topic.as_bytes());
     // The hot path: the packet identifier and an empty property section go
     // out in one copy rather than one `BytesMut` call each.
@@ -272,10 +349,13 @@ fn write_publish(p: &Publish, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
         len += 1;
     }
     buf.put_slice(&between[..len]);
-    if v5 && sizes.props != 0 {
-        props::write(&*p.properties, sizes.props, buf);
+    if v5
+        && sizes.props != 0
+        && let Some(properties) = p.properties
+    {
+        props::write(properties, sizes.props, buf);
     }
-    buf.put_slice(&p.payload);
+    buf.put_slice(p.payload);
 }
 
 fn write_ack(a: &PubAck, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {

@@ -24,7 +24,7 @@ mod wire;
 
 pub use bytestring::ByteString;
 pub use decode::{decode, fixed_header_len, read_remaining_length};
-pub use encode::{encode, encoded_len};
+pub use encode::{PublishRef, encode, encode_publish, encoded_len, publish_encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use properties::*;

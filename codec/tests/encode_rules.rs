@@ -337,6 +337,11 @@ fn remaining_length_over_268_435_455_is_too_long() {
     p.payload = Bytes::from(vec![0u8; 268_435_455 - 2]);
     let mut buf = BytesMut::new();
     assert_eq!(
+        encode_publish(&p.as_ref(), V3_1_1, &mut buf),
+        Err(EncodeError::TooLong("packet"))
+    );
+    assert_eq!(publish_encoded_len(&p.as_ref(), V3_1_1), 0);
+    assert_eq!(
         encode(&Packet::Publish(p), V3_1_1, &mut buf),
         Err(EncodeError::TooLong("packet"))
     );

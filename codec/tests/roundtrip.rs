@@ -29,6 +29,17 @@ proptest! {
         prop_assert_eq!(buf.len() - 12, encoded_len(&packet, version));
     }
 
+    /// A borrowed PUBLISH encodes to the same bytes as the owned one.
+    #[test]
+    fn a_borrowed_publish_encodes_like_the_packet((version, packet) in versioned_packet()) {
+        if let Packet::Publish(publish) = &packet {
+            let mut buf = BytesMut::from(&b"already here"[..]);
+            encode_publish(&publish.as_ref(), version, &mut buf).unwrap();
+            prop_assert_eq!(&buf[12..], &enc(&packet, version)[..]);
+            prop_assert_eq!(buf.len() - 12, publish_encoded_len(&publish.as_ref(), version));
+        }
+    }
+
     /// The limit applies to the whole packet, fixed header included.
     #[test]
     fn max_packet_size_counts_the_fixed_header((version, packet) in versioned_packet()) {

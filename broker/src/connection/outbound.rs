@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use starling_codec::{ByteString, Packet, PubAck, Publish, QoS};
-use tracing::trace;
+use starling_codec::{ByteString, MessageProperties, Packet, PubAck, Publish, PublishRef, QoS};
+use tracing::{debug, trace};
 
 use super::{BATCH, Connection, WRITE_HIGH_WATER};
 use crate::message::Delivery;
@@ -53,22 +53,24 @@ impl Connection {
             Metrics::inc(&self.broker.metrics.dropped_expired);
             return;
         }
-        let properties =
-            message.outbound_properties(self.n.version, now, &delivery.subscription_ids);
-        let mut publish = Publish {
+        let version = self.n.version;
+        let mut properties = message.outbound_properties(version, now, &delivery.subscription_ids);
+        let (aliased, new_alias) = self.apply_topic_alias(&message.topic, &mut properties);
+        // Encoded from the shared message, borrowed: a `Publish` of its
+        // own would take and drop a reference on the topic's and the
+        // payload's buffer for every delivery.
+        let mut publish = PublishRef {
             dup: false,
             qos: delivery.qos,
             retain: delivery.retain,
-            topic: message.topic.clone(),
+            topic: if aliased { "" } else { &message.topic },
             packet_id: 0,
-            properties,
-            payload: message.payload.clone(),
+            properties: properties.is_boxed().then_some(&*properties),
+            payload: &message.payload,
         };
-        let new_alias = self.apply_topic_alias(&mut publish);
         // The packet id is filled in below; it does not change the size.
-        let mut packet = Packet::Publish(publish);
         if self.n.client_max_packet != usize::MAX
-            && starling_codec::encoded_len(&packet, self.n.version) > self.n.client_max_packet
+            && starling_codec::publish_encoded_len(&publish, version) > self.n.client_max_packet
         {
             // MQTT-3.1.2-25: too large for this client; drop it for this
             // client only, keep the connection.
@@ -80,41 +82,48 @@ impl Connection {
             return;
         }
         if delivery.qos != QoS::AtMostOnce {
-            let packet_id = self.session.next_packet_id();
-            if let Packet::Publish(publish) = &mut packet {
-                publish.packet_id = packet_id;
-            }
+            publish.packet_id = self.session.next_packet_id();
+        }
+        if let Err(error) = starling_codec::encode_publish(&publish, version, &mut self.wbuf) {
+            debug!(peer = %self.peer, %error, "cannot encode PUBLISH");
+        }
+        let packet_id = publish.packet_id;
+        if delivery.qos != QoS::AtMostOnce {
             self.session.outbound.push_back(Outbound {
                 packet_id,
                 phase: SessionState::phase_for(delivery.qos),
                 delivery,
             });
         }
-        self.send(&packet);
         self.broker.metrics.messages_sent.inc();
     }
 
-    /// Replaces the topic by an alias when the client accepts aliases
-    /// (MQTT 5.0 §3.3.2.3.4). Returns the topic if a new alias was made.
-    fn apply_topic_alias(&mut self, publish: &mut Publish) -> Option<ByteString> {
+    /// Sets a Topic Alias for `topic` in `properties` when the client
+    /// accepts aliases (MQTT 5.0 §3.3.2.3.4). Returns whether the topic can
+    /// be left out (an alias it already knows), and the topic if a new
+    /// alias was made.
+    fn apply_topic_alias(
+        &mut self,
+        topic: &ByteString,
+        properties: &mut MessageProperties,
+    ) -> (bool, Option<ByteString>) {
         let max = self.n.client_topic_alias_max;
         if max == 0 || !self.n.version.is_v5() {
-            return None;
+            return (false, None);
         }
         let aliases = self.aliases.get_or_insert_default();
-        if let Some(&alias) = aliases.outbound.get(&publish.topic) {
-            publish.properties.make_mut().topic_alias = Some(alias);
-            publish.topic = ByteString::new();
-            return None;
+        if let Some(&alias) = aliases.outbound.get(topic) {
+            properties.make_mut().topic_alias = Some(alias);
+            return (true, None);
         }
         let next = aliases.outbound.len() + 1;
         if next > usize::from(max) {
-            return None;
+            return (false, None);
         }
         let alias = next as u16;
-        aliases.outbound.insert(publish.topic.clone(), alias);
-        publish.properties.make_mut().topic_alias = Some(alias);
-        Some(publish.topic.clone())
+        aliases.outbound.insert(topic.clone(), alias);
+        properties.make_mut().topic_alias = Some(alias);
+        (false, Some(topic.clone()))
     }
 
     /// Resends every unacknowledged message of a resumed session, in order:
