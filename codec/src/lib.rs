@@ -8,6 +8,10 @@
 //! slices of that one allocation. Strings are [`ByteString`]s, so they are
 //! validated as UTF-8 exactly once, at decode time.
 //!
+//! Encoding appends to a `BytesMut`; a PUBLISH can also be encoded from
+//! borrowed parts ([`PublishRef`], [`encode_publish`]), which is how a
+//! broker writes each delivery of one shared message.
+//!
 //! The decoder enforces the normative statements of both specifications that
 //! can be checked on a single packet; every error carries the MQTT 5 reason
 //! code a server should disconnect with ([`DecodeError::reason_code`]).
