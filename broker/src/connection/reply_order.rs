@@ -115,8 +115,12 @@ mod tests {
     use super::*;
 
     fn runtime() -> tokio::runtime::Runtime {
+        runtime_with(1)
+    }
+
+    fn runtime_with(workers: usize) -> tokio::runtime::Runtime {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(1).enable_all();
+        builder.worker_threads(workers).enable_all();
         configure(&mut builder).build().expect("a runtime")
     }
 
@@ -161,17 +165,29 @@ mod tests {
 
     #[test]
     fn with_nobody_to_wake_it_the_parking_worker_does() {
-        let result = runtime().block_on(async {
-            let waiting = tokio::spawn(async {
-                note_mail_wake();
-                after_woken_tasks().await;
+        // Two workers as well: the task is then handed over through the
+        // runtime's shared queue while the other worker may be parked.
+        for workers in [1, 2] {
+            let result = runtime_with(workers).block_on(async {
+                let mut waiting = Vec::new();
+                for _ in 0..100 {
+                    waiting.push(tokio::spawn(async {
+                        note_mail_wake();
+                        after_woken_tasks().await;
+                    }));
+                }
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    for task in waiting {
+                        task.await.expect("a waiting task");
+                    }
+                })
+                .await
             });
-            tokio::time::timeout(Duration::from_secs(5), waiting).await
-        });
-        assert!(
-            matches!(result, Ok(Ok(()))),
-            "the waiting task never resumed"
-        );
+            assert!(
+                result.is_ok(),
+                "a waiting task never resumed ({workers} workers)"
+            );
+        }
     }
 
     #[tokio::test]
