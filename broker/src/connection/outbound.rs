@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use starling_codec::{ByteString, MessageProperties, Packet, PubAck, Publish, PublishRef, QoS};
+use starling_codec::{ByteString, MessageProperties, Packet, PubAck, PublishRef, QoS};
 use tracing::{debug, trace};
 
 use super::{BATCH, Connection, WRITE_HIGH_WATER};
@@ -134,27 +134,24 @@ impl Connection {
         let version = self.n.version;
         let mut buf = std::mem::take(&mut self.wbuf);
         for outbound in &self.session.outbound {
-            let packet = match outbound.phase {
-                OutboundPhase::AwaitingPubComp => Packet::PubRel(PubAck::new(outbound.packet_id)),
-                _ => {
-                    let message = &outbound.delivery.message;
-                    let properties = message.outbound_properties(
-                        version,
-                        now,
-                        &outbound.delivery.subscription_ids,
-                    );
-                    Packet::Publish(Publish {
-                        dup: true,
-                        qos: outbound.delivery.qos,
-                        retain: outbound.delivery.retain,
-                        topic: message.topic.clone(),
-                        packet_id: outbound.packet_id,
-                        properties,
-                        payload: message.payload.clone(),
-                    })
-                }
+            if outbound.phase == OutboundPhase::AwaitingPubComp {
+                let pubrel = Packet::PubRel(PubAck::new(outbound.packet_id));
+                let _ = starling_codec::encode(&pubrel, version, &mut buf);
+                continue;
+            }
+            let message = &outbound.delivery.message;
+            let properties =
+                message.outbound_properties(version, now, &outbound.delivery.subscription_ids);
+            let publish = PublishRef {
+                dup: true,
+                qos: outbound.delivery.qos,
+                retain: outbound.delivery.retain,
+                topic: &message.topic,
+                packet_id: outbound.packet_id,
+                properties: properties.is_boxed().then_some(&*properties),
+                payload: &message.payload,
             };
-            let _ = starling_codec::encode(&packet, version, &mut buf);
+            let _ = starling_codec::encode_publish(&publish, version, &mut buf);
         }
         self.wbuf = buf;
     }
