@@ -73,7 +73,7 @@ impl Publish {
             retain: self.retain,
             topic: &self.topic,
             packet_id: self.packet_id,
-            properties: self.properties.is_boxed().then_some(&*self.properties),
+            properties: self.properties.boxed(),
             payload: &self.payload,
         }
     }

@@ -146,6 +146,11 @@ impl MessageProperties {
         self.0.is_some()
     }
 
+    /// The properties held out of line, `None` when there are none.
+    pub fn boxed(&self) -> Option<&PublishProperties> {
+        self.0.as_deref()
+    }
+
     /// Lets go of the box if what it holds became empty.
     pub fn shrink(&mut self) {
         if self.0.as_deref().is_some_and(is_empty) {
@@ -263,10 +268,12 @@ mod tests {
     fn publish_properties_are_boxed_only_when_written_or_present() {
         let mut none = MessageProperties::default();
         assert!(!none.is_boxed());
+        assert!(none.boxed().is_none());
         assert_eq!(*none, PublishProperties::default());
 
         none.make_mut().topic_alias = Some(3);
         assert!(none.is_boxed());
+        assert_eq!(none.boxed().and_then(|p| p.topic_alias), Some(3));
         assert_eq!(none.topic_alias, Some(3));
 
         // Emptied again: the box goes, and it equals the unboxed empty.

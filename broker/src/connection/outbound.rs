@@ -65,7 +65,7 @@ impl Connection {
             retain: delivery.retain,
             topic: if aliased { "" } else { &message.topic },
             packet_id: 0,
-            properties: properties.is_boxed().then_some(&*properties),
+            properties: properties.boxed(),
             payload: &message.payload,
         };
         // The packet id is filled in below; it does not change the size.
@@ -148,7 +148,7 @@ impl Connection {
                 retain: outbound.delivery.retain,
                 topic: &message.topic,
                 packet_id: outbound.packet_id,
-                properties: properties.is_boxed().then_some(&*properties),
+                properties: properties.boxed(),
                 payload: &message.payload,
             };
             let _ = starling_codec::encode_publish(&publish, version, &mut buf);
