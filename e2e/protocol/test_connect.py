@@ -102,6 +102,35 @@ def test_v5_second_connect_disconnect_reason_protocol_error(broker, raw):
     assert r.disconnect_reason(pkts) == r.RC_PROTOCOL_ERROR, pkts
 
 
+@both_versions
+def test_packets_sent_with_the_connect_are_handled(broker, raw, version):
+    """MQTT 3.1.1 §3.1.4 / MQTT 5.0 §3.1.4: a Client may send further packets right after CONNECT,
+    without waiting for CONNACK. Written together with the CONNECT (one segment, so the Server reads
+    them in the same read), they are answered at once, in order, not when the Client next sends."""
+    c = raw(broker, version)
+    c.send(
+        r.connect("eager", version=version)
+        + r.subscribe(1, [("eager/t", 1)], version=version)
+        + r.publish("eager/t", b"hello", 1, pid=2, version=version)
+        + r.pingreq()
+    )
+    # Well inside the 2 s after which an idle connection's timer looks at it: the answers must
+    # not wait for a timer either.
+    soon = 1.5
+    connack = c.expect(r.CONNACK, soon)
+    assert connack.reason == 0
+    suback = c.expect(r.SUBACK, soon)
+    assert suback.pid == 1 and suback.reasons == [1]
+    rest = [c.recv(soon) for _ in range(3)]
+    names = sorted(p.name for p in rest)
+    assert names == ["PINGRESP", "PUBACK", "PUBLISH"], rest
+    delivery = next(p for p in rest if p.ptype == r.PUBLISH)
+    assert delivery.payload == b"hello"
+    # in order: the PUBACK for our PUBLISH comes before the PINGRESP for the later PINGREQ
+    kinds = [p.ptype for p in rest]
+    assert kinds.index(r.PUBACK) < kinds.index(r.PINGRESP), rest
+
+
 @pytest.mark.parametrize("first", [
     pytest.param(r.pingreq(), id="PINGREQ"),
     pytest.param(r.subscribe(1, [("x/#", 0)], version=4), id="SUBSCRIBE"),

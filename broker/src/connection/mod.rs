@@ -397,6 +397,14 @@ impl Connection {
         if let Some(reason) = self.pending_kick.take() {
             return self.kicked(reason);
         }
+        // Packets that came in the same read as the CONNECT (a client need
+        // not wait for the CONNACK, MQTT 3.1.1 and 5.0 §3.1.4): the socket
+        // has nothing more to announce, so no read would ever handle them.
+        if !self.rbuf.is_empty()
+            && let Err(ending) = self.handle_buffered()
+        {
+            return ending;
+        }
         let park_after = self.broker.config.park_idle_after();
         // Inline in the task, not boxed: a separate small allocation freed
         // when the connection parks would leave a hole among the sessions'
