@@ -78,7 +78,10 @@ pub async fn read_connect(
             return Ok(None);
         }
         rbuf.reserve(1024);
-        match stream.try_read_buf(rbuf) {
+        // The client waits for the CONNACK (or has sent all it had): the
+        // connection's first wait goes to epoll, not to a read that finds
+        // nothing.
+        match super::read_into(stream, rbuf, true) {
             Ok(0) => return Ok(None),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
