@@ -274,6 +274,33 @@ def test_client_maximum_packet_size_dropped_message_counts_as_completed(broker, 
     c.ping()
 
 
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 keeps the dropped QoS 1 message in the inflight window")
+def test_client_maximum_packet_size_many_dropped_from_the_offline_queue(broker, raw, paho):
+    """MQTT 5.0 §3.1.2.11.4 MQTT-3.1.2-25 with a stored session: five oversized QoS 1 messages
+    queued while the client was away, then a small one. On reconnect with Receive Maximum 1 each
+    oversized one is dropped as if completed, and the small one follows at once, not only when
+    the client or a publisher next sends something."""
+    props = {"MaximumPacketSize": 100, "ReceiveMaximum": 1, "SessionExpiryInterval": 300}
+    c = raw(broker, V5)
+    c.connect("mps-queued", clean=False, props=props)
+    c.subscribe(1, [("mpsq/t", 1)])
+    c.send(r.disconnect())
+    c.recv_until_closed(TIMEOUT)
+    pub = paho(broker, "pub", version=V5)
+    for _ in range(5):
+        pub.publish("mpsq/t", b"L" * 500, qos=1)
+    pub.publish("mpsq/t", b"small", qos=1)
+    c = raw(broker, V5)
+    ack = c.connect("mps-queued", clean=False, props=props)
+    assert ack.session_present
+    # Bounded well below the 2 s after which an idle connection parks (a parked one answers
+    # PINGREQ itself and would never look at its queue again).
+    p = c.expect(r.PUBLISH, 1.5)
+    assert p.payload == b"small", p
+    c.puback(p.pid)
+    c.ping()
+
+
 def test_client_maximum_packet_size_paho(broker, paho):
     """MQTT 5.0 §3.1.2.11.4 MQTT-3.1.2-25 (paho client): an oversized QoS 0 message is dropped,
     a small one after it arrives."""

@@ -36,10 +36,17 @@ impl Connection {
             }
             let now = Instant::now();
             let full = scratch.len() == BATCH;
+            let mut slot_freed = false;
             for delivery in scratch.drain(..) {
-                self.send_delivery(delivery, now);
+                let qos = delivery.qos;
+                if !self.send_delivery(delivery, now) && qos != QoS::AtMostOnce {
+                    slot_freed = true;
+                }
             }
-            if !full {
+            // A QoS 1/2 delivery dropped (expired, too large) was counted
+            // against the window but never entered it: more may fit now,
+            // and no acknowledgement will come to say so.
+            if !full && !slot_freed {
                 break;
             }
         }
@@ -47,11 +54,13 @@ impl Connection {
         backlog
     }
 
-    fn send_delivery(&mut self, delivery: Delivery, now: Instant) {
+    /// Writes one delivery. False when it was dropped instead (expired, or
+    /// too large for the client): it takes no inflight slot.
+    fn send_delivery(&mut self, delivery: Delivery, now: Instant) -> bool {
         let message = &delivery.message;
         if message.is_expired(now) {
             Metrics::inc(&self.broker.metrics.dropped_expired);
-            return;
+            return false;
         }
         let version = self.n.version;
         let mut properties = message.outbound_properties(version, now, &delivery.subscription_ids);
@@ -75,17 +84,20 @@ impl Connection {
             // MQTT-3.1.2-25: too large for this client; drop it for this
             // client only, keep the connection.
             Metrics::inc(&self.broker.metrics.dropped_too_large);
-            if let (Some(topic), Some(aliases)) = (new_alias, self.aliases.as_mut()) {
-                aliases.outbound.remove(&topic);
-            }
+            self.forget_alias(new_alias);
             trace!(client_id = %self.n.client_id, "message exceeds client maximum packet size");
-            return;
+            return false;
         }
         if delivery.qos != QoS::AtMostOnce {
             publish.packet_id = self.session.next_packet_id();
         }
         if let Err(error) = starling_codec::encode_publish(&publish, version, &mut self.wbuf) {
+            // Not for a message this broker accepted (its limits are the
+            // codec's); dropped rather than left in the window waiting for
+            // an acknowledgement that cannot come.
             debug!(peer = %self.peer, %error, "cannot encode PUBLISH");
+            self.forget_alias(new_alias);
+            return false;
         }
         let packet_id = publish.packet_id;
         if delivery.qos != QoS::AtMostOnce {
@@ -96,6 +108,15 @@ impl Connection {
             });
         }
         self.broker.metrics.messages_sent.inc();
+        true
+    }
+
+    /// Takes back an alias made for a PUBLISH that was not sent: the client
+    /// never learnt it.
+    fn forget_alias(&mut self, new_alias: Option<ByteString>) {
+        if let (Some(topic), Some(aliases)) = (new_alias, self.aliases.as_mut()) {
+            aliases.outbound.remove(&topic);
+        }
     }
 
     /// Sets a Topic Alias for `topic` in `properties` when the client
