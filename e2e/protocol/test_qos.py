@@ -233,6 +233,102 @@ def test_unacked_qos1_redelivered_with_dup_on_reconnect(broker, raw, paho, versi
     c2.ping()
 
 
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 resends every in-flight message, beyond the new Receive Maximum")
+def test_resend_on_reconnect_keeps_to_the_new_receive_maximum(broker, raw, paho):
+    """MQTT 5.0 §4.4 MQTT-4.4.0-1 with §4.9 MQTT-4.9.0-2: five QoS 1 PUBLISHes are unacknowledged
+    when the client reconnects with Receive Maximum 2. The Server resends two (DUP, in order), one
+    more per PUBACK, and a message published meanwhile only after all five."""
+    props = {"SessionExpiryInterval": 60, "ReceiveMaximum": 10}
+    c = raw(broker, V5)
+    c.connect("rm-shrink", clean=False, props=props)
+    c.subscribe(1, [("rms/t", 1)])
+    pub = paho(broker, "pub", version=V5)
+    for i in range(5):
+        pub.publish("rms/t", f"m{i}".encode(), qos=1)
+    first = [c.expect(r.PUBLISH) for _ in range(5)]
+    c.abort()  # network failure without acknowledging
+    c = raw(broker, V5)
+    ack = c.connect("rm-shrink", clean=False, props={**props, "ReceiveMaximum": 2})
+    assert ack.session_present is True
+    inflight = [c.expect(r.PUBLISH) for _ in range(2)]
+    pub.publish("rms/t", b"new", qos=1)
+    received = list(inflight)
+    while len(received) < 6:
+        with pytest.raises(TimeoutError):
+            extra = c.recv(0.2)
+            pytest.fail(f"a PUBLISH beyond Receive Maximum 2: {extra!r}")
+        oldest = inflight.pop(0)
+        c.puback(oldest.pid)
+        nxt = c.expect(r.PUBLISH)
+        inflight.append(nxt)
+        received.append(nxt)
+    for p in inflight:
+        c.puback(p.pid)
+    resent, new = received[:5], received[5]
+    assert [(p.pid, p.payload) for p in resent] == [(p.pid, p.payload) for p in first]
+    assert all(p.dup for p in resent), resent
+    assert new.payload == b"new" and not new.dup
+    c.ping()
+
+
+def test_resend_after_two_reconnects_sends_each_message_once(broker, raw, paho):
+    """MQTT 5.0 §4.4 MQTT-4.4.0-1 and §4.9: a client reconnects with Receive Maximum 1 (four of
+    five unacknowledged messages left waiting for room), drops again at once, and comes back with
+    Receive Maximum 2: each message is resent exactly once, in order, two at a time."""
+    props = {"SessionExpiryInterval": 60, "ReceiveMaximum": 10}
+    c = raw(broker, V5)
+    c.connect("twice-back", clean=False, props=props)
+    c.subscribe(1, [("tb/t", 1)])
+    pub = paho(broker, "pub", version=V5)
+    for i in range(5):
+        pub.publish("tb/t", f"m{i}".encode(), qos=1)
+    first = [c.expect(r.PUBLISH) for _ in range(5)]
+    c.abort()
+    c = raw(broker, V5)
+    assert c.connect("twice-back", clean=False, props={**props, "ReceiveMaximum": 1}).session_present
+    assert c.expect(r.PUBLISH).payload == b"m0"
+    c.abort()
+    c = raw(broker, V5)
+    assert c.connect("twice-back", clean=False, props={**props, "ReceiveMaximum": 2}).session_present
+    inflight = [c.expect(r.PUBLISH) for _ in range(2)]
+    received = list(inflight)
+    while inflight:
+        oldest = inflight.pop(0)
+        c.puback(oldest.pid)
+        if len(received) < 5:
+            nxt = c.expect(r.PUBLISH)
+            inflight.append(nxt)
+            received.append(nxt)
+    assert [(p.pid, p.payload) for p in received] == [(p.pid, p.payload) for p in first]
+    with pytest.raises(TimeoutError):
+        extra = c.recv(QUIET)
+        pytest.fail(f"a message resent twice: {extra!r}")
+
+
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 resends the in-flight message whatever its size")
+def test_in_flight_message_too_large_for_the_new_connection_is_dropped(broker, raw, paho):
+    """MQTT 5.0 §3.1.2.11.4 MQTT-3.1.2-24/25 with MQTT-4.4.0-1: a QoS 1 message in flight when the
+    client reconnects with a Maximum Packet Size it no longer fits is not resent but dropped as if
+    completed; the next message still comes."""
+    props = {"SessionExpiryInterval": 60}
+    c = raw(broker, V5)
+    c.connect("mps-shrink", clean=False, props=props)
+    c.subscribe(1, [("mpss/t", 1)])
+    pub = paho(broker, "pub", version=V5)
+    pub.publish("mpss/t", b"L" * 500, qos=1)
+    assert c.expect(r.PUBLISH).payload == b"L" * 500
+    c.abort()  # network failure without acknowledging
+    c = raw(broker, V5)
+    ack = c.connect("mps-shrink", clean=False,
+                    props={**props, "MaximumPacketSize": 100, "ReceiveMaximum": 1})
+    assert ack.session_present is True
+    pub.publish("mpss/t", b"small", qos=1)
+    p = c.expect(r.PUBLISH)
+    assert p.payload == b"small" and not p.dup, p
+    c.puback(p.pid)
+    c.ping()
+
+
 @both_versions
 def test_unacked_pubrel_resent_on_reconnect(broker, raw, paho, version):
     """MQTT 3.1.1 §4.4 MQTT-4.4.0-1 / MQTT 5.0 §4.4 MQTT-4.4.0-1: after the client sent PUBREC,

@@ -27,6 +27,7 @@ impl Connection {
         match packet {
             Packet::Publish(publish) => self.on_publish(publish),
             Packet::PubAck(ack) => {
+                self.acknowledging(ack.packet_id);
                 self.session
                     .complete(ack.packet_id, OutboundPhase::AwaitingPubAck);
                 Ok(())
@@ -291,6 +292,7 @@ impl Connection {
     }
 
     fn on_pubrec(&mut self, rec: PubAck) {
+        self.acknowledging(rec.packet_id);
         if rec.code.is_success() {
             let mut rel = PubAck::new(rec.packet_id);
             if !self.session.released(rec.packet_id) {

@@ -111,6 +111,10 @@ pub(crate) struct Connection {
     aliases: Option<Box<Aliases>>,
     /// Deliveries taken from the mailbox, reused between batches.
     scratch: Vec<Delivery>,
+    /// In-flight PUBLISHes of a resumed session marked `awaiting_resend`
+    /// (more were in flight than the client's new Receive Maximum allows).
+    /// A count, not a list: the connection's future stays small.
+    awaiting_resend: u16,
     /// Session expiry, possibly changed by DISCONNECT.
     expiry: u32,
     /// Acks waiting, in order, for their publish to reach other nodes (or
@@ -308,6 +312,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         pending_kick: None,
         aliases: None,
         scratch: Vec::new(),
+        awaiting_resend: 0,
         pending_acks: VecDeque::new(),
         held_back: None,
         publishing: None,
@@ -418,6 +423,7 @@ impl Connection {
             && self.pending_acks.is_empty()
             && self.held_back.is_none()
             && self.pending_kick.is_none()
+            && self.awaiting_resend == 0
             && !self.mailbox.has_mail()
     }
 
@@ -676,6 +682,7 @@ impl Connection {
             pending_kick: None,
             aliases,
             scratch: Vec::new(),
+            awaiting_resend: 0,
             expiry,
             pending_acks: VecDeque::new(),
             held_back: None,

@@ -4,7 +4,10 @@
 
 use std::time::Instant;
 
-use starling_codec::{ByteString, MessageProperties, Packet, PubAck, PublishRef, QoS};
+use bytes::BytesMut;
+use starling_codec::{
+    ByteString, MessageProperties, Packet, ProtocolVersion, PubAck, PublishRef, QoS,
+};
 use tracing::{debug, trace};
 
 use super::{BATCH, Connection, WRITE_HIGH_WATER};
@@ -26,10 +29,20 @@ impl Connection {
                 backlog = true;
                 break;
             }
-            let room = self
-                .n
-                .outbound_window
-                .saturating_sub(self.session.inflight());
+            // Messages still waiting to be resent are in flight but not
+            // yet on this connection: they go first, and new mail only
+            // once none is left.
+            let sent = self
+                .session
+                .inflight()
+                .saturating_sub(usize::from(self.awaiting_resend));
+            let mut room = self.n.outbound_window.saturating_sub(sent);
+            if self.awaiting_resend > 0 {
+                room = self.resend_waiting(room);
+                if self.awaiting_resend > 0 {
+                    break;
+                }
+            }
             self.mailbox.pop_batch(&mut scratch, BATCH, room);
             if scratch.is_empty() {
                 break;
@@ -105,6 +118,7 @@ impl Connection {
                 packet_id,
                 phase: SessionState::phase_for(delivery.qos),
                 delivery,
+                awaiting_resend: false,
             });
         }
         self.broker.metrics.messages_sent.inc();
@@ -147,33 +161,146 @@ impl Connection {
         (false, Some(topic.clone()))
     }
 
-    /// Resends every unacknowledged message of a resumed session, in order:
-    /// PUBLISH with DUP for those not yet received, PUBREL for those
-    /// received but not completed (MQTT-4.4.0-1).
+    /// Resends the unacknowledged messages of a resumed session, in order
+    /// (MQTT-4.4.0-1): a PUBREL for each one received but not completed,
+    /// the PUBLISH with DUP for the others, as many as the Receive Maximum
+    /// given this time allows (MQTT-4.9.0-2; it may be smaller than the
+    /// number in flight). The rest are marked `awaiting_resend` and go out
+    /// as acknowledgements make room, ahead of any new message.
     pub(super) fn resend_inflight(&mut self) {
         let now = Instant::now();
-        let version = self.n.version;
+        let window = self.n.outbound_window;
+        // Released messages count until their PUBCOMP, whatever their place.
+        let mut used = self
+            .session
+            .outbound
+            .iter()
+            .filter(|o| o.phase == OutboundPhase::AwaitingPubComp)
+            .count();
         let mut buf = std::mem::take(&mut self.wbuf);
-        for outbound in &self.session.outbound {
+        let mut dropped = Vec::new();
+        let mut waiting: u16 = 0;
+        for outbound in &mut self.session.outbound {
+            // Marks left by an earlier connection that ended first do not
+            // count here.
+            outbound.awaiting_resend = false;
             if outbound.phase == OutboundPhase::AwaitingPubComp {
                 let pubrel = Packet::PubRel(PubAck::new(outbound.packet_id));
-                let _ = starling_codec::encode(&pubrel, version, &mut buf);
-                continue;
+                let _ = starling_codec::encode(&pubrel, self.n.version, &mut buf);
+            } else if used >= window {
+                outbound.awaiting_resend = true;
+                // At most 65,535 in flight: one per packet identifier.
+                waiting = waiting.saturating_add(1);
+            } else if encode_resent(
+                outbound,
+                self.n.version,
+                self.n.client_max_packet,
+                now,
+                &mut buf,
+            ) {
+                used += 1;
+            } else {
+                dropped.push(outbound.packet_id);
             }
-            let message = &outbound.delivery.message;
-            let properties =
-                message.outbound_properties(version, now, &outbound.delivery.subscription_ids);
-            let publish = PublishRef {
-                dup: true,
-                qos: outbound.delivery.qos,
-                retain: outbound.delivery.retain,
-                topic: &message.topic,
-                packet_id: outbound.packet_id,
-                properties: properties.boxed(),
-                payload: &message.payload,
-            };
-            let _ = starling_codec::encode_publish(&publish, version, &mut buf);
         }
         self.wbuf = buf;
+        self.awaiting_resend = waiting;
+        for packet_id in dropped {
+            self.drop_in_flight(packet_id);
+        }
     }
+
+    /// Resends messages marked `awaiting_resend`, in order, while the
+    /// window has `room`; returns the room left.
+    fn resend_waiting(&mut self, mut room: usize) -> usize {
+        let now = Instant::now();
+        let mut buf = std::mem::take(&mut self.wbuf);
+        let mut dropped = Vec::new();
+        for outbound in &mut self.session.outbound {
+            if room == 0 || self.awaiting_resend == 0 {
+                break;
+            }
+            if !outbound.awaiting_resend {
+                continue;
+            }
+            outbound.awaiting_resend = false;
+            self.awaiting_resend -= 1;
+            if encode_resent(
+                outbound,
+                self.n.version,
+                self.n.client_max_packet,
+                now,
+                &mut buf,
+            ) {
+                room -= 1;
+            } else {
+                dropped.push(outbound.packet_id);
+            }
+        }
+        self.wbuf = buf;
+        for packet_id in dropped {
+            self.drop_in_flight(packet_id);
+        }
+        room
+    }
+
+    /// A message in flight that can no longer be sent to this client:
+    /// dropped as if its delivery had completed (MQTT-3.1.2-25).
+    fn drop_in_flight(&mut self, packet_id: u16) {
+        Metrics::inc(&self.broker.metrics.dropped_too_large);
+        trace!(
+            client_id = %self.n.client_id,
+            packet_id,
+            "in-flight message exceeds client maximum packet size"
+        );
+        self.session.outbound.retain(|o| o.packet_id != packet_id);
+    }
+
+    /// The client acknowledges `packet_id` (PUBACK, PUBREC): called before
+    /// the session's state moves on. A message it had received before
+    /// reconnecting may be acknowledged before it was resent; it then
+    /// no longer waits to be.
+    pub(super) fn acknowledging(&mut self, packet_id: u16) {
+        if self.awaiting_resend == 0 {
+            return;
+        }
+        if let Some(outbound) = self
+            .session
+            .outbound
+            .iter_mut()
+            .find(|o| o.packet_id == packet_id && o.awaiting_resend)
+        {
+            outbound.awaiting_resend = false;
+            self.awaiting_resend -= 1;
+        }
+    }
+}
+
+/// Encodes `outbound`'s PUBLISH again, with DUP, into `buf`; false when it
+/// no longer fits the client's Maximum Packet Size (it may have changed
+/// with the reconnect) and was not encoded.
+fn encode_resent(
+    outbound: &Outbound,
+    version: ProtocolVersion,
+    client_max_packet: usize,
+    now: Instant,
+    buf: &mut BytesMut,
+) -> bool {
+    let message = &outbound.delivery.message;
+    let properties = message.outbound_properties(version, now, &outbound.delivery.subscription_ids);
+    let publish = PublishRef {
+        dup: true,
+        qos: outbound.delivery.qos,
+        retain: outbound.delivery.retain,
+        topic: &message.topic,
+        packet_id: outbound.packet_id,
+        properties: properties.boxed(),
+        payload: &message.payload,
+    };
+    if client_max_packet != usize::MAX
+        && starling_codec::publish_encoded_len(&publish, version) > client_max_packet
+    {
+        return false;
+    }
+    starling_codec::encode_publish(&publish, version, buf).is_ok()
 }

@@ -34,6 +34,11 @@ pub struct Outbound {
     pub packet_id: u16,
     pub delivery: Delivery,
     pub phase: OutboundPhase,
+    /// In flight from an earlier connection and not resent on this one
+    /// yet: the client's Receive Maximum had no room for it on reconnect.
+    /// Belongs to the connection, so it is not kept with the session.
+    #[serde(skip)]
+    pub awaiting_resend: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
