@@ -116,6 +116,35 @@ def test_unsubscribe_shared_subscription(broker, paho):
     m1.assert_no_message(0.3)
 
 
+def test_shared_qos2_in_flight_stays_with_its_member(broker, raw, paho):
+    """MQTT 5.0 §4.8.2 MQTT-4.8.2-4 and MQTT-4.8.2-5: a QoS 2 message sent to a member whose
+    connection breaks before the delivery completes is not given to another member; the Server
+    completes it with that member when it reconnects (DUP, same Packet Identifier)."""
+    props = {"SessionExpiryInterval": 60}
+    a = raw(broker, V5)
+    a.connect("member-a", clean=False, props=props)
+    a.subscribe(1, [("$share/g2/q2/t", 2)])
+    pub = paho(broker, "pub", version=V5)
+    pub.publish("q2/t", b"once", qos=2)
+    sent = a.expect(r.PUBLISH)
+    assert sent.payload == b"once" and sent.qos == 2
+    b = paho(broker, "member-b", version=V5)
+    b.subscribe("$share/g2/q2/t", 2)
+    a.abort()  # no PUBREC: the delivery is not complete
+    # Reconnecting takes the session over, so the broken connection has been closed (and
+    # anything it gave away given) by the time the CONNACK comes.
+    a = raw(broker, V5)
+    assert a.connect("member-a", clean=False, props=props).session_present
+    again = a.expect(r.PUBLISH)
+    assert (again.pid, again.payload, again.dup) == (sent.pid, b"once", True), again
+    a.pubrec(again.pid)
+    assert a.expect(r.PUBREL).pid == again.pid
+    a.pubcomp(again.pid)
+    b.subscribe("q2/sentinel", 1)
+    pub.publish("q2/sentinel", b"sentinel", qos=1)
+    assert b.until(b"sentinel") == [], "the other member got the QoS 2 message in flight"
+
+
 @pytest.mark.starling_only(reason="§4.8.2 SHOULD; Mosquitto 2.0.11 drops in-flight shared messages of a closed session")
 def test_shared_inflight_messages_redistributed_when_member_session_ends(broker, raw, paho):
     """MQTT 5.0 §4.8.2: \"If the Client's Session terminates before the Client reconnects, the

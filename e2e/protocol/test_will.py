@@ -72,6 +72,18 @@ def test_v5_disconnect_with_will_message_reason_publishes_will(broker, raw, watc
     assert m.payload == b"gone:willer"
 
 
+@pytest.mark.starling_only(reason="Mosquitto 2.0.11 deletes the will on any DISCONNECT but 0x04")
+@pytest.mark.parametrize("reason", [r.RC_UNSPECIFIED, 0x83, 0x93], ids=["0x80", "0x83", "0x93"])
+def test_v5_disconnect_with_an_error_reason_publishes_will(broker, raw, watcher, reason):
+    """MQTT 5.0 MQTT-3.1.2-8 and MQTT-3.14.4-3: only a DISCONNECT with Reason Code 0x00 deletes the
+    Will Message; a client leaving with an error code (0x80 Unspecified error, 0x83
+    Implementation specific error, 0x93 Receive Maximum exceeded) has it published."""
+    c = will_client(raw, broker, V5)
+    c.disconnect(reason=reason)
+    m = watcher.get()
+    assert m.payload == b"gone:willer"
+
+
 @both_versions
 def test_will_published_after_protocol_error(broker, raw, watcher, version):
     """MQTT 3.1.1 §3.1.2.5 (\"the Server closes the Network Connection because of a protocol

@@ -69,8 +69,11 @@ impl Connection {
                     }
                     self.expiry = expiry.min(self.broker.config.max_session_expiry);
                 }
+                // Only a normal disconnection deletes the will
+                // (MQTT-3.1.2-8, MQTT-3.14.4-3): 0x04 asks for it, and so
+                // does any error code the client leaves with.
                 Err(Ending::ClientDisconnect {
-                    with_will: disconnect.code == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+                    with_will: disconnect.code != ReasonCode::NORMAL_DISCONNECTION,
                 })
             }
             // MQTT-3.1.0-2: a second CONNECT is a protocol error.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use starling_codec::topic::parse_filter;
-use starling_codec::{ByteString, LastWill};
+use starling_codec::{ByteString, LastWill, QoS};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
@@ -498,18 +498,21 @@ fn discard(broker: &Broker, mut state: SessionState, mailbox: &Arc<Mailbox>) {
     redistribute_shared(broker, &mut state, mailbox);
 }
 
-/// Hands unacknowledged and queued shared-subscription messages of a session
-/// whose client left to another member of the group, so the group does not
-/// lose them (the client is not coming back soon, or at all).
+/// Hands unacknowledged QoS 1 and queued shared-subscription messages of a
+/// session whose client left to another member of the group, so the group
+/// does not lose them (the client is not coming back soon, or at all).
 fn redistribute_shared(broker: &Broker, state: &mut SessionState, mailbox: &Mailbox) {
     let id = state.id;
     state.outbound.retain(|o| {
         let Some(share) = o.delivery.share.clone() else {
             return true;
         };
-        // PUBREL already sent: the client has the message; only the
-        // handshake is left, which the session keeps.
-        if o.phase == crate::session::state::OutboundPhase::AwaitingPubComp {
+        // QoS 2 once sent stays with this client: its delivery is
+        // completed when the client reconnects (MQTT-4.8.2-4) and goes to
+        // no other member even if the session ends first (MQTT-4.8.2-5);
+        // the client may have it already. QoS 1 may go elsewhere as soon
+        // as the connection is lost (§4.8.2).
+        if o.delivery.qos == QoS::ExactlyOnce {
             return true;
         }
         let mut delivery = o.delivery.clone();
