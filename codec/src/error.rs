@@ -28,6 +28,20 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// The rule the bytes broke, in words (for a Reason String).
+    pub fn explanation(&self) -> &'static str {
+        match self {
+            DecodeError::Malformed(why)
+            | DecodeError::Protocol(why)
+            | DecodeError::TopicNameInvalid(why) => why,
+            DecodeError::PacketTooLarge { .. } => "packet exceeds the maximum packet size",
+            DecodeError::UnsupportedProtocolVersion(_) => "unsupported protocol version",
+            DecodeError::PayloadFormatInvalid => {
+                "payload is not valid UTF-8 although its format indicator says so"
+            }
+        }
+    }
+
     /// The MQTT 5 reason code to put in the DISCONNECT (or CONNACK) sent
     /// before closing the connection.
     pub fn reason_code(&self) -> ReasonCode {

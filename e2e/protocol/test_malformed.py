@@ -290,3 +290,40 @@ def test_malformed_packet_disconnect_reason(corpus_broker, raw, case):
     assert reason is not None, f"closed without DISCONNECT ({case.ref})"
     assert reason in case.reasons, f"DISCONNECT {reason:#04x}, expected one of " \
         f"{sorted(hex(x) for x in case.reasons)} ({case.ref})"
+
+
+CONNACK_CASES = [pytest.param(c, id=c.id) for c in CASES if c.version == V5 and c.pre]
+
+
+@pytest.mark.starling_only(reason="a MAY (MQTT 5.0 §4.13.1); Mosquitto 2.0.11 closes most of these silently")
+@pytest.mark.parametrize("case", CONNACK_CASES)
+def test_v5_bad_connect_answered_with_connack_reason(corpus_broker, raw, case):
+    """MQTT 5.0 §4.13.1 and §3.2.2.2: a 5.0 CONNECT that is a Malformed Packet or a Protocol Error
+    gets a CONNACK with that reason code (0x81 or 0x82) before the close, so that the client can
+    tell what was wrong."""
+    c = _send_case(raw, corpus_broker, case, "connack")
+    pkts = c.recv_until_closed(TIMEOUT)
+    assert [p.ptype for p in pkts] == [r.CONNACK], f"{case.ref}: {pkts}"
+    assert pkts[0].reason in (MALFORMED, PROTOCOL), f"{case.ref}: {pkts}"
+
+
+@pytest.mark.starling_only(reason="a MAY (MQTT 5.0 §4.13.1); Mosquitto 2.0.11 closes silently")
+def test_v5_connect_with_wildcard_will_topic_answered_0x90(corpus_broker, raw):
+    """MQTT 5.0 §3.1.3.3 and §3.2.2.2: a Will Topic must be a valid Topic Name (no wildcards);
+    the CONNACK says 0x90 Topic Name invalid before the close."""
+    c = raw(corpus_broker, V5)
+    c.send(r.connect("bad-will", version=5, will_topic="a/+", will_payload=b"x"))
+    pkts = c.recv_until_closed(TIMEOUT)
+    assert [(p.ptype, p.reason) for p in pkts] == [(r.CONNACK, TOPIC_INVALID)], pkts
+
+
+def test_v5_second_connect_of_unknown_level_is_a_protocol_error(corpus_broker, raw):
+    """MQTT 5.0 MQTT-3.1.0-2 and §3.14.2.1: a second CONNECT is a Protocol Error, whatever protocol
+    level it announces; the DISCONNECT carries 0x82 (0x84 is not a DISCONNECT reason code)."""
+    c = raw(corpus_broker, V5)
+    c.connect("twice-unknown")
+    c.send(_connect_v311_body(0x02, r.utf8("x"), level=6))
+    pkts = c.recv_until_closed(TIMEOUT)
+    assert r.disconnect_reason(pkts) in (None, PROTOCOL), pkts
+    assert all(p.ptype == r.DISCONNECT for p in pkts), pkts
+

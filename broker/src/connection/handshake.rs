@@ -52,23 +52,38 @@ pub struct Refusal {
     pub reason: &'static str,
 }
 
+/// A first packet that is not an acceptable CONNECT.
+#[derive(Debug)]
+pub struct BadConnect {
+    pub error: DecodeError,
+    /// The protocol level the CONNECT announced, when the bytes got that
+    /// far: it says how to answer.
+    pub level: Option<u8>,
+}
+
 /// Reads the first packet, which must be CONNECT, within the connect
 /// timeout. `Ok(None)` means the peer went away or sent nothing usable.
 pub async fn read_connect(
     stream: &TcpStream,
     rbuf: &mut BytesMut,
     config: &Config,
-) -> Result<Option<Box<Connect>>, DecodeError> {
+) -> Result<Option<Box<Connect>>, BadConnect> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(config.connect_timeout_secs);
     loop {
+        // Read before decoding, which takes the packet out of the buffer.
+        let level = connect_level(rbuf);
         // Any version will do here: CONNECT carries its own.
-        if let Some(packet) =
-            starling_codec::decode(rbuf, ProtocolVersion::V5, config.max_packet_size as usize)?
-        {
+        let decoded =
+            starling_codec::decode(rbuf, ProtocolVersion::V5, config.max_packet_size as usize)
+                .map_err(|error| BadConnect { error, level })?;
+        if let Some(packet) = decoded {
             return match packet {
                 Packet::Connect(connect) => Ok(Some(connect)),
                 // MQTT-3.1.0-1: the first packet must be CONNECT.
-                _ => Err(DecodeError::Protocol("first packet is not CONNECT")),
+                _ => Err(BadConnect {
+                    error: DecodeError::Protocol("first packet is not CONNECT"),
+                    level: None,
+                }),
             };
         }
         if tokio::time::timeout_at(deadline, stream.readable())
@@ -88,6 +103,21 @@ pub async fn read_connect(
             Err(_) => return Ok(None),
         }
     }
+}
+
+/// The Protocol Level byte of the CONNECT at the start of `buf`, if that
+/// much has arrived: after the fixed header and the protocol name.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let (_, length_bytes) = starling_codec::read_remaining_length(buf).ok()??;
+    let name_at = 1 + length_bytes;
+    let name_len = usize::from(u16::from_be_bytes([
+        *buf.get(name_at)?,
+        *buf.get(name_at + 1)?,
+    ]));
+    buf.get(name_at + 2 + name_len).copied()
 }
 
 /// Checks a CONNECT against the specification and the broker's limits and

@@ -204,7 +204,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
     let connect = match handshake::read_connect(&stream, &mut rbuf, &broker.config).await {
         Ok(Some(connect)) => connect,
         Ok(None) => return None,
-        Err(error) => {
+        Err(handshake::BadConnect { error, level }) => {
             if let DecodeError::UnsupportedProtocolVersion(level) = error {
                 // MQTT-3.1.2-2: answer with return code 1, then close.
                 let ack = handshake::refused(
@@ -216,6 +216,19 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
                 );
                 write_and_close(&stream, &Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
                 debug!(%peer, level, "unsupported protocol level");
+            } else if level == Some(5) {
+                // MQTT 5.0 §4.13.1: a CONNACK with the reason (0x81, 0x82,
+                // 0x90, 0x95 or 0x99, all CONNACK codes) before closing,
+                // so that the client can tell what was wrong.
+                let ack = handshake::refused(
+                    ProtocolVersion::V5,
+                    error.reason_code(),
+                    error.explanation(),
+                    true,
+                    None,
+                );
+                write_and_close(&stream, &Packet::ConnAck(ack), ProtocolVersion::V5).await;
+                debug!(%peer, %error, "bad CONNECT");
             } else {
                 debug!(%peer, %error, "bad CONNECT");
             }
@@ -768,7 +781,14 @@ impl Connection {
                 Err(error) => {
                     Metrics::inc(&self.broker.metrics.protocol_errors);
                     debug!(peer = %self.peer, client_id = %self.n.client_id, %error, "closing connection");
-                    return Err(Ending::ServerClose(error.reason_code()));
+                    let code = match error {
+                        // A CONNECT of a level we do not speak is still a
+                        // second CONNECT (MQTT-3.1.0-2), and 0x84 is no
+                        // DISCONNECT code.
+                        DecodeError::UnsupportedProtocolVersion(_) => ReasonCode::PROTOCOL_ERROR,
+                        _ => error.reason_code(),
+                    };
+                    return Err(Ending::ServerClose(code));
                 }
             }
             handled += 1;
