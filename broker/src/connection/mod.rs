@@ -506,13 +506,18 @@ impl Connection {
                     };
                     if ready.is_readable() || ready.is_read_closed() {
                         let mark = reply_order::mark();
-                        match self.read_and_handle() {
+                        // Quiet until now (one PUBLISH a millisecond, say):
+                        // such a client has most likely sent all it will
+                        // for a while.
+                        let quiet = Instant::now().saturating_duration_since(self.last_active)
+                            >= reply_order::QUIET;
+                        match self.read_and_handle(quiet) {
                             Ok(Some(packets)) => {
-                                let quiet = self.heard_from_client();
+                                self.heard_from_client();
                                 // A lone PUBLISH that woke a subscriber here:
                                 // its delivery is written before our PUBACK.
                                 if packets == 1
-                                    && quiet >= reply_order::QUIET
+                                    && quiet
                                     && !self.wbuf.is_empty()
                                     && reply_order::woke_since(mark)
                                 {
@@ -538,7 +543,7 @@ impl Connection {
                         return ending;
                     }
                     // The client kept sending while it was held back.
-                    let _ = self.heard_from_client();
+                    self.heard_from_client();
                 }
                 _ = &mut timer, if !held => {
                     let now = Instant::now();
@@ -563,15 +568,12 @@ impl Connection {
     }
 
     /// A packet (or part of one) arrived: the keep-alive starts over.
-    /// Returns how long the connection had been quiet before.
-    fn heard_from_client(&mut self) -> Duration {
+    fn heard_from_client(&mut self) {
         let now = Instant::now();
-        let quiet = now.saturating_duration_since(self.last_active);
         self.last_active = now;
         if let Some(keep_alive) = self.n.silence_allowed() {
             self.keep_alive_deadline = Some(now + keep_alive);
         }
-        quiet
     }
 
     /// Told to leave. Packets that arrived before the kick count: a
@@ -582,7 +584,7 @@ impl Connection {
             Kick::UseAnotherServer => ReasonCode::USE_ANOTHER_SERVER,
             Kick::Administrative(code) => code,
         };
-        match self.read_and_handle() {
+        match self.read_and_handle(false) {
             Err(ending @ Ending::ClientDisconnect { .. }) => ending,
             _ => Ending::ServerClose(code),
         }
@@ -707,8 +709,10 @@ impl Connection {
 
     /// Reads what the socket has and handles every complete packet.
     /// `Ok(Some(packets handled))` when at least one byte arrived.
-    fn read_and_handle(&mut self) -> Result<Option<usize>, Ending> {
-        let result = self.read_and_handle_inner();
+    /// A `quiet` client's short read also clears read readiness (see
+    /// `read_and_handle_inner`).
+    fn read_and_handle(&mut self, quiet: bool) -> Result<Option<usize>, Ending> {
+        let result = self.read_and_handle_inner(quiet);
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
             // Give the buffer back while idle (readiness can be spurious, so
             // this holds after a read that found nothing too); packets
@@ -718,7 +722,7 @@ impl Connection {
         result
     }
 
-    fn read_and_handle_inner(&mut self) -> Result<Option<usize>, Ending> {
+    fn read_and_handle_inner(&mut self, quiet: bool) -> Result<Option<usize>, Ending> {
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
             self.rbuf.reserve(self.read_size);
         }
@@ -728,11 +732,8 @@ impl Connection {
         // EAGAIN. Clearing readiness after every short read (as tokio's
         // `poll_read` does) was tried: a busy connection then waits for
         // epoll before every read, and QoS 1 fan-in lost about a third of
-        // its throughput. A client quiet until now (one PUBLISH a
-        // millisecond) has most likely sent all it will for a while: for
-        // it the EAGAIN is spared.
-        let quiet =
-            Instant::now().saturating_duration_since(self.last_active) >= reply_order::QUIET;
+        // its throughput. For a client quiet until now the EAGAIN is
+        // spared.
         match read_into(&self.stream, &mut self.rbuf, quiet) {
             Ok(0) => return Err(Ending::Lost),
             Ok(n) => {

@@ -91,9 +91,7 @@ impl Connection {
             payload: &message.payload,
         };
         // The packet id is filled in below; it does not change the size.
-        if self.n.client_max_packet != usize::MAX
-            && starling_codec::publish_encoded_len(&publish, version) > self.n.client_max_packet
-        {
+        if !fits_client(&publish, version, self.n.client_max_packet) {
             // MQTT-3.1.2-25: too large for this client; drop it for this
             // client only, keep the connection.
             Metrics::inc(&self.broker.metrics.dropped_too_large);
@@ -297,10 +295,17 @@ fn encode_resent(
         properties: properties.boxed(),
         payload: &message.payload,
     };
-    if client_max_packet != usize::MAX
-        && starling_codec::publish_encoded_len(&publish, version) > client_max_packet
-    {
-        return false;
-    }
-    starling_codec::encode_publish(&publish, version, buf).is_ok()
+    fits_client(&publish, version, client_max_packet)
+        && starling_codec::encode_publish(&publish, version, buf).is_ok()
+}
+
+/// Whether `publish` fits the client's Maximum Packet Size
+/// (MQTT-3.1.2-24); `usize::MAX` when it set none.
+fn fits_client(
+    publish: &PublishRef<'_>,
+    version: ProtocolVersion,
+    client_max_packet: usize,
+) -> bool {
+    client_max_packet == usize::MAX
+        || starling_codec::publish_encoded_len(publish, version) <= client_max_packet
 }
