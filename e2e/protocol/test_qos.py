@@ -233,20 +233,28 @@ def test_unacked_qos1_redelivered_with_dup_on_reconnect(broker, raw, paho, versi
     c2.ping()
 
 
+def _five_in_flight_then_lost(broker, raw, paho, client_id, topic):
+    """A v5 client with a 60 s session and Receive Maximum 10 receives five QoS 1 messages on
+    ``topic`` and loses its connection without acknowledging them. Returns the CONNECT
+    properties, the publisher and the five PUBLISHes as first sent."""
+    props = {"SessionExpiryInterval": 60, "ReceiveMaximum": 10}
+    c = raw(broker, V5)
+    c.connect(client_id, clean=False, props=props)
+    c.subscribe(1, [(topic, 1)])
+    pub = paho(broker, "pub", version=V5)
+    for i in range(5):
+        pub.publish(topic, f"m{i}".encode(), qos=1)
+    first = [c.expect(r.PUBLISH) for _ in range(5)]
+    c.abort()  # network failure without acknowledging
+    return props, pub, first
+
+
 @pytest.mark.starling_only(reason="Mosquitto 2.0.11 resends every in-flight message, beyond the new Receive Maximum")
 def test_resend_on_reconnect_keeps_to_the_new_receive_maximum(broker, raw, paho):
     """MQTT 5.0 §4.4 MQTT-4.4.0-1 with §4.9 MQTT-4.9.0-2: five QoS 1 PUBLISHes are unacknowledged
     when the client reconnects with Receive Maximum 2. The Server resends two (DUP, in order), one
     more per PUBACK, and a message published meanwhile only after all five."""
-    props = {"SessionExpiryInterval": 60, "ReceiveMaximum": 10}
-    c = raw(broker, V5)
-    c.connect("rm-shrink", clean=False, props=props)
-    c.subscribe(1, [("rms/t", 1)])
-    pub = paho(broker, "pub", version=V5)
-    for i in range(5):
-        pub.publish("rms/t", f"m{i}".encode(), qos=1)
-    first = [c.expect(r.PUBLISH) for _ in range(5)]
-    c.abort()  # network failure without acknowledging
+    props, pub, first = _five_in_flight_then_lost(broker, raw, paho, "rm-shrink", "rms/t")
     c = raw(broker, V5)
     ack = c.connect("rm-shrink", clean=False, props={**props, "ReceiveMaximum": 2})
     assert ack.session_present is True
@@ -275,15 +283,7 @@ def test_resend_after_two_reconnects_sends_each_message_once(broker, raw, paho):
     """MQTT 5.0 §4.4 MQTT-4.4.0-1 and §4.9: a client reconnects with Receive Maximum 1 (four of
     five unacknowledged messages left waiting for room), drops again at once, and comes back with
     Receive Maximum 2: each message is resent exactly once, in order, two at a time."""
-    props = {"SessionExpiryInterval": 60, "ReceiveMaximum": 10}
-    c = raw(broker, V5)
-    c.connect("twice-back", clean=False, props=props)
-    c.subscribe(1, [("tb/t", 1)])
-    pub = paho(broker, "pub", version=V5)
-    for i in range(5):
-        pub.publish("tb/t", f"m{i}".encode(), qos=1)
-    first = [c.expect(r.PUBLISH) for _ in range(5)]
-    c.abort()
+    props, _pub, first = _five_in_flight_then_lost(broker, raw, paho, "twice-back", "tb/t")
     c = raw(broker, V5)
     assert c.connect("twice-back", clean=False, props={**props, "ReceiveMaximum": 1}).session_present
     assert c.expect(r.PUBLISH).payload == b"m0"
