@@ -270,6 +270,12 @@ pub struct Delivery {
     /// Every matching subscription's identifier (MQTT 5.0 §3.3.4).
     pub subscription_ids: SmallVec<[u32; 1]>,
     pub share: Option<Arc<ShareKey>>,
+    /// Not 0: a retained message sent at subscribe, which waits in the
+    /// mailbox until the SUBACK with this hold number is sent (see
+    /// [`Mailbox::push_retained`](crate::session::mailbox::Mailbox::push_retained)).
+    /// Only meaningful in the mailbox that numbered it.
+    #[serde(skip)]
+    pub suback_hold: u32,
 }
 
 /// (De)serializes an `Option<Instant>` as the milliseconds left.

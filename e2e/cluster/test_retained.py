@@ -3,6 +3,8 @@ node, seen by new subscriptions on every node; cleared from any node."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 
 import pytest
@@ -124,3 +126,48 @@ def test_many_retained_topics_seen_from_another_node(cluster, paho):
     assert {m.topic: m.payload for m in got} == want
     assert all(m.retain for m in got)
     assert s.collect_quiet(0.3) == []
+
+
+def test_retained_at_subscribe_never_follows_a_newer_live_message(cluster, paho):
+    """MQTT 5.0 §4.6 (ordered topics) and §3.3.1.3: a subscriber must not get a topic's retained
+    message after a newer live message of that topic, or its last value is a stale one. With
+    route_sync the SUBACK on n2 waits for the other node (milliseconds) while a publisher on n2
+    keeps replacing the retained value of order/t with a rising counter: every value the new
+    subscriber gets -- live ones before the SUBACK, the retained one, live ones after -- must be
+    at least the one before it. (Before the fix the retained value, read at SUBSCRIBE, was queued
+    at the SUBACK, behind the live values that came meanwhile.)"""
+    c = cluster(2, route_sync=True)
+    _n1, n2 = c
+    pub = paho(n2, "order-pub")
+    stop = threading.Event()
+    published = [0]
+
+    def publish_forever():
+        while not stop.is_set() and published[0] < 200_000:
+            published[0] += 1
+            pub.publish("order/t", str(published[0]).encode(), qos=0, retain=True, wait=False)
+            time.sleep(0.0002)  # pacing, not synchronisation: a steady stream of updates
+
+    writer = threading.Thread(target=publish_forever, daemon=True)
+    writer.start()
+    try:
+        # A new filter each time, so that each SUBACK waits for route sync.
+        for attempt, topic_filter in enumerate(["order/t", "order/+", "order/#", "+/t", "+/+"]):
+            s = paho(n2, f"order-sub-{attempt}")
+            assert s.subscribe(topic_filter, 0) == [0]
+            got = []
+            until = time.monotonic() + 0.3  # a bounded look: the stream never goes quiet
+            while (left := until - time.monotonic()) > 0:
+                try:
+                    got.append(s.messages.get(timeout=left))
+                except queue.Empty:
+                    break
+            s.close()
+            values = [(int(m.payload), m.retain) for m in got if m.topic == "order/t"]
+            assert any(retain for _v, retain in values), f"{topic_filter}: no retained message"
+            backwards = [(a, b) for a, b in zip(values, values[1:]) if b[0] < a[0]]
+            assert not backwards, f"{topic_filter}: (value, retain) went backwards: {backwards[:5]}"
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    assert published[0] > 100, "the publisher did not run"

@@ -253,6 +253,7 @@ fn deliver_redirected(broker: &Arc<Broker>, message: Arc<Message>, target: Targe
         retain: target.retain,
         subscription_ids: target.subscription_ids.into_iter().collect(),
         share: None,
+        suback_hold: 0,
     };
     if let Some(mailbox) = broker.sessions.mailbox_of(&target.client_id) {
         broker.router.push(&mailbox, delivery);

@@ -224,19 +224,12 @@ impl Connection {
                     self.send(&Packet::PubAck(ack));
                 }
             }
-            HeldAck::SubAck(suback) => {
-                let (packet, retained) = *suback;
+            HeldAck::SubAck { packet, hold } => {
                 self.send(&packet);
-                self.queue_deliveries(retained);
+                if hold != 0 {
+                    self.mailbox.release_hold(hold);
+                }
             }
-        }
-    }
-
-    /// Through the mailbox, so that the inflight window and queue bounds
-    /// apply to retained messages too.
-    fn queue_deliveries(&mut self, deliveries: Vec<Delivery>) {
-        for delivery in deliveries {
-            self.mailbox.push(delivery);
         }
     }
 
@@ -315,7 +308,9 @@ impl Connection {
         let identifier = subscribe.properties.subscription_identifier;
         let config = &self.broker.config;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
-        let mut retained: Vec<Delivery> = Vec::new();
+        // Filters whose retained messages this SUBSCRIBE sends, with the
+        // subscription's QoS.
+        let mut wants_retained: Vec<(&str, QoS)> = Vec::new();
         // Routes the SUBACK waits for (route sync).
         let mut routes: Vec<String> = Vec::new();
         for request in &subscribe.filters {
@@ -376,17 +371,7 @@ impl Connection {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
-                let mut messages = Vec::new();
-                self.broker
-                    .router
-                    .retained_matching(parsed.filter, &mut messages);
-                retained.extend(messages.into_iter().map(|message| Delivery {
-                    qos: message.qos.min(request.options.qos),
-                    retain: true,
-                    subscription_ids: identifier.into_iter().collect(),
-                    share: None,
-                    message,
-                }));
+                wants_retained.push((parsed.filter, request.options.qos));
             }
         }
         let mut ack = SubAck {
@@ -405,11 +390,30 @@ impl Connection {
         } else {
             self.broker.router.sync_routes(&routes)
         };
-        // Retained messages follow the SUBACK.
-        self.queue_ack(
-            HeldAck::SubAck(Box::new((Packet::SubAck(ack), retained))),
-            ticket,
-        );
+        // Retained messages follow the SUBACK: through the mailbox, read
+        // under its lock so that no live message overtakes an older retained
+        // one, and held there while the SUBACK waits. The bounds of the
+        // queue and the inflight window apply to them too.
+        let hold = ticket.is_some() || !self.pending_acks.is_empty();
+        let router = &self.broker.router;
+        let hold = self.mailbox.push_retained(hold, || {
+            let mut deliveries = Vec::new();
+            let mut messages = Vec::new();
+            for &(filter, qos) in &wants_retained {
+                router.retained_matching(filter, &mut messages);
+                deliveries.extend(messages.drain(..).map(|message| Delivery {
+                    qos: message.qos.min(qos),
+                    retain: true,
+                    subscription_ids: identifier.into_iter().collect(),
+                    share: None,
+                    suback_hold: 0,
+                    message,
+                }));
+            }
+            deliveries
+        });
+        let packet = Box::new(Packet::SubAck(ack));
+        self.queue_ack(HeldAck::SubAck { packet, hold }, ticket);
         Ok(())
     }
 

@@ -151,8 +151,9 @@ enum HeldAck {
         code: ReasonCode,
         exactly_once: bool,
     },
-    /// A SUBACK and the retained messages that follow it.
-    SubAck(Box<(Packet, Vec<Delivery>)>),
+    /// A SUBACK, and the hold number (not 0) of the retained messages
+    /// waiting for it in the mailbox.
+    SubAck { packet: Box<Packet>, hold: u32 },
 }
 
 /// Serves one accepted TCP connection to its end (or until it parks).

@@ -832,6 +832,7 @@ fn merge_overlapping(
         retain,
         subscription_ids: ids,
         share: None,
+        suback_hold: 0,
     })
 }
 
@@ -846,6 +847,7 @@ fn single_delivery(
         retain: sub.options.retain_as_published && message.retain,
         subscription_ids: sub.identifier.into_iter().collect(),
         share,
+        suback_hold: 0,
     }
 }
 

@@ -49,6 +49,27 @@ struct Queue {
     items: VecDeque<Delivery>,
     /// Boxed: almost always `None`, and every session has a mailbox.
     dedupe: Option<Box<Dedupe>>,
+    /// The last hold number given to retained messages waiting for their
+    /// SUBACK, and the last one released (sent). Numbers wrap and skip 0.
+    holds_issued: u32,
+    holds_released: u32,
+}
+
+impl Queue {
+    /// Whether `delivery` still waits for its SUBACK.
+    fn is_held(&self, delivery: &Delivery) -> bool {
+        delivery.suback_hold != 0 && is_after(delivery.suback_hold, self.holds_released)
+    }
+
+    fn release_all_holds(&mut self) {
+        self.holds_released = self.holds_issued;
+    }
+}
+
+/// `a` comes after `b` in the wrapping order of hold numbers (at most a
+/// few are outstanding at once, so half the range is plenty).
+fn is_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 #[derive(Debug)]
@@ -154,16 +175,68 @@ impl Mailbox {
         }
     }
 
+    /// Queues the retained messages of a new subscription, read by `read`
+    /// under the queue's lock. A message routed to this session after the
+    /// subscription was added and before the read was stored as retained
+    /// before the read, so what `read` finds is at least as new; one stored
+    /// after the read is queued after. So a live message is never followed
+    /// by an older retained value of its topic.
+    ///
+    /// With `hold`, the messages (and whatever is queued behind them) wait
+    /// until [`release_hold`](Self::release_hold) with the returned number:
+    /// the SUBACK they follow is not sent yet. Returns 0 when nothing was
+    /// queued or nothing is held.
+    pub fn push_retained(&self, hold: bool, read: impl FnOnce() -> Vec<Delivery>) -> u32 {
+        let online = self.is_online();
+        let mut number = 0;
+        {
+            let mut queue = self.queue.lock();
+            let retained = read();
+            if retained.is_empty() {
+                return 0;
+            }
+            if hold {
+                queue.holds_issued = match queue.holds_issued.wrapping_add(1) {
+                    0 => 1,
+                    n => n,
+                };
+                number = queue.holds_issued;
+            }
+            for mut delivery in retained {
+                if self.dropped_offline(online, &delivery).is_none() {
+                    delivery.suback_hold = number;
+                    self.queue_locked(&mut queue, delivery);
+                }
+            }
+        }
+        if online {
+            self.signal();
+        }
+        number
+    }
+
+    /// The SUBACK of hold `number` was sent: its retained messages may go.
+    pub fn release_hold(&self, number: u32) {
+        {
+            let mut queue = self.queue.lock();
+            if is_after(number, queue.holds_released) {
+                queue.holds_released = number;
+            }
+        }
+        self.signal();
+    }
+
     /// Moves up to `max` deliveries from the front into `out`, stopping at
     /// the first QoS 1/2 delivery once `qos_room` of them have been taken
-    /// (the inflight window). Order is kept: nothing overtakes a delivery
-    /// that cannot be sent yet.
+    /// (the inflight window), and at retained messages waiting for their
+    /// SUBACK. Order is kept: nothing overtakes a delivery that cannot be
+    /// sent yet.
     pub fn pop_batch(&self, out: &mut Vec<Delivery>, max: usize, mut qos_room: usize) {
         let mut guard = self.queue.lock();
-        let queue = &mut guard.items;
         while out.len() < max {
-            match queue.front() {
+            match guard.items.front() {
                 None => break,
+                Some(front) if guard.is_held(front) => break,
                 Some(front) if front.qos != QoS::AtMostOnce => {
                     if qos_room == 0 {
                         break;
@@ -172,10 +245,11 @@ impl Mailbox {
                 }
                 Some(_) => {}
             }
-            if let Some(delivery) = queue.pop_front() {
+            if let Some(delivery) = guard.items.pop_front() {
                 out.push(delivery);
             }
         }
+        let queue = &mut guard.items;
         if queue.is_empty() && queue.capacity() > SHRINK_ABOVE {
             *queue = VecDeque::new();
         }
@@ -190,9 +264,16 @@ impl Mailbox {
         }
     }
 
-    /// Empties the queue (a new session replaces the old one).
+    /// Empties the queue (a new session replaces the old one, or the
+    /// session moves). Holds end: their numbers mean nothing elsewhere.
     pub fn take_all(&self) -> VecDeque<Delivery> {
-        std::mem::take(&mut self.queue.lock().items)
+        let mut queue = self.queue.lock();
+        queue.release_all_holds();
+        let mut items = std::mem::take(&mut queue.items);
+        for delivery in &mut items {
+            delivery.suback_hold = 0;
+        }
+        items
     }
 
     pub fn len(&self) -> usize {
@@ -217,7 +298,11 @@ impl Mailbox {
         self.online.load(Ordering::Acquire)
     }
 
+    /// A connection took the session or left it. Retained messages held
+    /// for a SUBACK the last connection never sent go now (with the next
+    /// connection's resumed session).
     pub fn set_online(&self, online: bool) {
+        self.queue.lock().release_all_holds();
         self.online.store(online, Ordering::Release);
         if online {
             self.signal();
@@ -290,6 +375,7 @@ mod tests {
             retain: false,
             subscription_ids: Default::default(),
             share: None,
+            suback_hold: 0,
         }
     }
 
@@ -362,5 +448,84 @@ mod tests {
         let mut all = Vec::new();
         mailbox.pop_batch(&mut all, 10, 10);
         assert_eq!(payloads(&all), vec![0, 1, 2, 3]);
+    }
+
+    fn pop_all(mailbox: &Mailbox) -> Vec<u8> {
+        let mut out = Vec::new();
+        mailbox.pop_batch(&mut out, 100, 100);
+        payloads(&out)
+    }
+
+    #[test]
+    fn retained_held_for_a_suback_wait_with_what_came_after_them() {
+        let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
+        mailbox.set_online(true);
+        mailbox.push(delivery(0, QoS::AtMostOnce));
+        let first = mailbox.push_retained(true, || vec![delivery(1, QoS::AtLeastOnce)]);
+        mailbox.push(delivery(2, QoS::AtMostOnce));
+        let second = mailbox.push_retained(true, || vec![delivery(3, QoS::AtMostOnce)]);
+        mailbox.push(delivery(4, QoS::AtMostOnce));
+        assert!(first != 0 && second != 0 && first != second);
+        assert_eq!(pop_all(&mailbox), vec![0], "only what came before the hold");
+        mailbox.release_hold(first);
+        assert_eq!(pop_all(&mailbox), vec![1, 2], "up to the second hold");
+        mailbox.release_hold(second);
+        assert_eq!(pop_all(&mailbox), vec![3, 4]);
+    }
+
+    #[test]
+    fn unheld_or_empty_retained_take_no_hold_number() {
+        let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
+        assert_eq!(mailbox.push_retained(true, Vec::new), 0);
+        assert_eq!(
+            mailbox.push_retained(false, || vec![delivery(1, QoS::AtMostOnce)]),
+            0
+        );
+        assert_eq!(pop_all(&mailbox), vec![1]);
+    }
+
+    #[test]
+    fn holds_end_when_the_connection_changes_or_the_queue_is_taken() {
+        let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
+        mailbox.set_online(true);
+        mailbox.push_retained(true, || vec![delivery(1, QoS::AtMostOnce)]);
+        mailbox.set_online(false);
+        mailbox.set_online(true);
+        assert_eq!(
+            pop_all(&mailbox),
+            vec![1],
+            "a SUBACK never sent holds nothing"
+        );
+
+        mailbox.push_retained(true, || vec![delivery(2, QoS::AtMostOnce)]);
+        let taken: Vec<Delivery> = mailbox.take_all().into();
+        assert!(taken.iter().all(|d| d.suback_hold == 0));
+        let other = Mailbox::new(SessionId(2), 10, DropPolicy::Oldest, true);
+        other.unpop(taken);
+        assert_eq!(pop_all(&other), vec![2]);
+    }
+
+    #[test]
+    fn hold_numbers_wrap_and_skip_zero() {
+        let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
+        {
+            let mut queue = mailbox.queue.lock();
+            queue.holds_issued = u32::MAX - 1;
+            queue.holds_released = u32::MAX - 1;
+        }
+        let a = mailbox.push_retained(true, || vec![delivery(1, QoS::AtMostOnce)]);
+        let b = mailbox.push_retained(true, || vec![delivery(2, QoS::AtMostOnce)]);
+        assert_eq!((a, b), (u32::MAX, 1));
+        assert!(pop_all(&mailbox).is_empty());
+        mailbox.release_hold(a);
+        assert_eq!(pop_all(&mailbox), vec![1]);
+        mailbox.release_hold(b);
+        assert_eq!(pop_all(&mailbox), vec![2]);
+        mailbox.release_hold(a);
+        mailbox.push_retained(true, || vec![delivery(3, QoS::AtMostOnce)]);
+        assert!(
+            pop_all(&mailbox).is_empty(),
+            "an old release does not go back"
+        );
     }
 }
