@@ -337,11 +337,20 @@ fn connect_is_decoded_by_the_level_it_announces() {
 fn wrong_protocol_name_is_a_protocol_error_mqtt_3_1_2_1() {
     let wire = frame(0x10, b"\x00\x04MQTX\x04\x02\x00\x3C\x00\x00");
     assert!(is_protocol(&err(&wire, V3_1_1)));
-    // Name and level of different versions.
+}
+
+#[test]
+fn a_level_under_the_other_versions_name_is_unsupported_mqtt_3_1_2_2() {
     let wire = frame(0x10, b"\x00\x04MQTT\x03\x02\x00\x3C\x00\x00");
-    assert!(is_protocol(&err(&wire, V3_1_1)));
+    assert_eq!(
+        err(&wire, V3_1_1),
+        DecodeError::UnsupportedProtocolVersion(3)
+    );
     let wire = frame(0x10, b"\x00\x06MQIsdp\x04\x02\x00\x3C\x00\x00");
-    assert!(is_protocol(&err(&wire, V3_1_1)));
+    assert_eq!(
+        err(&wire, V3_1_1),
+        DecodeError::UnsupportedProtocolVersion(4)
+    );
 }
 
 #[test]

@@ -75,6 +75,19 @@ def test_unsupported_protocol_level_gets_connack_0x01_then_close(broker, raw):
     assert ack.body == b"\x00\x01", f"expected 3.1.1 CONNACK rc 0x01, got {ack.body!r}"
 
 
+@pytest.mark.parametrize("name,level", [("MQTT", 3), ("MQIsdp", 4)])
+def test_level_under_the_other_versions_name_gets_connack_0x01(broker, raw, name, level):
+    """MQTT 3.1.1 MQTT-3.1.2-2 (as Mosquitto answers it): a known level under the other
+    version's protocol name -- "MQTT" level 3, "MQIsdp" level 4, which misconfigured clients send
+    -- is a level this name does not support: CONNACK 0x01 then close, not a silent close."""
+    c = raw(broker, V311)
+    c.send(r.connect("mixed", version=level, protocol_name=name, with_props=False))
+    pkts = c.recv_until_closed(TIMEOUT)
+    assert pkts, "no CONNACK before close"
+    assert pkts[0].ptype == r.CONNACK
+    assert pkts[0].body == b"\x00\x01", f"expected 3.1.1 CONNACK rc 0x01, got {pkts[0].body!r}"
+
+
 # --- CONNECT packet ordering ----------------------------------------------------------------------
 
 @both_versions

@@ -18,13 +18,12 @@ pub(super) fn connect(mut r: Reader) -> Result<Packet, DecodeError> {
         (b"MQIsdp", 3) => ProtocolVersion::V3_1,
         (b"MQTT", 4) => ProtocolVersion::V3_1_1,
         (b"MQTT", 5) => ProtocolVersion::V5,
-        (b"MQTT" | b"MQIsdp", 3..=5) => {
-            return Err(DecodeError::Protocol(
-                "protocol name does not match the protocol level (MQTT-3.1.2-1)",
-            ));
-        }
         // MQTT-3.1.2-2: the server answers with "unacceptable protocol
-        // version", so the level is what the caller needs.
+        // version", so the level is what the caller needs. A known level
+        // under the other version's name ("MQTT" level 3) is answered the
+        // same way, as Mosquitto does: the name is a real MQTT name, so the
+        // client can read the refusal, where a silent close leaves a
+        // misconfigured device retrying blind.
         (b"MQTT" | b"MQIsdp", _) => return Err(DecodeError::UnsupportedProtocolVersion(level)),
         _ => {
             return Err(DecodeError::Protocol(
