@@ -323,6 +323,22 @@ fn connect_3_1_uses_mqisdp_level_3() {
 }
 
 #[test]
+fn connect_3_1_flags_without_user_name_or_password_mean_none() {
+    // User name and password flags set, the payload ends after the id.
+    let wire = frame(0x10, b"\x00\x06MQIsdp\x03\xC2\x00\x0A\x00\x01x");
+    let c = connect_of(ok(&wire, V5));
+    assert_eq!((c.username, c.password), (None, None));
+    // A user name but no password.
+    let wire = frame(0x10, b"\x00\x06MQIsdp\x03\xC2\x00\x0A\x00\x01x\x00\x01u");
+    let c = connect_of(ok(&wire, V5));
+    assert_eq!(c.username.as_deref(), Some("u"));
+    assert_eq!(c.password, None);
+    // 3.1.1 stays strict (MQTT-3.1.2-19).
+    let wire = frame(0x10, b"\x00\x04MQTT\x04\xC2\x00\x0A\x00\x01x");
+    assert!(matches!(err(&wire, V5), DecodeError::Malformed(_)));
+}
+
+#[test]
 fn connect_is_decoded_by_the_level_it_announces() {
     // A v5 CONNECT on a connection whose version is not known yet.
     let wire = connect5(0x02, b"\x05\x11\x00\x00\x00\x0A", b"\x00\x00");

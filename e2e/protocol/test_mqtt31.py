@@ -48,6 +48,18 @@ def test_v31_empty_client_id_is_rejected(broker, raw):
     assert c.recv_until_closed() == []
 
 
+def test_v31_user_name_and_password_flags_without_the_fields_are_accepted(broker, raw):
+    """Old 3.1 clients set the User Name and Password flags with nothing after the Client
+    Identifier; as Mosquitto does, a 3.1 CONNECT like that is read as carrying neither (no
+    authentication is configured here, so it is accepted) and the client works."""
+    c = raw(broker, V311)
+    c.send(r.connect("v31-flags", version=3, protocol_name="MQIsdp", flags=0xC2))
+    ack = c.expect(r.CONNACK)
+    assert ack.reason == 0, f"CONNACK refused: {ack!r}"
+    c.send(r.pingreq())
+    assert c.expect(r.PINGRESP) is not None
+
+
 def test_v31_persistent_session_resumes(broker, paho):
     """MQTT V3.1 §3.1 Clean session flag = 0: subscriptions and QoS 1 messages survive a
     disconnect."""

@@ -105,12 +105,18 @@ pub(super) fn connect(mut r: Reader) -> Result<Packet, DecodeError> {
     } else {
         None
     };
-    let username = if username_flag {
+    // Some MQTT 3.1 clients set the User Name or Password flag with nothing
+    // after it; brokers of that era (Mosquitto still) read that as no user
+    // name or password, so 3.1 does here too. 3.1.1 and 5.0 are strict
+    // (MQTT-3.1.2-19, MQTT-3.1.2-21).
+    let lenient = protocol == ProtocolVersion::V3_1 && r.is_empty();
+    let username = if username_flag && !lenient {
         Some(r.string()?)
     } else {
         None
     };
-    let password = if password_flag {
+    let lenient = protocol == ProtocolVersion::V3_1 && r.is_empty();
+    let password = if password_flag && !lenient {
         Some(r.binary()?)
     } else {
         None
