@@ -39,7 +39,7 @@ fn main() {
         .collect();
     let before = rss_bytes();
     for key in &routes {
-        sink.put(key, b"");
+        sink.put(key, b"", 0);
     }
     let after = rss_bytes();
     assert_eq!(index.len(), count);

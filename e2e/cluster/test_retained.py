@@ -171,3 +171,30 @@ def test_retained_at_subscribe_never_follows_a_newer_live_message(cluster, paho)
         stop.set()
         writer.join(timeout=10)
     assert published[0] > 100, "the publisher did not run"
+
+
+def test_retained_value_on_the_publishing_node_never_goes_back(cluster, paho):
+    """A retained message set on n1 is what n1's new subscriptions get from then on, even while
+    etcd still sends back n1's own earlier writes of that topic: a burst of 300 retained values
+    (the writer coalesces them into a few etcd writes, whose events come back milliseconds
+    later), then a last one acknowledged; every subscription made right after gets that last
+    value, not one of the burst coming back from etcd."""
+    c = cluster(2)
+    n1, _n2 = c
+    pub = paho(n1, "echo-pub")
+    watcher = paho(n1, "echo-watch")
+    for burst in range(5):
+        base = burst * 1000
+        for i in range(300):
+            pub.publish("echo/t", str(base + i).encode(), qos=0, retain=True, wait=False)
+        last = base + 300
+        assert pub.publish("echo/t", str(last).encode(), qos=1, retain=True) < 0x80
+        seen = []
+        for _ in range(40):
+            # Retain Handling 0: every SUBSCRIBE sends the retained message again.
+            assert watcher.subscribe("echo/t", 0) == [0]
+            m = watcher.get()
+            assert m.retain is True
+            seen.append(int(m.payload))
+        assert all(v == last for v in seen), f"burst {burst}: after {last} was set, got {seen}"
+        watcher.unsubscribe("echo/t")

@@ -112,7 +112,7 @@ impl PeersSink {
 }
 
 impl MirrorSink for PeersSink {
-    fn reset(&mut self, entries: Vec<(String, Vec<u8>)>) {
+    fn reset(&mut self, entries: Vec<(String, Vec<u8>)>, _revision: i64) {
         self.members = entries
             .iter()
             .filter_map(|(k, v)| self.record(k, v))
@@ -120,14 +120,14 @@ impl MirrorSink for PeersSink {
         self.publish_peers();
     }
 
-    fn put(&mut self, key: &str, value: &[u8]) {
+    fn put(&mut self, key: &str, value: &[u8], _revision: i64) {
         if let Some((node, entry)) = self.record(key, value) {
             self.members.insert(node, entry);
             self.publish_peers();
         }
     }
 
-    fn delete(&mut self, key: &str) {
+    fn delete(&mut self, key: &str, _revision: i64) {
         if let Some(node) = self.keys.parse_node(key) {
             info!(%node, "node left the cluster");
             self.members.remove(node);

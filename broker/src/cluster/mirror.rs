@@ -63,10 +63,12 @@ impl MirrorProgress {
 
 /// What a mirror does with what it learns.
 pub trait MirrorSink: Send + 'static {
-    /// Replace everything with this snapshot.
-    fn reset(&mut self, entries: Vec<(String, Vec<u8>)>);
-    fn put(&mut self, key: &str, value: &[u8]);
-    fn delete(&mut self, key: &str);
+    /// Replace everything with this snapshot, taken at `revision`.
+    fn reset(&mut self, entries: Vec<(String, Vec<u8>)>, revision: i64);
+    /// `key` was set at `revision`.
+    fn put(&mut self, key: &str, value: &[u8], revision: i64);
+    /// `key` was deleted at `revision`.
+    fn delete(&mut self, key: &str, revision: i64);
     /// The copy now holds every change up to `revision` (after a snapshot,
     /// and after each batch of events).
     fn caught_up(&mut self, _revision: i64) {}
@@ -96,7 +98,7 @@ async fn mirror_once(
     progress: &MirrorProgress,
 ) -> Result<(), etcd_client::Error> {
     let (entries, revision) = snapshot(client, prefix).await?;
-    sink.reset(entries);
+    sink.reset(entries, revision);
     sink.caught_up(revision);
     progress.advance(revision);
 
@@ -125,8 +127,8 @@ async fn mirror_once(
             reached = reached.max(kv.mod_revision());
             let Ok(key) = kv.key_str() else { continue };
             match event.event_type() {
-                EventType::Put => sink.put(key, kv.value()),
-                EventType::Delete => sink.delete(key),
+                EventType::Put => sink.put(key, kv.value(), kv.mod_revision()),
+                EventType::Delete => sink.delete(key, kv.mod_revision()),
             }
         }
         if response.events().is_empty() && !response.created() {

@@ -347,10 +347,11 @@ impl Cluster {
         // Retained messages: share this node's, mirror everyone's.
         let writer = retained::RetainedWriter::new(self.keys.clone());
         broker.router.set_retained_replicator(writer.clone());
-        tokio::spawn(writer.run(self.client.clone()));
+        tokio::spawn(writer.clone().run(self.client.clone()));
         let sink = retained::RetainedSink {
             broker: broker.clone(),
             keys: self.keys.clone(),
+            writer: writer.clone(),
         };
         tokio::spawn(mirror::run(
             self.client.clone(),

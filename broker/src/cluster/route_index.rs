@@ -348,7 +348,7 @@ impl IndexSink {
 }
 
 impl MirrorSink for IndexSink {
-    fn reset(&mut self, entries: Vec<(String, Vec<u8>)>) {
+    fn reset(&mut self, entries: Vec<(String, Vec<u8>)>, _revision: i64) {
         // Build aside and swap, so publishes never see a half-built index.
         let mut fresh = Trie::default();
         for (key, _) in &entries {
@@ -362,7 +362,7 @@ impl MirrorSink for IndexSink {
         self.index.change(|trie| *trie = fresh);
     }
 
-    fn put(&mut self, key: &str, _value: &[u8]) {
+    fn put(&mut self, key: &str, _value: &[u8], _revision: i64) {
         if let Some((node, filter)) = self.index.keys.parse_route(key)
             && node != self.index.own_node
         {
@@ -371,7 +371,7 @@ impl MirrorSink for IndexSink {
         }
     }
 
-    fn delete(&mut self, key: &str) {
+    fn delete(&mut self, key: &str, _revision: i64) {
         if let Some((node, filter)) = self.index.keys.parse_route(key) {
             self.index.change(|trie| trie.remove(filter, node));
         }
@@ -399,12 +399,15 @@ mod tests {
         let keys = Keys::new("c");
         let index = RouteIndex::new("me", keys.clone());
         let mut sink = index.sink();
-        sink.put(&keys.route("n2", "old/#"), b"");
-        sink.reset(vec![
-            (keys.route("n2", "a/+"), vec![]),
-            (keys.route("n3", "a/#"), vec![]),
-            (keys.route("me", "a/b"), vec![]),
-        ]);
+        sink.put(&keys.route("n2", "old/#"), b"", 0);
+        sink.reset(
+            vec![
+                (keys.route("n2", "a/+"), vec![]),
+                (keys.route("n3", "a/#"), vec![]),
+                (keys.route("me", "a/b"), vec![]),
+            ],
+            0,
+        );
         let mut out = Vec::new();
         index.matching_nodes("a/b", &mut out);
         let names: Vec<&str> = out.iter().map(|n| &**n).collect();
@@ -412,7 +415,7 @@ mod tests {
         out.clear();
         index.matching_nodes("old/x", &mut out);
         assert!(out.is_empty(), "a resync drops routes that are gone");
-        sink.delete(&keys.route("n3", "a/#"));
+        sink.delete(&keys.route("n3", "a/#"), 0);
         out.clear();
         index.matching_nodes("a", &mut out);
         assert!(out.is_empty());
@@ -423,9 +426,9 @@ mod tests {
         let keys = Keys::new("c");
         let index = RouteIndex::new("me", keys.clone());
         let mut sink = index.sink();
-        sink.put(&keys.route("n2", "$share/g/s/+"), b"");
-        sink.put(&keys.route("n3", "$share/g/s/+"), b"");
-        sink.put(&keys.route("n3", "s/#"), b"");
+        sink.put(&keys.route("n2", "$share/g/s/+"), b"", 0);
+        sink.put(&keys.route("n3", "$share/g/s/+"), b"", 0);
+        sink.put(&keys.route("n3", "s/#"), b"", 0);
         let mut plain = Vec::new();
         index.matching_nodes("s/1", &mut plain);
         assert_eq!(plain.iter().map(|n| &**n).collect::<Vec<_>>(), vec!["n3"]);
@@ -435,8 +438,8 @@ mod tests {
         assert_eq!(&*groups[0].0.group, "g");
         assert_eq!(&*groups[0].0.filter, "s/+");
         assert_eq!(groups[0].1.len(), 2);
-        sink.delete(&keys.route("n2", "$share/g/s/+"));
-        sink.delete(&keys.route("n3", "$share/g/s/+"));
+        sink.delete(&keys.route("n2", "$share/g/s/+"), 0);
+        sink.delete(&keys.route("n3", "$share/g/s/+"), 0);
         groups.clear();
         index.matching_groups("s/1", &mut groups);
         assert!(groups.is_empty());
@@ -450,9 +453,9 @@ mod tests {
         // Past FEW_CHILDREN the children move to a hash map.
         let count = 3 * FEW_CHILDREN;
         for n in 0..count {
-            sink.put(&keys.route("n2", &format!("dev/{n}/cmd/#")), b"");
+            sink.put(&keys.route("n2", &format!("dev/{n}/cmd/#")), b"", 0);
         }
-        sink.put(&keys.route("n3", "dev/+/cmd/#"), b"");
+        sink.put(&keys.route("n3", "dev/+/cmd/#"), b"", 0);
         assert_eq!(index.len(), count + 1);
         for n in 0..count {
             let mut out = Vec::new();
@@ -461,9 +464,9 @@ mod tests {
             assert_eq!(names, vec!["n2", "n3"], "device {n}");
         }
         for n in 0..count {
-            sink.delete(&keys.route("n2", &format!("dev/{n}/cmd/#")));
+            sink.delete(&keys.route("n2", &format!("dev/{n}/cmd/#")), 0);
         }
-        sink.delete(&keys.route("n3", "dev/+/cmd/#"));
+        sink.delete(&keys.route("n3", "dev/+/cmd/#"), 0);
         assert!(index.is_empty());
         assert!(
             index.trie.read().root.is_empty(),
@@ -477,11 +480,11 @@ mod tests {
         let index = RouteIndex::new("me", keys.clone());
         let mut sink = index.sink();
         let mut seen = vec![index.version()];
-        sink.put(&keys.route("n2", "a/#"), b"");
+        sink.put(&keys.route("n2", "a/#"), b"", 0);
         seen.push(index.version());
-        sink.delete(&keys.route("n2", "a/#"));
+        sink.delete(&keys.route("n2", "a/#"), 0);
         seen.push(index.version());
-        sink.reset(vec![(keys.route("n3", "b"), vec![])]);
+        sink.reset(vec![(keys.route("n3", "b"), vec![])], 0);
         seen.push(index.version());
         assert!(seen[0] != 0, "0 means uncachable");
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
@@ -493,7 +496,7 @@ mod tests {
         let index = RouteIndex::new("me", keys.clone());
         let mut sink = index.sink();
         for filter in ["x/#", "x/+", "x/y", "#"] {
-            sink.put(&keys.route("n2", filter), b"");
+            sink.put(&keys.route("n2", filter), b"", 0);
         }
         let mut out = Vec::new();
         index.matching_nodes("x/y", &mut out);

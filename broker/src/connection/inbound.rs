@@ -207,8 +207,7 @@ impl Connection {
         }
     }
 
-    /// Sends an ack, and for a SUBACK queues the retained messages that
-    /// follow it.
+    /// Sends an ack; a SUBACK lets the retained messages held for it go.
     fn send_held(&mut self, ack: HeldAck) {
         match ack {
             HeldAck::Publish {
@@ -390,28 +389,42 @@ impl Connection {
         } else {
             self.broker.router.sync_routes(&routes)
         };
-        // Retained messages follow the SUBACK: through the mailbox, read
-        // under its lock so that no live message overtakes an older retained
-        // one, and held there while the SUBACK waits. The bounds of the
-        // queue and the inflight window apply to them too.
-        let hold = ticket.is_some() || !self.pending_acks.is_empty();
+        // Retained messages follow the SUBACK, through the mailbox so that
+        // its bounds and the inflight window apply. No live message may
+        // overtake an older retained one: they are read here, and checked
+        // again under the mailbox's lock (see `Mailbox::push_retained`).
         let router = &self.broker.router;
-        let hold = self.mailbox.push_retained(hold, || {
-            let mut deliveries = Vec::new();
-            let mut messages = Vec::new();
-            for &(filter, qos) in &wants_retained {
-                router.retained_matching(filter, &mut messages);
-                deliveries.extend(messages.drain(..).map(|message| Delivery {
-                    qos: message.qos.min(qos),
-                    retain: true,
-                    subscription_ids: identifier.into_iter().collect(),
-                    share: None,
-                    suback_hold: 0,
-                    message,
-                }));
-            }
-            deliveries
-        });
+        let read_at = router.retained_version();
+        let mut picked: Vec<(Arc<Message>, QoS)> = Vec::new();
+        let mut messages = Vec::new();
+        for &(filter, qos) in &wants_retained {
+            router.retained_matching(filter, &mut messages);
+            picked.extend(messages.drain(..).map(|message| (message, qos)));
+        }
+        let held = ticket.is_some() || !self.pending_acks.is_empty();
+        // A topic with no retained message at the read needs nothing: one
+        // stored since reaches the subscription live.
+        let hold = if picked.is_empty() {
+            0
+        } else {
+            self.mailbox.push_retained(held, || {
+                if router.retained_version() != read_at {
+                    // Changed meanwhile: take each topic's current message.
+                    router.refresh_retained(&mut picked, |(message, _)| message);
+                }
+                picked
+                    .into_iter()
+                    .map(|(message, qos)| Delivery {
+                        qos: message.qos.min(qos),
+                        retain: true,
+                        subscription_ids: identifier.into_iter().collect(),
+                        share: None,
+                        suback_hold: 0,
+                        message,
+                    })
+                    .collect()
+            })
+        };
         let packet = Box::new(Packet::SubAck(ack));
         self.queue_ack(HeldAck::SubAck { packet, hold }, ticket);
         Ok(())

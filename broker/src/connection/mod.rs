@@ -151,8 +151,8 @@ enum HeldAck {
         code: ReasonCode,
         exactly_once: bool,
     },
-    /// A SUBACK, and the hold number (not 0) of the retained messages
-    /// waiting for it in the mailbox.
+    /// A SUBACK, and the hold number of the retained messages waiting for
+    /// it in the mailbox (0: none wait).
     SubAck { packet: Box<Packet>, hold: u32 },
 }
 

@@ -295,13 +295,22 @@ impl Router {
     }
 
     /// Replaces every retained message (a resynchronisation with the
-    /// cluster's copy).
-    pub fn replace_retained(&self, messages: Vec<Arc<Message>>) {
+    /// cluster's copy), except those of the topics in `keep`, which stay as
+    /// they are here (changed here, not in the copy yet).
+    pub fn replace_retained(&self, messages: Vec<Arc<Message>>, keep: &[&str]) {
         let mut store = RetainedStore::default();
         for message in messages {
             store.set(message);
         }
-        *self.retained.write() = store;
+        let mut current = self.retained.write();
+        let now = Instant::now();
+        for topic in keep {
+            match current.get(topic, now) {
+                Some(message) => store.set(message.clone()),
+                None => store.remove(topic),
+            }
+        }
+        current.replace_with(store);
     }
 
     pub fn set_retained_replicator(&self, replicator: Arc<dyn RetainedReplicator>) {
@@ -311,6 +320,35 @@ impl Router {
     /// Retained messages matching a (non-shared) filter.
     pub fn retained_matching(&self, filter: &str, out: &mut Vec<Arc<Message>>) {
         self.retained.read().matching(filter, Instant::now(), out);
+    }
+
+    /// A number that changes whenever a retained message is set or cleared.
+    pub fn retained_version(&self) -> u64 {
+        self.retained.read().version()
+    }
+
+    /// Brings retained messages read earlier up to date: each becomes its
+    /// topic's current one, or goes if the topic has none now. `message`
+    /// finds the message in an item.
+    pub fn refresh_retained<T>(
+        &self,
+        items: &mut Vec<T>,
+        message: impl Fn(&mut T) -> &mut Arc<Message>,
+    ) {
+        let store = self.retained.read();
+        let now = Instant::now();
+        items.retain_mut(|item| {
+            let message = message(item);
+            match store.get(&message.topic, now) {
+                Some(current) => {
+                    if !Arc::ptr_eq(current, message) {
+                        *message = current.clone();
+                    }
+                    true
+                }
+                None => false,
+            }
+        });
     }
 
     pub fn purge_expired_retained(&self) -> usize {
@@ -1174,5 +1212,36 @@ mod tests {
         // Without a publisher's state nothing is gathered.
         router.route_tracked(ToRoute::owned(message("remote/e")), false, None);
         assert_eq!(last().as_deref(), Some("n2:remote/e"));
+    }
+
+    #[test]
+    fn refresh_takes_each_topics_current_retained_message() {
+        let router = Router::new(Arc::new(LocalRouteStore::default()), None, Arc::default());
+        let retained = |topic: &str, payload: &'static [u8]| {
+            let mut m = message(topic);
+            m.payload = Bytes::from_static(payload);
+            m.retain = true;
+            Arc::new(m)
+        };
+        router.retain(retained("a", b"1"));
+        router.retain(retained("b", b"1"));
+        router.retain(retained("c", b"1"));
+        let mut read = Vec::new();
+        router.retained_matching("+", &mut read);
+        let version = router.retained_version();
+        router.retain(retained("a", b"2"));
+        router.retain(retained("b", b""));
+        assert_ne!(router.retained_version(), version);
+        router.refresh_retained(&mut read, |m| m);
+        let mut now: Vec<(String, Vec<u8>)> = read
+            .iter()
+            .map(|m| (m.topic.to_string(), m.payload.to_vec()))
+            .collect();
+        now.sort();
+        assert_eq!(
+            now,
+            [("a".into(), b"2".to_vec()), ("c".into(), b"1".to_vec())],
+            "a replaced, b cleared, c unchanged"
+        );
     }
 }

@@ -17,6 +17,9 @@ struct Node {
 pub struct RetainedStore {
     root: Node,
     count: usize,
+    /// Bumped by every change: a reader can tell that nothing changed since
+    /// it last looked without looking again.
+    version: u64,
 }
 
 impl RetainedStore {
@@ -31,6 +34,7 @@ impl RetainedStore {
     /// Stores, replaces, or (empty payload) clears the retained message of
     /// the message's topic (MQTT 5.0 §3.3.1.3).
     pub fn set(&mut self, message: Arc<Message>) {
+        self.version += 1;
         let topic = message.topic.clone();
         let levels: Vec<&str> = topic.split('/').collect();
         if message.payload.is_empty() {
@@ -52,6 +56,36 @@ impl RetainedStore {
     pub fn matching(&self, filter: &str, now: Instant, out: &mut Vec<Arc<Message>>) {
         let levels: Vec<&str> = filter.split('/').collect();
         collect(&self.root, &levels, true, now, out);
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Takes `next`'s messages, and a version newer than this one's (a
+    /// reader that compares versions must see the change).
+    pub fn replace_with(&mut self, mut next: RetainedStore) {
+        next.version = self.version + 1;
+        *self = next;
+    }
+
+    /// Clears the retained message of `topic`, if any.
+    pub fn remove(&mut self, topic: &str) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        self.version += 1;
+        if remove(&mut self.root, &levels) {
+            self.count -= 1;
+        }
+    }
+
+    /// The unexpired retained message of `topic` (a topic name, not a
+    /// filter).
+    pub fn get(&self, topic: &str, now: Instant) -> Option<&Arc<Message>> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.message.as_ref().filter(|m| !m.is_expired(now))
     }
 
     /// Drops expired messages; returns how many.
@@ -161,6 +195,25 @@ mod tests {
         let mut t: Vec<String> = out.iter().map(|m| m.topic.to_string()).collect();
         t.sort();
         t
+    }
+
+    #[test]
+    fn get_finds_a_topics_current_message_and_version_counts_changes() {
+        let mut s = RetainedStore::default();
+        let now = Instant::now();
+        assert_eq!(s.version(), 0);
+        s.set(msg("a/b", "1"));
+        s.set(msg("a/b", "2"));
+        assert_eq!(s.version(), 2);
+        assert_eq!(s.get("a/b", now).map(|m| &m.payload[..]), Some(&b"2"[..]));
+        assert!(
+            s.get("a", now).is_none(),
+            "a level with no message of its own"
+        );
+        assert!(s.get("a/b/c", now).is_none());
+        s.set(msg("a/b", ""));
+        assert_eq!(s.version(), 3);
+        assert!(s.get("a/b", now).is_none());
     }
 
     #[test]

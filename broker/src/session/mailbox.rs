@@ -175,23 +175,24 @@ impl Mailbox {
         }
     }
 
-    /// Queues the retained messages of a new subscription, read by `read`
-    /// under the queue's lock. A message routed to this session after the
-    /// subscription was added and before the read was stored as retained
-    /// before the read, so what `read` finds is at least as new; one stored
-    /// after the read is queued after. So a live message is never followed
-    /// by an older retained value of its topic.
+    /// Queues the retained messages of a new subscription, made by `make`
+    /// under the queue's lock, where the caller makes sure they are the
+    /// current ones of their topics. A publisher stores its retained copy
+    /// before it routes the message here, so a live message queued before is
+    /// no newer than what `make` finds, and one routed after is queued
+    /// after: on this node, a live message is never followed by an older
+    /// retained value of its topic.
     ///
     /// With `hold`, the messages (and whatever is queued behind them) wait
     /// until [`release_hold`](Self::release_hold) with the returned number:
     /// the SUBACK they follow is not sent yet. Returns 0 when nothing was
     /// queued or nothing is held.
-    pub fn push_retained(&self, hold: bool, read: impl FnOnce() -> Vec<Delivery>) -> u32 {
+    pub fn push_retained(&self, hold: bool, make: impl FnOnce() -> Vec<Delivery>) -> u32 {
         let online = self.is_online();
         let mut number = 0;
         {
             let mut queue = self.queue.lock();
-            let retained = read();
+            let retained = make();
             if retained.is_empty() {
                 return 0;
             }
