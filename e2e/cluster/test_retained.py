@@ -198,3 +198,24 @@ def test_retained_value_on_the_publishing_node_never_goes_back(cluster, paho):
             seen.append(int(m.payload))
         assert all(v == last for v in seen), f"burst {burst}: after {last} was set, got {seen}"
         watcher.unsubscribe("echo/t")
+
+
+def test_retained_message_too_large_to_share_stays_on_its_node_and_clears_the_others(cluster, paho):
+    """A retained message over 1 MiB (the most etcd takes) is not shared: its node keeps serving
+    it -- also after its delete for the other nodes came back through etcd -- and the other
+    nodes stop serving the previous, smaller one as current. A later message from another node
+    replaces it everywhere."""
+    c = cluster(2, max_packet_size=3 * 1024 * 1024)
+    n1, n2 = c
+    pub1 = paho(n1, "big-pub1")
+    assert pub1.publish("big/t", b"small", qos=1, retain=True) < 0x80
+    _retained_on(n2, paho, "small2", "big/t", expect=b"small")
+    big = b"x" * (1536 * 1024)
+    assert pub1.publish("big/t", big, qos=1, retain=True) < 0x80
+    wait_key(c, c.key("retained/big/t"), present=False)
+    assert _retained_on(n2, paho, "cleared2", "big/t", expect=None) is None
+    assert _retained_on(n1, paho, "big1", "big/t", expect=big).retain is True
+
+    pub2 = paho(n2, "big-pub2")
+    assert pub2.publish("big/t", b"later", qos=1, retain=True) < 0x80
+    _retained_on(n1, paho, "later1", "big/t", expect=b"later")

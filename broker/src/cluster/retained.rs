@@ -21,12 +21,16 @@ use super::keys::Keys;
 use super::mirror::{Backoff, MirrorSink};
 use crate::broker::Broker;
 use crate::message::Message;
+use crate::router::retained::RetainedStore;
 use crate::router::store::RetainedReplicator;
 
 /// Largest retained message shared through etcd (etcd's default request
 /// limit is 1.5 MiB). Larger ones stay on the node they were published on.
 pub const MAX_SHARED_RETAINED: usize = 1024 * 1024;
 const TXN_OPS: usize = 128;
+/// Record bytes per transaction beyond the first record: etcd refuses a
+/// request over its limit, and a batch refused every time would never go.
+const TXN_BYTES: usize = 512 * 1024;
 
 pub struct RetainedWriter {
     keys: Keys,
@@ -58,18 +62,34 @@ struct LocalWrite {
     generation: u64,
     /// The etcd revision it was written at, once known.
     revision: Option<i64>,
+    /// The message is too large to share: etcd gets a delete, and the
+    /// message stays here until a later change (etcd's or this node's).
+    local_only: bool,
 }
 
 impl LocalWrites {
     /// The topic was set here; returns the change's generation.
-    fn begin(&mut self, topic: &str) -> u64 {
+    fn begin(&mut self, topic: &str, local_only: bool) -> u64 {
         self.next_generation += 1;
         let write = LocalWrite {
             generation: self.next_generation,
             revision: None,
+            local_only,
         };
         self.topics.insert(topic.to_owned(), write);
         write.generation
+    }
+
+    /// The change `generation` of `topic` was written at a revision not
+    /// known: from now on etcd decides.
+    fn forget(&mut self, topic: &str, generation: u64) {
+        if self
+            .topics
+            .get(topic)
+            .is_some_and(|w| w.generation == generation && !w.local_only)
+        {
+            self.topics.remove(topic);
+        }
     }
 
     /// The change `generation` of `topic` is in etcd at `revision` (unless
@@ -85,21 +105,31 @@ impl LocalWrites {
     /// Whether an etcd event of `topic` at `revision` may change the local
     /// index: yes unless a local change is newer than it.
     fn admit(&mut self, topic: &str, revision: i64) -> bool {
-        match self.topics.get(topic) {
-            None => true,
-            Some(write) if write.revision.is_some_and(|at| revision >= at) => {
-                self.topics.remove(topic);
-                true
-            }
-            Some(_) => false,
+        let Some(write) = self.topics.get(topic) else {
+            return true;
+        };
+        let Some(at) = write.revision else {
+            return false;
+        };
+        // A message kept here only outlives the delete it wrote, and gives
+        // way to anything after it.
+        let newer = if write.local_only {
+            revision > at
+        } else {
+            revision >= at
+        };
+        if newer {
+            self.topics.remove(topic);
         }
+        newer
     }
 
     /// The mirror holds every change up to `revision`: local changes
-    /// written at or before it are etcd's too.
+    /// written at or before it are etcd's too (but a message kept only
+    /// here is not).
     fn caught_up(&mut self, revision: i64) {
         self.topics
-            .retain(|_, write| write.revision.is_none_or(|at| at > revision));
+            .retain(|_, write| write.local_only || write.revision.is_none_or(|at| at > revision));
     }
 }
 
@@ -119,7 +149,17 @@ impl RetainedWriter {
             let batch: Vec<(String, Option<Vec<u8>>, u64)> = {
                 let mut state = self.state.lock();
                 let Writes { pending, local } = &mut *state;
-                let topics: Vec<String> = pending.keys().take(TXN_OPS).cloned().collect();
+                let mut bytes = 0;
+                let topics: Vec<String> = pending
+                    .iter()
+                    .take(TXN_OPS)
+                    .take_while(|(_, record)| {
+                        let first = bytes == 0;
+                        bytes += record.as_ref().map_or(0, Vec::len).max(1);
+                        first || bytes <= TXN_BYTES
+                    })
+                    .map(|(topic, _)| topic.clone())
+                    .collect();
                 topics
                     .into_iter()
                     .filter_map(|t| pending.remove_entry(&t))
@@ -147,10 +187,12 @@ impl RetainedWriter {
                 Ok(response) => {
                     backoff.reset();
                     debug!(changes = batch.len(), "retained messages written");
-                    if let Some(revision) = response.header().map(|h| h.revision()) {
-                        let local = &mut self.state.lock().local;
-                        for (topic, _, generation) in &batch {
-                            local.written(topic, *generation, revision);
+                    let revision = response.header().map(|h| h.revision());
+                    let local = &mut self.state.lock().local;
+                    for (topic, _, generation) in &batch {
+                        match revision {
+                            Some(revision) => local.written(topic, *generation, revision),
+                            None => local.forget(topic, *generation),
                         }
                     }
                 }
@@ -170,18 +212,24 @@ impl RetainedWriter {
 }
 
 impl RetainedReplicator for RetainedWriter {
-    fn replicate(&self, message: &Arc<Message>) {
-        let record = if message.payload.is_empty() {
+    fn replicate(&self, message: &Arc<Message>, store_here: &mut dyn FnMut()) {
+        let too_large = message.payload.len() > MAX_SHARED_RETAINED;
+        let record = if message.payload.is_empty() || too_large {
+            // Too large: the other nodes drop the older message they have
+            // rather than keep serving it as the topic's current one.
             None
-        } else if message.payload.len() > MAX_SHARED_RETAINED {
-            warn!(topic = %message.topic, size = message.payload.len(), "retained message too large to share with the cluster; kept on this node only");
-            return;
         } else {
             Some(encode(message))
         };
+        if too_large {
+            warn!(topic = %message.topic, size = message.payload.len(), "retained message too large to share with the cluster; kept on this node only, cleared on the others");
+        }
         let mut state = self.state.lock();
-        state.local.begin(&message.topic);
+        state.local.begin(&message.topic, too_large);
         state.pending.insert(message.topic.to_string(), record);
+        // Under the lock: an event from etcd is applied either before (and
+        // overwritten now) or after, against the change just begun.
+        store_here();
         drop(state);
         self.wake.notify_one();
     }
@@ -242,16 +290,24 @@ pub struct RetainedSink {
 
 impl MirrorSink for RetainedSink {
     fn reset(&mut self, entries: Vec<(String, Vec<u8>)>, revision: i64) {
-        let messages = entries
+        // Built before taking any lock: it may hold many messages.
+        let mut fresh = RetainedStore::default();
+        for message in entries
             .iter()
             .filter(|(k, _)| self.keys.parse_retained(k).is_some())
             .filter_map(|(_, v)| decode(v))
-            .collect();
-        let mut state = self.writer.state.lock();
-        state.local.caught_up(revision);
-        // Local changes etcd does not have yet stay as they are here.
-        let newer_here: Vec<&str> = state.local.topics.keys().map(String::as_str).collect();
-        self.broker.router.replace_retained(messages, &newer_here);
+        {
+            fresh.set(message);
+        }
+        let replaced = {
+            let mut state = self.writer.state.lock();
+            state.local.caught_up(revision);
+            // Local changes etcd does not have yet stay as they are here.
+            let newer_here: Vec<&str> = state.local.topics.keys().map(String::as_str).collect();
+            self.broker.router.replace_retained(fresh, &newer_here)
+        };
+        // The old index is freed outside the locks.
+        drop(replaced);
     }
 
     fn put(&mut self, key: &str, value: &[u8], revision: i64) {
@@ -296,7 +352,7 @@ mod tests {
     fn events_older_than_a_local_change_are_kept_out_until_it_comes_back() {
         let mut local = LocalWrites::default();
         assert!(local.admit("t", 3), "no local change: etcd decides");
-        let first = local.begin("t");
+        let first = local.begin("t", false);
         assert!(
             !local.admit("t", 4),
             "written nowhere yet: anything is older"
@@ -310,8 +366,8 @@ mod tests {
     #[test]
     fn a_newer_local_change_outranks_the_echo_of_an_older_one() {
         let mut local = LocalWrites::default();
-        let first = local.begin("t");
-        let second = local.begin("t");
+        let first = local.begin("t", false);
+        let second = local.begin("t", false);
         local.written("t", first, 10);
         assert!(!local.admit("t", 10), "the older change's echo");
         local.written("t", second, 12);
@@ -325,14 +381,43 @@ mod tests {
     #[test]
     fn catching_up_forgets_changes_etcd_has() {
         let mut local = LocalWrites::default();
-        let a = local.begin("a");
-        let b = local.begin("b");
-        local.begin("c");
+        let a = local.begin("a", false);
+        let b = local.begin("b", false);
+        local.begin("c", false);
         local.written("a", a, 5);
         local.written("b", b, 9);
         local.caught_up(7);
         let mut left: Vec<&str> = local.topics.keys().map(String::as_str).collect();
         left.sort();
         assert_eq!(left, ["b", "c"], "b written after 7, c not written yet");
+    }
+
+    #[test]
+    fn a_message_kept_only_here_outlives_its_delete_and_gives_way_after() {
+        let mut local = LocalWrites::default();
+        let big = local.begin("t", true);
+        local.written("t", big, 10);
+        assert!(
+            !local.admit("t", 10),
+            "the delete written for the other nodes"
+        );
+        local.caught_up(20);
+        assert!(
+            local.topics.contains_key("t"),
+            "kept across catching up and resyncs"
+        );
+        assert!(local.admit("t", 21), "another node's later message");
+        assert!(local.topics.is_empty());
+    }
+
+    #[test]
+    fn a_write_at_an_unknown_revision_leaves_the_decision_to_etcd() {
+        let mut local = LocalWrites::default();
+        let first = local.begin("t", false);
+        let second = local.begin("t", false);
+        local.forget("t", first);
+        assert!(!local.admit("t", 5), "a newer change is still on its way");
+        local.forget("t", second);
+        assert!(local.admit("t", 5));
     }
 }

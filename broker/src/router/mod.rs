@@ -282,10 +282,11 @@ impl Router {
     /// Stores (or clears) a retained message published on this node, and
     /// shares it with the cluster.
     pub fn retain(&self, message: Arc<Message>) {
-        if let Some(replicator) = self.replicator.get() {
-            replicator.replicate(&message);
+        let mut store_here = || self.retained.write().set(message.clone());
+        match self.replicator.get() {
+            Some(replicator) => replicator.replicate(&message, &mut store_here),
+            None => store_here(),
         }
-        self.retained.write().set(message);
     }
 
     /// Stores (or clears) a retained message without sharing it: the
@@ -294,14 +295,11 @@ impl Router {
         self.retained.write().set(message);
     }
 
-    /// Replaces every retained message (a resynchronisation with the
-    /// cluster's copy), except those of the topics in `keep`, which stay as
-    /// they are here (changed here, not in the copy yet).
-    pub fn replace_retained(&self, messages: Vec<Arc<Message>>, keep: &[&str]) {
-        let mut store = RetainedStore::default();
-        for message in messages {
-            store.set(message);
-        }
+    /// Replaces every retained message with `store`'s (a
+    /// resynchronisation with the cluster's copy), except those of the
+    /// topics in `keep`, which stay as they are here (changed here, not in
+    /// the copy yet). Returns the index replaced, for the caller to free.
+    pub fn replace_retained(&self, mut store: RetainedStore, keep: &[&str]) -> RetainedStore {
         let mut current = self.retained.write();
         let now = Instant::now();
         for topic in keep {
@@ -310,7 +308,7 @@ impl Router {
                 None => store.remove(topic),
             }
         }
-        current.replace_with(store);
+        current.replace_with(store)
     }
 
     pub fn set_retained_replicator(&self, replicator: Arc<dyn RetainedReplicator>) {

@@ -63,10 +63,11 @@ impl RetainedStore {
     }
 
     /// Takes `next`'s messages, and a version newer than this one's (a
-    /// reader that compares versions must see the change).
-    pub fn replace_with(&mut self, mut next: RetainedStore) {
+    /// reader that compares versions must see the change); returns the
+    /// messages it had.
+    pub fn replace_with(&mut self, mut next: RetainedStore) -> RetainedStore {
         next.version = self.version + 1;
-        *self = next;
+        std::mem::replace(self, next)
     }
 
     /// Clears the retained message of `topic`, if any.

@@ -144,6 +144,7 @@ impl RouteStore for LocalRouteStore {
 /// Shares retained messages with the other nodes (cluster mode).
 pub trait RetainedReplicator: Send + Sync + 'static {
     /// A retained message was set (or cleared, with an empty payload) on
-    /// this node.
-    fn replicate(&self, message: &Arc<crate::message::Message>);
+    /// this node; `store_here` puts it in this node's index, called while
+    /// nothing the replicator applies from the cluster can interleave.
+    fn replicate(&self, message: &Arc<crate::message::Message>, store_here: &mut dyn FnMut());
 }
