@@ -224,3 +224,49 @@ def test_pending_delayed_will_cancelled_by_resuming_on_other_node(cluster, paho)
     assert time.monotonic() - t_stayer >= 1.9, "will published before its delay"
     late = watcher.collect_quiet(1.0)
     assert [m.payload for m in late] == [], "the mover's will was published although it came back"
+
+
+def test_disconnect_of_a_held_back_publisher_counts_when_it_is_taken_over(cluster, paho):
+    """MQTT-3.1.2-8 / MQTT-3.14.4-3: a client that sent a normal DISCONNECT has no will
+    published. Here its DISCONNECT sits behind PUBLISHes that n1 has stopped reading because the
+    peer link to n2 is full (n2 frozen with SIGSTOP: backpressure), when a takeover of its client
+    id kicks the connection. The packets that arrived before the kick still count (as they do for
+    a publisher that is not held back), so the DISCONNECT is seen and the will is not sent."""
+    import os
+    import signal
+
+    import rawmqtt as r
+
+    # The etcd directory: the takeover on n1 needs nothing from the frozen n2.
+    c = cluster(2, route_sync=True, client_directory="etcd")
+    n1, n2 = c
+    sink = paho(n2, "held-sink")
+    sink.subscribe("held/#", 0)
+    witness = paho(n1, "held-witness")
+    witness.subscribe("heldwill/#", 0)
+    publisher = r.RawClient(n1.host, n1.port, version=5)
+    try:
+        publisher.connect("held-pub", will_topic="heldwill/p", will_payload=b"will", will_qos=0)
+        os.kill(n2.pid, signal.SIGSTOP)
+        try:
+            chunk = b"".join(r.publish("held/x", b"0123456789", version=5) for _ in range(2000))
+            counters = lambda: n1.info()["counters"]  # noqa: E731
+            held = lambda: counters()["forward_held_back"] > 0  # noqa: E731
+            received = counters()["messages_received"]
+            for _ in range(200):  # at most 400,000 small messages, bounded
+                publisher.send(chunk)
+                received += 2000
+                # One chunk at a time, so that little is left unread when n1 stops reading.
+                wait_for(lambda: held() or counters()["messages_received"] >= received, 10, 0.005,
+                         "n1 to read the chunk or hold the publisher back")
+                if held():
+                    break
+            assert held(), "n1 never held the publisher back"
+            publisher.send(r.disconnect(version=5))
+            # The takeover kicks the held-back connection.
+            paho(n1, "held-pub")
+            witness.assert_no_message(1.0)
+        finally:
+            os.kill(n2.pid, signal.SIGCONT)
+    finally:
+        publisher.sock.close()

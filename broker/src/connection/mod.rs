@@ -54,6 +54,9 @@ const READ_MIN: usize = 2 * 1024;
 const READ_MAX: usize = 64 * 1024;
 /// Deliveries taken from the mailbox per lock.
 const BATCH: usize = 64;
+/// Reads a kicked connection gets to deliver what its client sent before
+/// the kick (a DISCONNECT decides the will).
+const KICK_READS: usize = 16;
 /// How long a closing connection may take to flush its last packets.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// A timer deadline that never comes (`Duration::MAX` would overflow).
@@ -585,10 +588,35 @@ impl Connection {
             Kick::UseAnotherServer => ReasonCode::USE_ANOTHER_SERVER,
             Kick::Administrative(code) => code,
         };
-        match self.read_and_handle(false) {
-            Err(ending @ Ending::ClientDisconnect { .. }) => ending,
-            _ => Ending::ServerClose(code),
+        // What is buffered and what is already in the socket (a few reads
+        // at most) is handled, also for a publisher held back by a
+        // congested peer link, since the connection ends either way: its
+        // DISCONNECT may be behind the PUBLISHes it was not read for. A
+        // held-back publisher's PUBLISHes hold it back again after each
+        // batch, hence the loop.
+        let mut reads = 0;
+        loop {
+            self.held_back = None;
+            match self.handle_buffered() {
+                Err(ending @ Ending::ClientDisconnect { .. }) => return ending,
+                Err(_) => break,
+                Ok(handled) if handled > 0 => continue,
+                Ok(_) => {}
+            }
+            // Nothing complete left: read more.
+            if reads == KICK_READS {
+                break;
+            }
+            reads += 1;
+            if self.rbuf.capacity() - self.rbuf.len() < READ_MIN {
+                self.rbuf.reserve(READ_MAX);
+            }
+            match read_into(&self.stream, &mut self.rbuf, false) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
         }
+        Ending::ServerClose(code)
     }
 
     /// Hands the connection to the parking lot. `Some` when it must go on
