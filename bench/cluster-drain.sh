@@ -36,7 +36,11 @@ def node(port):
 before = node(ports[0])["sessions"]
 assert before == sessions, f"node 1 holds {before} sessions, expected {sessions}"
 start = time.monotonic()
-urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{ports[0]}/api/v1/node/drain", method="POST"), timeout=5)
+import os
+urllib.request.urlopen(urllib.request.Request(
+    f"http://127.0.0.1:{ports[0]}/api/v1/node/drain", method="POST",
+    headers={"Authorization": f"Bearer {os.environ['BENCH_ADMIN_TOKEN']}",
+             "Content-Type": "application/json"}), timeout=5)
 while node(ports[0])["state"] != "drained":
     if time.monotonic() - start > 300:
         sys.exit(f"not drained after 300 s: {node(ports[0])}")

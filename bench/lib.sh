@@ -114,6 +114,9 @@ start_cluster() {
     BROKER_PORTS=
     BROKER_NODE_PIDS=
     BROKER_ADMIN_PORTS=()
+    # The admin API's calls that change state (drain) need it.
+    BENCH_ADMIN_TOKEN=bench-admin-token-0123
+    export BENCH_ADMIN_TOKEN
     for ((i = 1; i <= CLUSTER_NODES; i++)); do
         if ((i == 1)); then node_port=$port; else node_port=$(free_port); fi
         local node_peer node_admin
@@ -123,6 +126,7 @@ start_cluster() {
         "$STARLING_BIN" --node-id "n$i" --cluster bench --etcd "http://127.0.0.1:$client_port" \
             --listen "127.0.0.1:$node_port" --peer-listen "127.0.0.1:$node_peer" \
             --admin-listen "127.0.0.1:$node_admin" --peer-token bench-token \
+            --admin-token "$BENCH_ADMIN_TOKEN" \
             --route-sync "${BENCH_ROUTE_SYNC:-true}" $(starling_limits) ${BENCH_NODE_ARGS:-} \
             >"$dir/starling-n$i.log" 2>&1 &
         BROKER_NODE_PIDS+="${BROKER_NODE_PIDS:+ }$!"

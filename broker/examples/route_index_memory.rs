@@ -30,7 +30,11 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
     let keys = Keys::new("scale");
-    let index = RouteIndex::new("me", keys.clone());
+    let index = RouteIndex::new(
+        "me",
+        keys.clone(),
+        starling::Config::default().topic_limits(),
+    );
     let mut sink = index.sink();
     // The keys, built before the first reading: they are the watch's, not
     // the index's.

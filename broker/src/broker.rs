@@ -28,6 +28,8 @@ pub struct Broker {
     /// Where idle connections wait without a task; started by the first
     /// one (`None`: it could not start).
     pub(crate) parking: std::sync::OnceLock<Option<crate::connection::parking::ParkingLot>>,
+    /// What read buffers hold beyond their everyday size, broker-wide.
+    pub read_budget: Arc<crate::connection::read_budget::ReadBudget>,
 }
 
 /// Where a node is in its life (`/readyz`, the node record, the admin API).
@@ -69,8 +71,11 @@ impl Broker {
         forwarder: Option<Arc<dyn Forwarder>>,
         metrics: Arc<Metrics>,
     ) -> Arc<Broker> {
+        let read_budget =
+            crate::connection::read_budget::ReadBudget::new(config.max_read_buffer_bytes);
         Arc::new(Broker {
-            router: Router::new(store, forwarder, metrics.clone()),
+            router: Router::new(store, forwarder, metrics.clone())
+                .with_retained_limits(config.max_retained_messages, config.max_retained_bytes),
             sessions: SessionRegistry::default(),
             config,
             metrics,
@@ -79,6 +84,7 @@ impl Broker {
             state: AtomicU8::new(NodeState::Serving as u8),
             directory: std::sync::OnceLock::new(),
             parking: std::sync::OnceLock::new(),
+            read_budget,
         })
     }
 

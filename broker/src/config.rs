@@ -34,6 +34,42 @@ pub enum ClientDirectoryKind {
     Etcd,
 }
 
+/// The shortest admin token accepted: one a person would type is guessable.
+pub const MIN_ADMIN_TOKEN_LENGTH: usize = 16;
+
+/// The highest `max_topic_levels` accepted. Walks of the topic tries may
+/// recurse once per level; this keeps their depth a small constant that
+/// no configuration, and no input, can raise.
+pub const MAX_TOPIC_LEVELS_CEILING: usize = 1024;
+
+/// The length and level limits every topic name and filter that enters
+/// the broker obeys: from a client (PUBLISH, SUBSCRIBE, will), from etcd
+/// (retained messages, routes) or from a peer (a moved session).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicLimits {
+    pub max_length: usize,
+    pub max_levels: usize,
+}
+
+impl TopicLimits {
+    /// Whether `topic` (a name or a filter, `$share/<group>/` included)
+    /// is within both limits.
+    pub fn admit(&self, topic: &str) -> bool {
+        // A topic of n bytes has at most n + 1 levels: only one at least as
+        // long as the level limit needs its levels counted.
+        topic.len() <= self.max_length
+            && (topic.len() < self.max_levels
+                || starling_codec::topic::level_count(topic) <= self.max_levels)
+    }
+}
+
+/// Whether `topic` is `$SYS` or below it: the broker's own topics.
+pub fn is_sys_topic(topic: &str) -> bool {
+    topic
+        .strip_prefix("$SYS")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The merged configuration the broker runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -42,6 +78,10 @@ pub struct Config {
     pub max_packet_size: u32,
     pub max_inflight: u16,
     pub max_queued_messages: usize,
+    pub max_pending_connects: usize,
+    pub incomplete_packet_timeout_secs: u64,
+    pub max_read_buffer_bytes: usize,
+    pub max_queued_bytes: usize,
     pub queue_qos0: bool,
     pub queue_drop_policy: DropPolicy,
     pub max_keep_alive: u16,
@@ -49,6 +89,9 @@ pub struct Config {
     pub max_topic_length: usize,
     pub max_topic_levels: usize,
     pub max_subscriptions_per_client: usize,
+    pub client_dollar_topics: bool,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
     pub topic_alias_maximum: u16,
     pub max_awaiting_rel: usize,
     pub connect_timeout_secs: u64,
@@ -88,6 +131,11 @@ pub struct Config {
     pub lease_ttl_secs: u64,
     /// Admin HTTP API (health, readiness, node status, drain); off if unset.
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token for the admin API's calls that change state or reveal
+    /// client data (also `STARLING_ADMIN_TOKEN`); see [`Config::admin_token`].
+    pub admin_token: Option<String>,
+    /// A file holding that token (a mounted Secret); wins over `admin_token`.
+    pub admin_token_file: Option<PathBuf>,
     /// Server Reference sent to v5 clients told to use another server
     /// (drain), e.g. the cluster's Service address.
     pub server_reference: Option<String>,
@@ -124,13 +172,20 @@ impl Default for Config {
             max_packet_size: 1024 * 1024,
             max_inflight: 32,
             max_queued_messages: 1000,
+            max_pending_connects: 4096,
+            incomplete_packet_timeout_secs: 30,
+            max_read_buffer_bytes: 256 * 1024 * 1024,
+            max_queued_bytes: 64 * 1024 * 1024,
             queue_qos0: true,
             queue_drop_policy: DropPolicy::Oldest,
             max_keep_alive: 65_535,
             max_session_expiry: 7200,
             max_topic_length: 65_535,
             max_topic_levels: 128,
-            max_subscriptions_per_client: 0,
+            max_subscriptions_per_client: 1000,
+            client_dollar_topics: false,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 512 * 1024 * 1024,
             topic_alias_maximum: 1024,
             max_awaiting_rel: 100,
             connect_timeout_secs: 10,
@@ -154,6 +209,8 @@ impl Default for Config {
             peer_tls_reload_secs: 30,
             lease_ttl_secs: 5,
             admin_listen: None,
+            admin_token: None,
+            admin_token_file: None,
             server_reference: None,
             drain_rate: 500,
             drain_session_wait_secs: 5,
@@ -169,6 +226,46 @@ impl Default for Config {
 
 impl Config {
     /// How long a connection stays idle before it parks, if it ever does.
+    pub fn topic_limits(&self) -> TopicLimits {
+        TopicLimits {
+            max_length: self.max_topic_length,
+            max_levels: self.max_topic_levels,
+        }
+    }
+
+    /// Whether a client may publish, retain or leave a will on `topic`:
+    /// never on `$SYS/…` (nobody may forge the broker's own reports), on
+    /// other `$` topics only with `client_dollar_topics` (MQTT 5.0 §4.7.2:
+    /// they are the server's).
+    pub fn client_may_publish(&self, topic: &str) -> bool {
+        !topic.starts_with('$') || (self.client_dollar_topics && !is_sys_topic(topic))
+    }
+
+    /// The admin API token: the content of `admin_token_file` (surrounding
+    /// white space trimmed) or `admin_token`; `None` when neither is set.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let (key, token) = match (&self.admin_token_file, &self.admin_token) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Invalid {
+                    key: "admin_token_file",
+                    problem: format!("cannot read {}: {error}", path.display()),
+                })?;
+                ("admin_token_file", text.trim().to_string())
+            }
+            (None, Some(token)) => ("admin_token", token.clone()),
+            (None, None) => return Ok(None),
+        };
+        if token.len() < MIN_ADMIN_TOKEN_LENGTH {
+            return Err(ConfigError::Invalid {
+                key,
+                problem: format!(
+                    "the token must be at least {MIN_ADMIN_TOKEN_LENGTH} characters long"
+                ),
+            });
+        }
+        Ok(Some(token))
+    }
+
     pub fn park_idle_after(&self) -> Option<std::time::Duration> {
         (self.park_idle_after_ms > 0)
             .then(|| std::time::Duration::from_millis(self.park_idle_after_ms))
@@ -219,6 +316,10 @@ pub struct FileConfig {
     pub max_packet_size: Option<u32>,
     pub max_inflight: Option<u16>,
     pub max_queued_messages: Option<usize>,
+    pub max_pending_connects: Option<usize>,
+    pub incomplete_packet_timeout_secs: Option<u64>,
+    pub max_read_buffer_bytes: Option<usize>,
+    pub max_queued_bytes: Option<usize>,
     pub queue_qos0: Option<bool>,
     pub queue_drop_policy: Option<DropPolicy>,
     pub max_keep_alive: Option<u16>,
@@ -226,6 +327,9 @@ pub struct FileConfig {
     pub max_topic_length: Option<usize>,
     pub max_topic_levels: Option<usize>,
     pub max_subscriptions_per_client: Option<usize>,
+    pub client_dollar_topics: Option<bool>,
+    pub max_retained_messages: Option<usize>,
+    pub max_retained_bytes: Option<usize>,
     pub topic_alias_maximum: Option<u16>,
     pub max_awaiting_rel: Option<usize>,
     pub connect_timeout_secs: Option<u64>,
@@ -249,6 +353,8 @@ pub struct FileConfig {
     pub peer_tls_reload_secs: Option<u64>,
     pub lease_ttl_secs: Option<u64>,
     pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
     pub server_reference: Option<String>,
     pub drain_rate: Option<u32>,
     pub drain_session_wait_secs: Option<u64>,
@@ -287,6 +393,22 @@ pub struct Cli {
     /// Most messages queued per session beyond the inflight window.
     #[arg(long, env = "STARLING_MAX_QUEUED_MESSAGES", value_name = "N")]
     pub max_queued_messages: Option<usize>,
+    /// Most connections accepted that have not completed CONNECT yet; more are closed at once.
+    #[arg(long, env = "STARLING_MAX_PENDING_CONNECTS", value_name = "N")]
+    pub max_pending_connects: Option<usize>,
+    /// Seconds a packet may take to arrive once its first byte has (whatever the keep-alive).
+    #[arg(
+        long,
+        env = "STARLING_INCOMPLETE_PACKET_TIMEOUT_SECS",
+        value_name = "SECS"
+    )]
+    pub incomplete_packet_timeout_secs: Option<u64>,
+    /// Broker-wide bytes of read buffers beyond 64 KiB each (large packets arriving).
+    #[arg(long, env = "STARLING_MAX_READ_BUFFER_BYTES", value_name = "BYTES")]
+    pub max_read_buffer_bytes: Option<usize>,
+    /// Most payload and topic bytes queued per session beyond the inflight window.
+    #[arg(long, env = "STARLING_MAX_QUEUED_BYTES", value_name = "BYTES")]
+    pub max_queued_bytes: Option<usize>,
     /// Queue QoS 0 messages for disconnected persistent sessions.
     #[arg(long, env = "STARLING_QUEUE_QOS0", value_name = "BOOL")]
     pub queue_qos0: Option<bool>,
@@ -309,6 +431,16 @@ pub struct Cli {
     /// Most subscriptions per client (0: unlimited).
     #[arg(long, env = "STARLING_MAX_SUBSCRIPTIONS_PER_CLIENT", value_name = "N")]
     pub max_subscriptions_per_client: Option<usize>,
+    /// Let clients publish, retain and leave wills on `$` topics other
+    /// than `$SYS/…` (which stays the broker's own).
+    #[arg(long, env = "STARLING_CLIENT_DOLLAR_TOPICS", value_name = "BOOL")]
+    pub client_dollar_topics: Option<bool>,
+    /// Most retained messages (topics) stored; a new one beyond is refused (v5: 0x97).
+    #[arg(long, env = "STARLING_MAX_RETAINED_MESSAGES", value_name = "N")]
+    pub max_retained_messages: Option<usize>,
+    /// Most payload and topic bytes of retained messages stored; beyond, refused (v5: 0x97).
+    #[arg(long, env = "STARLING_MAX_RETAINED_BYTES", value_name = "BYTES")]
+    pub max_retained_bytes: Option<usize>,
     /// Topic Alias Maximum announced to v5 clients (0 disables aliases).
     #[arg(long, env = "STARLING_TOPIC_ALIAS_MAXIMUM", value_name = "N")]
     pub topic_alias_maximum: Option<u16>,
@@ -388,6 +520,18 @@ pub struct Cli {
     /// Admin HTTP listener (health, readiness, node status, drain).
     #[arg(long, env = "STARLING_ADMIN_LISTEN", value_name = "HOST:PORT")]
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API asks of calls that change state or reveal
+    /// client data (drain, client lookups). Without one they are refused.
+    #[arg(
+        long,
+        env = "STARLING_ADMIN_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// File holding the admin API token (wins over --admin-token).
+    #[arg(long, env = "STARLING_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Server Reference given to v5 clients sent away by a drain.
     #[arg(long, env = "STARLING_SERVER_REFERENCE", value_name = "HOST:PORT")]
     pub server_reference: Option<String>,
@@ -473,6 +617,22 @@ impl Config {
                 .max_queued_messages
                 .or(file.max_queued_messages)
                 .unwrap_or(d.max_queued_messages),
+            max_pending_connects: cli
+                .max_pending_connects
+                .or(file.max_pending_connects)
+                .unwrap_or(d.max_pending_connects),
+            incomplete_packet_timeout_secs: cli
+                .incomplete_packet_timeout_secs
+                .or(file.incomplete_packet_timeout_secs)
+                .unwrap_or(d.incomplete_packet_timeout_secs),
+            max_read_buffer_bytes: cli
+                .max_read_buffer_bytes
+                .or(file.max_read_buffer_bytes)
+                .unwrap_or(d.max_read_buffer_bytes),
+            max_queued_bytes: cli
+                .max_queued_bytes
+                .or(file.max_queued_bytes)
+                .unwrap_or(d.max_queued_bytes),
             queue_qos0: cli.queue_qos0.or(file.queue_qos0).unwrap_or(d.queue_qos0),
             queue_drop_policy: cli
                 .queue_drop_policy
@@ -498,6 +658,18 @@ impl Config {
                 .max_subscriptions_per_client
                 .or(file.max_subscriptions_per_client)
                 .unwrap_or(d.max_subscriptions_per_client),
+            max_retained_messages: cli
+                .max_retained_messages
+                .or(file.max_retained_messages)
+                .unwrap_or(d.max_retained_messages),
+            max_retained_bytes: cli
+                .max_retained_bytes
+                .or(file.max_retained_bytes)
+                .unwrap_or(d.max_retained_bytes),
+            client_dollar_topics: cli
+                .client_dollar_topics
+                .or(file.client_dollar_topics)
+                .unwrap_or(d.client_dollar_topics),
             topic_alias_maximum: cli
                 .topic_alias_maximum
                 .or(file.topic_alias_maximum)
@@ -546,6 +718,8 @@ impl Config {
                 .or(file.lease_ttl_secs)
                 .unwrap_or(d.lease_ttl_secs),
             admin_listen: cli.admin_listen.or(file.admin_listen),
+            admin_token: cli.admin_token.or(file.admin_token),
+            admin_token_file: cli.admin_token_file.or(file.admin_token_file),
             server_reference: cli.server_reference.or(file.server_reference),
             drain_rate: cli.drain_rate.or(file.drain_rate).unwrap_or(d.drain_rate),
             drain_session_wait_secs: cli
@@ -606,11 +780,40 @@ impl Config {
         if self.max_queued_messages == 0 {
             return invalid("max_queued_messages", "must be at least 1");
         }
+        if self.max_retained_messages == 0 {
+            return invalid("max_retained_messages", "must be at least 1");
+        }
+        if self.max_pending_connects == 0 {
+            return invalid("max_pending_connects", "must be at least 1");
+        }
+        if self.incomplete_packet_timeout_secs == 0 || self.incomplete_packet_timeout_secs > 3600 {
+            return invalid(
+                "incomplete_packet_timeout_secs",
+                "must be between 1 and 3600",
+            );
+        }
+        // One packet of the largest size must fit, or large packets could
+        // never be read at all.
+        if self.max_read_buffer_bytes < self.max_packet_size as usize {
+            return invalid(
+                "max_read_buffer_bytes",
+                "must be at least max_packet_size, or the largest packets could never be read",
+            );
+        }
+        if self.max_queued_bytes < self.max_packet_size as usize {
+            return invalid(
+                "max_queued_bytes",
+                "must be at least max_packet_size, or the largest messages could never be queued",
+            );
+        }
         if self.max_topic_length == 0 || self.max_topic_length > 65_535 {
             return invalid("max_topic_length", "must be between 1 and 65535");
         }
-        if self.max_topic_levels == 0 {
-            return invalid("max_topic_levels", "must be at least 1");
+        if self.max_topic_levels == 0 || self.max_topic_levels > MAX_TOPIC_LEVELS_CEILING {
+            return invalid(
+                "max_topic_levels",
+                &format!("must be between 1 and {MAX_TOPIC_LEVELS_CEILING}"),
+            );
         }
         if self.max_awaiting_rel == 0 {
             return invalid("max_awaiting_rel", "must be at least 1");
@@ -693,6 +896,7 @@ impl Config {
         if self.etcd_password.is_some() && self.etcd_username.is_none() {
             return invalid("etcd_password", "needs etcd_username too");
         }
+        self.admin_token()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return invalid("log_level", "not a level or tracing filter directive");
         }

@@ -10,6 +10,7 @@ pub mod drain;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod open_files;
 pub mod read_mostly;
 pub mod router;
 pub mod server;

@@ -149,8 +149,27 @@ counters! {
     protocol_errors,
     /// Connections refused at CONNECT (limits, identifiers, versions).
     connects_refused,
+    /// Connections accepted that have not completed CONNECT yet.
+    pending_connects,
+    /// Connections closed at accept: `max_pending_connects` were pending.
+    pending_connects_refused,
+    /// Connections closed because a packet stayed incomplete for
+    /// `incomplete_packet_timeout_secs`.
+    incomplete_packet_timeouts,
+    /// Connections closed because their read buffer would have taken the
+    /// broker past `max_read_buffer_bytes`.
+    read_budget_exceeded,
     /// Wills published.
     wills_published,
+    /// Retained messages not stored: `max_retained_messages` or
+    /// `max_retained_bytes` reached (v5 QoS 1/2: refused with 0x97).
+    retained_refused,
+    /// PUBLISHes from clients refused for their topic (`$SYS/…`, and other
+    /// `$` topics unless `client_dollar_topics`); v5 QoS 1/2 get 0x87.
+    publishes_denied,
+    /// Timer tasks of offline sessions (expiry, will delay) alive now: at
+    /// most one per offline session.
+    session_timers,
     /// Messages for other nodes taken by their peer link to be sent.
     forwarded,
     /// Messages for other nodes that could not be forwarded (link down,

@@ -27,6 +27,7 @@ pub enum ServerError {
 /// In cluster mode the signal first drains the node, so that its clients
 /// move to other nodes before it goes.
 pub async fn run(config: Config) -> Result<(), ServerError> {
+    crate::open_files::raise_limit(&config);
     let (broker, cluster) = if config.cluster_mode() {
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let cluster = crate::cluster::Cluster::connect(&config, metrics.clone()).await?;

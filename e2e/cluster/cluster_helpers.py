@@ -48,6 +48,8 @@ READY_TIMEOUT = float(os.environ.get("STARLING_TEST_READY_TIMEOUT", "20"))
 # HTTP listener does not exist yet).
 READINESS = os.environ.get("STARLING_TEST_READINESS", "admin")
 # Lease TTL given to the brokers unless a test asks for another one.
+# The admin API token every test node is started with (--admin-token).
+ADMIN_TOKEN = "cluster-test-admin-token"
 DEFAULT_LEASE_TTL = int(os.environ.get("STARLING_TEST_LEASE_TTL", "2"))
 # Payload prefix of probe messages (route readiness, propagation delay).
 PROBE = b"\x00probe:"
@@ -308,6 +310,7 @@ class Node:
         ]
         if c.peer_token:
             cmd += ["--peer-token", c.peer_token]
+        cmd += ["--admin-token", ADMIN_TOKEN]
         opts = dict(self.opts)
         if "log_level" not in opts and os.environ.get("STARLING_TEST_LOG_LEVEL"):
             opts["log_level"] = os.environ["STARLING_TEST_LOG_LEVEL"]
@@ -449,8 +452,12 @@ class Node:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 timeout: float = 3.0) -> tuple[int | None, bytes]:
-        """(status, body); status None if the connection failed."""
-        req = urllib.request.Request(self.admin_url(path), data=body, method=method)
+        """(status, body); status None if the connection failed. Every call carries the admin
+        token, and a POST says its body is JSON, as the admin API asks."""
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        if method == "POST":
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.admin_url(path), data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read()

@@ -42,7 +42,7 @@ from cluster_helpers import (  # noqa: E402
 )
 
 FEATURES = ("harness", "membership", "routes", "forwarding", "shared", "retained", "takeover", "drain",
-            "outage", "partition", "security", "directory")
+            "outage", "partition", "security", "directory", "hardening")
 
 _MEASUREMENTS: list[tuple[str, str, float, str]] = []
 

@@ -87,6 +87,15 @@ STARLING_FLAGS = {
     "topic_alias_maximum": "--topic-alias-maximum",
     "max_awaiting_rel": "--max-awaiting-rel",
     "log_level": "--log-level",
+    "client_dollar_topics": "--client-dollar-topics",
+    "admin_token": "--admin-token",
+    "admin_token_file": "--admin-token-file",
+    "max_pending_connects": "--max-pending-connects",
+    "incomplete_packet_timeout_secs": "--incomplete-packet-timeout-secs",
+    "max_read_buffer_bytes": "--max-read-buffer-bytes",
+    "max_queued_bytes": "--max-queued-bytes",
+    "max_retained_messages": "--max-retained-messages",
+    "max_retained_bytes": "--max-retained-bytes",
 }
 
 # Mosquitto equivalents. Defaults mirror Starling's defaults so that tests see

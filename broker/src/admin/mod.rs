@@ -1,12 +1,19 @@
 //! The admin HTTP API: liveness, readiness, node status and drain.
 //!
-//! | route | answer |
-//! |---|---|
-//! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 200 while serving, 503 once draining |
-//! | `GET /api/v1/node` | JSON: node, state, counts, counters |
-//! | `POST /api/v1/node/drain` | 202: the drain started (or was running) |
-//! | `GET /api/v1/clients/{client_id}` | JSON: the node that has the client's session (`null`: none) |
+//! | route | answer | token |
+//! |---|---|---|
+//! | `GET /healthz` | 200 while the process serves | no |
+//! | `GET /readyz` | 200 while serving, 503 once draining | no |
+//! | `GET /api/v1/node` | JSON: node, state, counts, counters | no |
+//! | `POST /api/v1/node/drain` | 202: the drain started (or was running) | yes |
+//! | `GET /api/v1/clients/{client_id}` | JSON: the node that has the client's session (`null`: none) | yes |
+//!
+//! Calls that change state or reveal client data need the admin token
+//! (`access`); the HTTP connections themselves are bounded in number and
+//! in how long a request may take to arrive (`server`).
+
+mod access;
+mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +21,7 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -40,6 +48,10 @@ struct NodeView {
     sessions: u64,
     subscriptions: usize,
     retained: usize,
+    /// Payload and topic bytes of the retained messages.
+    retained_bytes: usize,
+    /// What read buffers hold beyond 64 KiB each (`max_read_buffer_bytes`).
+    read_buffer_bytes: usize,
     peers: usize,
     remote_routes: usize,
     unwritten_routes: usize,
@@ -54,24 +66,33 @@ pub async fn serve(
     broker: Arc<Broker>,
     cluster: Option<Arc<Cluster>>,
 ) -> std::io::Result<()> {
+    let token = match broker.config.admin_token() {
+        Ok(token) => token,
+        Err(error) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, error)),
+    };
+    if token.is_none() {
+        warn!(
+            "no admin token (admin_token_file or STARLING_ADMIN_TOKEN): drain and client lookups over the admin API are refused"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     info!(%addr, "admin API listening");
     let shutdown = broker.shutdown.clone();
+    let guarded = axum::Router::new()
+        .route("/api/v1/node/drain", post(start_drain))
+        .route("/api/v1/clients/{client_id}", get(client))
+        .route_layer(middleware::from_fn_with_state(
+            access::Token::new(token),
+            access::require_token,
+        ));
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/node", get(node))
-        .route("/api/v1/node/drain", post(start_drain))
-        .route("/api/v1/clients/{client_id}", get(client))
+        .merge(guarded)
+        .layer(middleware::from_fn(access::refuse_non_json_posts))
         .with_state(Admin { broker, cluster });
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            warn!(%error, "admin API stopped");
-        }
-    });
+    tokio::spawn(server::serve(listener, app, shutdown));
     Ok(())
 }
 
@@ -144,6 +165,8 @@ fn view(admin: &Admin) -> NodeView {
         sessions: broker.metrics.sessions.load(Ordering::Relaxed),
         subscriptions: broker.router.filter_count(),
         retained: broker.router.retained_count(),
+        retained_bytes: broker.router.retained_bytes(),
+        read_buffer_bytes: broker.read_budget.used(),
         peers: cluster.map_or(0, |c| c.forwarder.peer_count()),
         remote_routes: cluster.map_or(0, |c| c.index.len()),
         unwritten_routes: cluster.map_or(0, |c| c.routes.unwritten()),

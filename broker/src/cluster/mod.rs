@@ -208,7 +208,7 @@ impl Cluster {
 
         let keys = Keys::new(&config.cluster);
         let lease = lease::start(client.clone(), config.lease_ttl_secs);
-        let index = RouteIndex::new(&config.node_id, keys.clone());
+        let index = RouteIndex::new(&config.node_id, keys.clone(), config.topic_limits());
         let routes = EtcdRouteStore::new(
             &config.node_id,
             keys.clone(),

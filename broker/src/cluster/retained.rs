@@ -20,6 +20,7 @@ use super::convert::{Origins, from_wire, to_wire};
 use super::keys::Keys;
 use super::mirror::{Backoff, MirrorSink};
 use crate::broker::Broker;
+use crate::config::TopicLimits;
 use crate::message::Message;
 use crate::router::retained::RetainedStore;
 use crate::router::store::RetainedReplicator;
@@ -254,8 +255,23 @@ fn encode(message: &Message) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn decode(value: &[u8]) -> Option<Arc<Message>> {
-    let record = RetainedRecord::decode(value).ok()?;
+/// The message of a `retained/<topic>` record, unless it expired or is not
+/// one this node may hold: a record that breaks this node's topic limits
+/// (written by a node with other limits, or by hand) is skipped and logged.
+/// Every node reads every record, so one bad record must never be fatal.
+fn decode(topic: &str, value: &[u8], limits: TopicLimits) -> Option<Arc<Message>> {
+    if !limits.admit(topic) {
+        warn!(
+            topic_bytes = topic.len(),
+            topic_levels = starling_codec::topic::level_count(topic),
+            "retained record in etcd breaks max_topic_length or max_topic_levels: skipped"
+        );
+        return None;
+    }
+    let Ok(record) = RetainedRecord::decode(value) else {
+        warn!(topic, "retained record in etcd cannot be decoded: skipped");
+        return None;
+    };
     let mut wire = record.message?;
     if record.expires_at_ms > 0 {
         let left_ms = record
@@ -271,6 +287,13 @@ fn decode(value: &[u8]) -> Option<Arc<Message>> {
         wire.message_expiry_interval = None;
     }
     let mut message = from_wire(wire, &mut Origins::new(Arc::from("")))?.message;
+    if message.topic != topic {
+        warn!(
+            topic,
+            "retained record in etcd holds a message of another topic: skipped"
+        );
+        return None;
+    }
     // Just made, so not shared yet.
     let own = Arc::get_mut(&mut message)?;
     own.retain = true;
@@ -292,10 +315,10 @@ impl MirrorSink for RetainedSink {
     fn reset(&mut self, entries: Vec<(String, Vec<u8>)>, revision: i64) {
         // Built before taking any lock: it may hold many messages.
         let mut fresh = RetainedStore::default();
+        let limits = self.broker.config.topic_limits();
         for message in entries
             .iter()
-            .filter(|(k, _)| self.keys.parse_retained(k).is_some())
-            .filter_map(|(_, v)| decode(v))
+            .filter_map(|(key, value)| decode(self.keys.parse_retained(key)?, value, limits))
         {
             fresh.set(message);
         }
@@ -312,7 +335,7 @@ impl MirrorSink for RetainedSink {
 
     fn put(&mut self, key: &str, value: &[u8], revision: i64) {
         if let Some(topic) = self.keys.parse_retained(key)
-            && let Some(message) = decode(value)
+            && let Some(message) = decode(topic, value, self.broker.config.topic_limits())
         {
             let mut state = self.writer.state.lock();
             if state.local.admit(topic, revision) {
@@ -326,7 +349,9 @@ impl MirrorSink for RetainedSink {
     }
 
     fn delete(&mut self, key: &str, revision: i64) {
-        if let Some(topic) = self.keys.parse_retained(key) {
+        if let Some(topic) = self.keys.parse_retained(key)
+            && self.broker.config.topic_limits().admit(topic)
+        {
             let mut state = self.writer.state.lock();
             if !state.local.admit(topic, revision) {
                 return;

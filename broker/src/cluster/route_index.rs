@@ -11,9 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use smallvec::SmallVec;
+use starling_codec::topic::parse_filter;
+use tracing::warn;
 
 use super::keys::Keys;
 use super::mirror::MirrorSink;
+use crate::config::TopicLimits;
 use crate::message::ShareKey;
 
 /// Hashed on every publish: foldhash rather than SipHash (see the trie).
@@ -259,6 +262,8 @@ fn collect<'a, 'b>(
 pub struct RouteIndex {
     own_node: String,
     keys: Keys,
+    /// Routes whose filter breaks these are not indexed (see `admit`).
+    limits: TopicLimits,
     trie: RwLock<Trie>,
     /// Bumped with every change of the trie, under its write lock: an
     /// answer of [`matching`](RouteIndex::matching) read at one version
@@ -267,10 +272,11 @@ pub struct RouteIndex {
 }
 
 impl RouteIndex {
-    pub fn new(own_node: &str, keys: Keys) -> Arc<RouteIndex> {
+    pub fn new(own_node: &str, keys: Keys, limits: TopicLimits) -> Arc<RouteIndex> {
         Arc::new(RouteIndex {
             own_node: own_node.to_string(),
             keys,
+            limits,
             trie: RwLock::new(Trie::default()),
             version: AtomicU64::new(1),
         })
@@ -345,6 +351,27 @@ impl IndexSink {
             .or_insert_with(|| Arc::from(node))
             .clone()
     }
+
+    /// The node and filter of a route key of another node, if it is one
+    /// this node can index: a filter that is not one, or that breaks this
+    /// node's topic limits (another node's limits may differ; etcd may be
+    /// written by hand), is skipped and logged, never indexed. Every node
+    /// reads every route, so one bad key must never be fatal.
+    fn admit<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let (node, filter) = self.index.keys.parse_route(key)?;
+        if node == self.index.own_node {
+            return None;
+        }
+        if !self.index.limits.admit(filter) || parse_filter(filter).is_err() {
+            warn!(
+                node,
+                filter_bytes = filter.len(),
+                "route in etcd is not a topic filter within max_topic_length and max_topic_levels: skipped"
+            );
+            return None;
+        }
+        Some((node, filter))
+    }
 }
 
 impl MirrorSink for IndexSink {
@@ -352,9 +379,7 @@ impl MirrorSink for IndexSink {
         // Build aside and swap, so publishes never see a half-built index.
         let mut fresh = Trie::default();
         for (key, _) in &entries {
-            if let Some((node, filter)) = self.index.keys.parse_route(key)
-                && node != self.index.own_node
-            {
+            if let Some((node, filter)) = self.admit(key) {
                 let name = self.node_name(node);
                 fresh.insert(filter, &name);
             }
@@ -363,16 +388,16 @@ impl MirrorSink for IndexSink {
     }
 
     fn put(&mut self, key: &str, _value: &[u8], _revision: i64) {
-        if let Some((node, filter)) = self.index.keys.parse_route(key)
-            && node != self.index.own_node
-        {
+        if let Some((node, filter)) = self.admit(key) {
             let name = self.node_name(node);
             self.index.change(|trie| trie.insert(filter, &name));
         }
     }
 
     fn delete(&mut self, key: &str, _revision: i64) {
-        if let Some((node, filter)) = self.index.keys.parse_route(key) {
+        if let Some((node, filter)) = self.index.keys.parse_route(key)
+            && self.index.limits.admit(filter)
+        {
             self.index.change(|trie| trie.remove(filter, node));
         }
     }
@@ -381,6 +406,7 @@ impl MirrorSink for IndexSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     impl RouteIndex {
         /// The plain-route part of [`RouteIndex::matching`].
@@ -397,7 +423,7 @@ mod tests {
     #[test]
     fn resync_replaces_everything_and_skips_own_routes() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone());
+        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
         let mut sink = index.sink();
         sink.put(&keys.route("n2", "old/#"), b"", 0);
         sink.reset(
@@ -424,7 +450,7 @@ mod tests {
     #[test]
     fn share_group_routes_are_indexed_apart_from_plain_ones() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone());
+        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
         let mut sink = index.sink();
         sink.put(&keys.route("n2", "$share/g/s/+"), b"", 0);
         sink.put(&keys.route("n3", "$share/g/s/+"), b"", 0);
@@ -448,7 +474,7 @@ mod tests {
     #[test]
     fn many_children_of_one_level_still_match_and_go_away() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone());
+        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
         let mut sink = index.sink();
         // Past FEW_CHILDREN the children move to a hash map.
         let count = 3 * FEW_CHILDREN;
@@ -477,7 +503,7 @@ mod tests {
     #[test]
     fn every_change_bumps_the_version() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone());
+        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
         let mut sink = index.sink();
         let mut seen = vec![index.version()];
         sink.put(&keys.route("n2", "a/#"), b"", 0);
@@ -493,7 +519,7 @@ mod tests {
     #[test]
     fn a_node_is_returned_once_however_many_filters_match() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone());
+        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
         let mut sink = index.sink();
         for filter in ["x/#", "x/+", "x/y", "#"] {
             sink.put(&keys.route("n2", filter), b"", 0);

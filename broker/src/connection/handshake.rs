@@ -10,6 +10,7 @@ use starling_codec::{
 };
 use tokio::net::TcpStream;
 
+use super::read_budget::Lease;
 use crate::config::Config;
 
 /// What was negotiated at CONNECT, for the rest of the connection.
@@ -67,6 +68,7 @@ pub async fn read_connect(
     stream: &TcpStream,
     rbuf: &mut BytesMut,
     config: &Config,
+    read_lease: &mut Lease,
 ) -> Result<Option<Box<Connect>>, BadConnect> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(config.connect_timeout_secs);
     loop {
@@ -93,6 +95,11 @@ pub async fn read_connect(
             return Ok(None);
         }
         rbuf.reserve(1024);
+        // A large CONNECT (a will of up to max_packet_size) draws on the
+        // broker-wide budget like any large packet.
+        if !read_lease.resize(rbuf.capacity().saturating_sub(super::READ_MAX)) {
+            return Ok(None);
+        }
         // The client waits for the CONNACK (or has sent all it had): the
         // connection's first wait goes to epoll, not to a read that finds
         // nothing.
@@ -167,10 +174,18 @@ pub fn negotiate(
     };
 
     if let Some(will) = &connect.will {
-        if validate_topic_name(&will.topic).is_err() || will.topic.len() > config.max_topic_length {
+        // The will may become a retained message that every node of a
+        // cluster reads back from etcd: it obeys the limits of any topic.
+        if validate_topic_name(&will.topic).is_err() || !config.topic_limits().admit(&will.topic) {
             return Err(Refusal {
                 code: ReasonCode::TOPIC_NAME_INVALID,
                 reason: "invalid will topic",
+            });
+        }
+        if !config.client_may_publish(&will.topic) {
+            return Err(Refusal {
+                code: ReasonCode::NOT_AUTHORIZED,
+                reason: "clients may not leave wills on $ topics",
             });
         }
     }

@@ -12,6 +12,7 @@ use tracing::debug;
 
 use super::{Connection, Ending, HeldAck};
 use crate::message::{Delivery, ForwardTicket, Message};
+use crate::metrics::Metrics;
 use crate::router::trie::Subscriber;
 use crate::router::{ToRoute, route_name};
 use crate::session::state::{OutboundPhase, StoredSubscription};
@@ -95,12 +96,7 @@ impl Connection {
         }
         let topic = self.resolve_topic(&mut publish)?;
         let config = &self.broker.config;
-        // A topic of n bytes has at most n + 1 levels: only one at least
-        // as long as the limit needs its levels counted.
-        if topic.len() > config.max_topic_length
-            || (topic.len() >= config.max_topic_levels
-                && starling_codec::topic::level_count(&topic) > config.max_topic_levels)
-        {
+        if !config.topic_limits().admit(&topic) {
             return Err(Ending::ServerClose(ReasonCode::TOPIC_NAME_INVALID));
         }
 
@@ -120,6 +116,11 @@ impl Connection {
             if self.session.awaiting_rel.len() >= limit {
                 return Err(Ending::ServerClose(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
             }
+        }
+
+        if !config.client_may_publish(&topic) {
+            Metrics::inc(&self.broker.metrics.publishes_denied);
+            return self.refuse_publish(qos, publish.packet_id, ReasonCode::NOT_AUTHORIZED);
         }
 
         self.broker.metrics.messages_received.inc();
@@ -147,7 +148,15 @@ impl Connection {
                 seq: message.seq,
                 expires_at: message.expires_at,
             };
-            self.broker.router.retain(Arc::new(stored));
+            // The retained store is full (counted): a v5 publisher of QoS
+            // 1/2 is told and nothing happens; others cannot be told, and
+            // their message still goes to those subscribed now.
+            if !self.broker.router.retain(Arc::new(stored))
+                && self.n.version.is_v5()
+                && qos != QoS::AtMostOnce
+            {
+                return self.refuse_publish(qos, packet_id, ReasonCode::QUOTA_EXCEEDED);
+            }
         }
         // QoS 1/2 in a cluster: the ack waits until every node the message
         // went to has it (forward_ack), so a PUBACK means "in the cluster".
@@ -190,6 +199,33 @@ impl Connection {
                         exactly_once: true,
                     },
                     ticket,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a PUBLISH: nothing is routed or retained. v5 is told with
+    /// `code` (a failure, which also ends a QoS 2 flow); 3.1.1 has no
+    /// refusal, so it gets the usual acks and the message is dropped, as
+    /// an ACL denial is handled (MQTT-3.3.5-2).
+    fn refuse_publish(&mut self, qos: QoS, packet_id: u16, code: ReasonCode) -> Result<(), Ending> {
+        let v5 = self.n.version.is_v5();
+        let code = if v5 { code } else { ReasonCode::SUCCESS };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce | QoS::ExactlyOnce => {
+                let exactly_once = qos == QoS::ExactlyOnce;
+                if exactly_once && !v5 {
+                    self.session.awaiting_rel.push(packet_id);
+                }
+                self.queue_ack(
+                    HeldAck::Publish {
+                        packet_id,
+                        code,
+                        exactly_once,
+                    },
+                    None,
                 );
             }
         }
@@ -278,10 +314,12 @@ impl Connection {
                 None => Err(protocol_error("unknown topic alias")),
             }
         } else {
+            // A copy: an alias lives as long as the connection and must not
+            // pin the read buffer the topic was sliced from.
             self.aliases
                 .get_or_insert_default()
                 .inbound
-                .insert(alias, publish.topic.clone());
+                .insert(alias, ByteString::from(&*publish.topic));
             Ok(std::mem::take(&mut publish.topic))
         }
     }
@@ -326,9 +364,7 @@ impl Connection {
                 // MQTT-3.8.3-4.
                 return Err(protocol_error("No Local on a shared subscription"));
             }
-            if full.len() > config.max_topic_length
-                || parsed.filter.split('/').count() > config.max_topic_levels
-            {
+            if !config.topic_limits().admit(full) {
                 codes.push(refusal(v5, ReasonCode::TOPIC_FILTER_INVALID));
                 continue;
             }
@@ -349,8 +385,11 @@ impl Connection {
                 .broker
                 .router
                 .subscribe(&parsed, self.session.id, subscriber);
+            // A copy, not a slice: the subscription lives as long as the
+            // session and must not pin the buffer the SUBSCRIBE was read
+            // into (a 59 KB filter held a 300 KB buffer).
             self.session.subscriptions.insert(
-                full.clone(),
+                ByteString::from(&**full),
                 StoredSubscription {
                     options: request.options,
                     identifier,
@@ -407,7 +446,7 @@ impl Connection {
         let hold = if picked.is_empty() {
             0
         } else {
-            self.mailbox.push_retained(held, || {
+            let (hold, dropped) = self.mailbox.push_retained(held, || {
                 if router.retained_version() != read_at {
                     // Changed meanwhile: take each topic's current message.
                     router.refresh_retained(&mut picked, |(message, _)| message);
@@ -423,7 +462,9 @@ impl Connection {
                         message,
                     })
                     .collect()
-            })
+            });
+            Metrics::add(&self.broker.metrics.dropped_queue_full, dropped as u64);
+            hold
         };
         let packet = Box::new(Packet::SubAck(ack));
         self.queue_ack(HeldAck::SubAck { packet, hold }, ticket);

@@ -12,6 +12,7 @@ mod handshake;
 mod inbound;
 mod outbound;
 pub(crate) mod parking;
+pub(crate) mod read_budget;
 pub mod reply_order;
 
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +52,7 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const WRITE_STOP_READING: usize = 4 * WRITE_HIGH_WATER;
 /// Smallest read; a read that fills the buffer doubles it up to `READ_MAX`.
 const READ_MIN: usize = 2 * 1024;
+const READ_MIN_KIB: u8 = (READ_MIN / 1024) as u8;
 const READ_MAX: usize = 64 * 1024;
 /// Deliveries taken from the mailbox per lock.
 const BATCH: usize = 64;
@@ -97,7 +99,8 @@ pub(crate) struct Connection {
     peer: SocketAddr,
     n: Negotiated,
     rbuf: BytesMut,
-    read_size: usize,
+    /// Size of the next read, in KiB (a byte: the future stays small).
+    read_kib: u8,
     wbuf: BytesMut,
     session: SessionState,
     mailbox: Arc<Mailbox>,
@@ -136,6 +139,33 @@ pub(crate) struct Connection {
     /// Last time bytes went either way (read, or handed to the socket):
     /// the idle clock for parking.
     last_active: Instant,
+    /// When the packet at the front of the read buffer started to arrive
+    /// (roughly: the read that began it, or completed the one before), on
+    /// the [`coarse_clock`]. An incomplete packet older than
+    /// `incomplete_packet_timeout_secs` ends the connection, whatever the
+    /// keep-alive. (Two bytes, not an `Instant`'s sixteen: the connection
+    /// future stays small.)
+    packet_started: u16,
+    /// This connection's share of the broker-wide read-buffer budget
+    /// (`ReadBudget::resize`, in its units), given back in `finish`.
+    read_held: u16,
+}
+
+/// Whole seconds since the first call, wrapping every 18 hours: a clock
+/// for deadlines of at most an hour (`incomplete_packet_timeout_secs` is
+/// capped there), two bytes where an `Instant` takes sixteen.
+fn coarse_clock(at: Instant) -> u16 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    // Wrapping on purpose: only differences of recent readings are used.
+    (at.saturating_duration_since(start).as_secs() % (1 << 16)) as u16
+}
+
+/// The `Instant` of a recent [`coarse_clock`] reading (under 18 hours old).
+fn from_coarse_clock(reading: u16) -> Instant {
+    let now = Instant::now();
+    let elapsed = coarse_clock(now).wrapping_sub(reading);
+    now - Duration::from_secs(u64::from(elapsed))
 }
 
 /// An ack held back until its ticket completes.
@@ -163,11 +193,48 @@ enum HeldAck {
 ///
 /// The handshake runs as a boxed future: it is large and short-lived, and a
 /// connection task should only carry the state of `Connection::run`.
+///
+/// The connection must have been counted by [`PendingConnect::admit`].
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let Some(connection) = Box::pin(accept(broker, stream, peer)).await else {
         return;
     };
     drive(connection).await;
+}
+
+/// A connection counted in `pending_connects` until its CONNECT is handled
+/// (accepted or refused), whichever way its handshake ends. Counted by the
+/// listener, uncounted by the handshake: passing a guard along would take
+/// room in every connection's future (an async fn keeps its arguments).
+pub struct PendingConnect(Arc<Broker>);
+
+impl PendingConnect {
+    /// Counts one more pending connection, unless `max_pending_connects`
+    /// are pending already (counted in `pending_connects_refused`).
+    pub fn admit(broker: &Broker) -> bool {
+        let metrics = &broker.metrics;
+        if metrics
+            .pending_connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= broker.config.max_pending_connects as u64
+        {
+            Metrics::inc(&metrics.pending_connects_refused);
+            return false;
+        }
+        Metrics::inc(&metrics.pending_connects);
+        true
+    }
+
+    /// Takes charge of a connection `admit` counted.
+    fn counted(broker: &Arc<Broker>) -> PendingConnect {
+        PendingConnect(broker.clone())
+    }
+}
+
+impl Drop for PendingConnect {
+    fn drop(&mut self) {
+        Metrics::dec(&self.0.metrics.pending_connects);
+    }
 }
 
 /// Runs a connection past CONNACK until it ends or parks.
@@ -204,8 +271,13 @@ async fn resume(broker: Arc<Broker>, parked: Box<Parked>, owed: Vec<u8>) {
 
 /// Reads and checks CONNECT, binds the session and sends CONNACK.
 async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Option<Connection> {
+    let pending = PendingConnect::counted(&broker);
     let mut rbuf = BytesMut::new();
-    let connect = match handshake::read_connect(&stream, &mut rbuf, &broker.config).await {
+    let mut read_lease = read_budget::Lease::new(&broker.read_budget);
+    let read = handshake::read_connect(&stream, &mut rbuf, &broker.config, &mut read_lease).await;
+    // Answered one way or the other from here on: no longer pending.
+    drop(pending);
+    let connect = match read {
         Ok(Some(connect)) => connect,
         Ok(None) => return None,
         Err(handshake::BadConnect { error, level }) => {
@@ -218,7 +290,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
                     false,
                     None,
                 );
-                write_and_close(&stream, &Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
+                write_and_close(stream, &Packet::ConnAck(ack), ProtocolVersion::V3_1_1).await;
                 debug!(%peer, level, "unsupported protocol level");
             } else if level == Some(5) {
                 // MQTT 5.0 §4.13.1: a CONNACK with the reason (0x81, 0x82,
@@ -231,7 +303,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
                     true,
                     None,
                 );
-                write_and_close(&stream, &Packet::ConnAck(ack), ProtocolVersion::V5).await;
+                write_and_close(stream, &Packet::ConnAck(ack), ProtocolVersion::V5).await;
                 debug!(%peer, %error, "bad CONNECT");
             } else {
                 debug!(%peer, %error, "bad CONNECT");
@@ -288,7 +360,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
     let n = match negotiated {
         Ok(n) => n,
         Err(ack) => {
-            write_and_close(&stream, &ack, version).await;
+            write_and_close(stream, &ack, version).await;
             return None;
         }
     };
@@ -319,7 +391,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         expiry: n.session_expiry,
         n,
         rbuf,
-        read_size: READ_MIN,
+        read_kib: READ_MIN_KIB,
         wbuf: BytesMut::new(),
         session,
         mailbox: opened.mailbox,
@@ -331,6 +403,8 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         scratch: Vec::new(),
         awaiting_resend: 0,
         pending_acks: VecDeque::new(),
+        packet_started: coarse_clock(Instant::now()),
+        read_held: read_lease.into_held(),
         held_back: None,
         publishing: None,
         keep_alive_deadline: None,
@@ -402,11 +476,12 @@ fn read_into(
 
 /// Best-effort write of one packet before closing a connection that never
 /// got going.
-async fn write_and_close(stream: &TcpStream, packet: &Packet, version: ProtocolVersion) {
+async fn write_and_close(stream: TcpStream, packet: &Packet, version: ProtocolVersion) {
     let mut buf = BytesMut::new();
     if starling_codec::encode(packet, version, &mut buf).is_ok() {
-        let _ = tokio::time::timeout(CLOSE_FLUSH, write_all(stream, &mut buf)).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH, write_all(&stream, &mut buf)).await;
     }
+    close_after_client(stream, buf).await;
 }
 
 async fn write_all(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
@@ -426,11 +501,23 @@ impl Connection {
     /// park.
     fn next_check(&self, park_after: Option<Duration>) -> Instant {
         let park = park_after.map(|after| self.last_active + after);
-        match (self.keep_alive_deadline, park) {
+        let check = match (self.keep_alive_deadline, park) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
             (None, None) => Instant::now() + NEVER,
+        };
+        match self.incomplete_packet_deadline() {
+            Some(deadline) => check.min(deadline),
+            None => check,
         }
+    }
+
+    /// When the packet now arriving must be complete, if one is.
+    fn incomplete_packet_deadline(&self) -> Option<Instant> {
+        (!self.rbuf.is_empty()).then(|| {
+            from_coarse_clock(self.packet_started)
+                + Duration::from_secs(self.broker.config.incomplete_packet_timeout_secs)
+        })
     }
 
     /// Nothing buffered, owed or announced: the connection can park.
@@ -509,26 +596,11 @@ impl Connection {
                         return Ending::Lost;
                     };
                     if ready.is_readable() || ready.is_read_closed() {
-                        let mark = reply_order::mark();
-                        // Quiet until now (one PUBLISH a millisecond, say):
-                        // such a client has most likely sent all it will
-                        // for a while.
-                        let quiet = Instant::now().saturating_duration_since(self.last_active)
-                            >= reply_order::QUIET;
-                        match self.read_and_handle(quiet) {
-                            Ok(Some(packets)) => {
-                                self.heard_from_client();
-                                // A lone PUBLISH that woke a subscriber here:
-                                // its delivery is written before our PUBACK.
-                                if packets == 1
-                                    && quiet
-                                    && !self.wbuf.is_empty()
-                                    && reply_order::woke_since(mark)
-                                {
-                                    reply_order::after_woken_tasks().await;
-                                }
-                            }
-                            Ok(None) => {}
+                        match self.on_readable(timer.as_mut()) {
+                            // A lone PUBLISH that woke a subscriber here:
+                            // its delivery is written before our PUBACK.
+                            Ok(true) => reply_order::after_woken_tasks().await,
+                            Ok(false) => {}
                             Err(ending) => return ending,
                         }
                     }
@@ -555,6 +627,11 @@ impl Connection {
                         debug!(peer = %self.peer, client_id = %self.n.client_id, "keep-alive timeout");
                         return Ending::ServerClose(ReasonCode::KEEP_ALIVE_TIMEOUT);
                     }
+                    if self.incomplete_packet_deadline().is_some_and(|deadline| deadline <= now) {
+                        debug!(peer = %self.peer, client_id = %self.n.client_id, buffered = self.rbuf.len(), "incomplete packet timeout");
+                        Metrics::inc(&self.broker.metrics.incomplete_packet_timeouts);
+                        return Ending::ServerClose(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                    }
                     if let Some(after) = park_after
                         && now >= self.last_active + after
                     {
@@ -569,6 +646,34 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Reads and handles what arrived. `Ok(true)` when a lone PUBLISH from
+    /// a quiet client woke a subscriber's task on this thread: the caller
+    /// lets that task write first. (A method of its own, not inline in
+    /// `run`: its locals would take room in every connection's future.)
+    fn on_readable(&mut self, timer: Pin<&mut tokio::time::Sleep>) -> Result<bool, Ending> {
+        let mark = reply_order::mark();
+        // Quiet until now (one PUBLISH a millisecond, say): such a client
+        // has most likely sent all it will for a while.
+        let quiet =
+            Instant::now().saturating_duration_since(self.last_active) >= reply_order::QUIET;
+        let was_empty = self.rbuf.is_empty();
+        let Some(packets) = self.read_and_handle(quiet)? else {
+            return Ok(false);
+        };
+        self.heard_from_client();
+        if packets > 0 || was_empty {
+            self.packet_started = coarse_clock(self.last_active);
+            // A packet begun while no check is due soon still gets its
+            // deadline.
+            if let Some(deadline) = self.incomplete_packet_deadline()
+                && deadline < timer.deadline()
+            {
+                timer.reset(deadline);
+            }
+        }
+        Ok(packets == 1 && quiet && !self.wbuf.is_empty() && reply_order::woke_since(mark))
     }
 
     /// A packet (or part of one) arrived: the keep-alive starts over.
@@ -716,7 +821,7 @@ impl Connection {
             peer,
             n,
             rbuf: BytesMut::new(),
-            read_size: READ_MIN,
+            read_kib: READ_MIN_KIB,
             wbuf: BytesMut::from(&owed[..]),
             session,
             mailbox,
@@ -733,6 +838,8 @@ impl Connection {
             publishing: None,
             keep_alive_deadline: keep_alive_deadline.map(Instant::from_std),
             last_active: Instant::now(),
+            packet_started: coarse_clock(Instant::now()),
+            read_held: 0,
         })
     }
 
@@ -747,13 +854,23 @@ impl Connection {
             // this holds after a read that found nothing too); packets
             // already decoded keep their own slices of it alive.
             self.rbuf = BytesMut::new();
+            self.broker.read_budget.resize(&mut self.read_held, 0);
         }
         result
     }
 
     fn read_and_handle_inner(&mut self, quiet: bool) -> Result<Option<usize>, Ending> {
-        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
-            self.rbuf.reserve(self.read_size);
+        let read_size = usize::from(self.read_kib) * 1024;
+        if self.rbuf.capacity() - self.rbuf.len() < read_size / 2 {
+            self.rbuf.reserve(read_size);
+            // Beyond the everyday size only while a large packet arrives,
+            // and then out of the broker-wide budget.
+            let beyond = self.rbuf.capacity().saturating_sub(READ_MAX);
+            if !self.broker.read_budget.resize(&mut self.read_held, beyond) {
+                debug!(peer = %self.peer, client_id = %self.n.client_id, buffered = self.rbuf.len(), "read buffer budget exhausted");
+                Metrics::inc(&self.broker.metrics.read_budget_exceeded);
+                return Err(Ending::ServerClose(ReasonCode::SERVER_BUSY));
+            }
         }
         let before = self.rbuf.len();
         // A short read normally leaves tokio's readiness set, so the next
@@ -766,8 +883,8 @@ impl Connection {
         match read_into(&self.stream, &mut self.rbuf, quiet) {
             Ok(0) => return Err(Ending::Lost),
             Ok(n) => {
-                if before + n == self.rbuf.capacity() && self.read_size < READ_MAX {
-                    self.read_size *= 2;
+                if before + n == self.rbuf.capacity() && read_size < READ_MAX {
+                    self.read_kib *= 2;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
@@ -877,9 +994,19 @@ impl Connection {
                 self.send(&Packet::Disconnect(disconnect));
             }
         }
+        self.broker.read_budget.resize(&mut self.read_held, 0);
         let mut wbuf = std::mem::take(&mut self.wbuf);
         let _ = tokio::time::timeout(CLOSE_FLUSH, write_all(&self.stream, &mut wbuf)).await;
-        drop(self.stream);
+        // The client may still be writing (PUBRELs, more PUBLISHes) when we
+        // end the connection: it gets a FIN and its input is read until it
+        // closes too, after the session is handed back.
+        let linger = match ending {
+            Ending::ServerClose(_) => Some(self.stream),
+            _ => {
+                drop(self.stream);
+                None
+            }
+        };
 
         let will = match ending {
             Ending::ClientDisconnect { with_will: false } => None,
@@ -898,6 +1025,44 @@ impl Connection {
             closing,
         );
         debug!(peer = %self.peer, client_id = %self.n.client_id, "disconnected");
+        if let Some(stream) = linger {
+            self.rbuf.clear();
+            close_after_client(stream, self.rbuf).await;
+        }
+    }
+}
+
+/// How long, and for how many bytes, a socket we closed keeps reading what
+/// the client still sends before it is dropped anyway.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Closes a connection the server ended while its client may still be
+/// writing: a socket closed with unread input sends a reset, and a client
+/// whose write fails with a broken pipe may never read the DISCONNECT (or
+/// CONNACK) that says why. So: FIN after what was written (half-close),
+/// then read and discard until the client closes too, bounded in time and
+/// bytes.
+async fn close_after_client(mut stream: TcpStream, mut buf: BytesMut) {
+    use tokio::io::AsyncWriteExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        buf.clear();
+        buf.reserve(16 * 1024);
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => discarded += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -971,6 +1136,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let broker = crate::Broker::new(crate::Config::default());
+        assert!(super::PendingConnect::admit(&broker));
         let future = super::serve(broker, stream, addr);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 1280, "connection future grew to {size} bytes");

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::connection;
@@ -42,6 +42,13 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                // A socket that has not sent CONNECT yet costs a file and
+                // a task: only so many may wait (silent sockets used to
+                // take every file the process may open).
+                if !connection::PendingConnect::admit(&broker) {
+                    debug!(%peer, "connection closed at accept: max_pending_connects reached");
+                    continue;
+                }
                 // Inherited from the listener on Linux (see `bind`).
                 #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);

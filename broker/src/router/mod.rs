@@ -105,6 +105,8 @@ pub struct Router {
     /// Filters whose first level is `+` or `#`: they can match any topic.
     wildcard: TrieSlot,
     retained: RwLock<RetainedStore>,
+    /// (max_retained_messages, max_retained_bytes) for local publishes.
+    retained_limits: (usize, usize),
     store: Arc<dyn RouteStore>,
     /// Cluster mode: hands messages to the nodes the store says want them.
     forwarder: Option<Arc<dyn Forwarder>>,
@@ -221,9 +223,20 @@ impl Router {
             shards: (0..SHARDS).map(|_| TrieSlot::default()).collect(),
             wildcard: TrieSlot::default(),
             retained: RwLock::new(RetainedStore::default()),
+            retained_limits: (usize::MAX, usize::MAX),
             store,
             metrics,
         }
+    }
+
+    /// Bounds what this node stores when its clients publish retained
+    /// messages: at most `max_messages` topics and `max_bytes` of payload
+    /// and topic. What other nodes store arrives regardless (the cluster's
+    /// copy is the one that counts; each node applies the same limits to
+    /// its own clients).
+    pub fn with_retained_limits(mut self, max_messages: usize, max_bytes: usize) -> Router {
+        self.retained_limits = (max_messages, max_bytes);
+        self
     }
 
     fn trie_for_filter(&self, filter: &str) -> &TrieSlot {
@@ -279,14 +292,32 @@ impl Router {
         self.retained.read().len()
     }
 
+    /// Payload and topic bytes of the retained messages held here.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.read().bytes()
+    }
+
     /// Stores (or clears) a retained message published on this node, and
     /// shares it with the cluster.
-    pub fn retain(&self, message: Arc<Message>) {
+    ///
+    /// Returns false, storing nothing, when the message would take the
+    /// store past its limits (counted in `retained_refused`).
+    pub fn retain(&self, message: Arc<Message>) -> bool {
+        let (max_messages, max_bytes) = self.retained_limits;
+        if !self
+            .retained
+            .read()
+            .admits(&message, max_messages, max_bytes)
+        {
+            Metrics::inc(&self.metrics.retained_refused);
+            return false;
+        }
         let mut store_here = || self.retained.write().set(message.clone());
         match self.replicator.get() {
             Some(replicator) => replicator.replicate(&message, &mut store_here),
             None => store_here(),
         }
+        true
     }
 
     /// Stores (or clears) a retained message without sharing it: the
@@ -668,9 +699,9 @@ impl Router {
                 self.metrics.deliveries.inc();
                 1
             }
-            PushOutcome::QueuedDroppedOldest => {
+            PushOutcome::QueuedDroppedOldest(dropped) => {
                 self.metrics.deliveries.inc();
-                Metrics::inc(&self.metrics.dropped_queue_full);
+                Metrics::add(&self.metrics.dropped_queue_full, u64::from(dropped));
                 1
             }
             PushOutcome::DroppedFull => {

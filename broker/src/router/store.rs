@@ -6,12 +6,9 @@
 //! (etcd-backed) implements the same trait, so there is one router and one
 //! publish path for both.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use super::gathered::GatheredForwards;
 
@@ -119,25 +116,30 @@ pub trait Forwarder: Send + Sync + 'static {
     fn redirect(&self, node: &NodeId, client_id: &Arc<str>, delivery: crate::message::Delivery);
 }
 
-/// The embedded single-node store: it only counts local routes.
+/// The embedded single-node store: it only counts local routes. A count,
+/// not a set of the filters: the router tells every first and last
+/// subscription exactly once, and a set kept a third copy of each filter
+/// (a 59 KB filter then cost 188 KB).
 #[derive(Debug, Default)]
 pub struct LocalRouteStore {
-    routes: Mutex<HashMap<Box<str>, ()>>,
+    routes: std::sync::atomic::AtomicUsize,
 }
 
 impl RouteStore for LocalRouteStore {
-    fn add_route(&self, filter: &str) {
-        self.routes.lock().insert(filter.into(), ());
+    fn add_route(&self, _filter: &str) {
+        self.routes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn remove_route(&self, filter: &str) {
-        self.routes.lock().remove(filter);
+    fn remove_route(&self, _filter: &str) {
+        self.routes
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn remote_routes(&self, _topic: &str, _routes: &mut RemoteRoutes) {}
 
     fn local_route_count(&self) -> usize {
-        self.routes.lock().len()
+        self.routes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -55,7 +55,7 @@ pub async fn open(
     let (kick_tx, kick_rx) = oneshot::channel();
     let previous = {
         let mut inner = slot.inner.lock();
-        inner.generation += 1;
+        inner.next_generation();
         // A reconnect before the will delay ran out cancels the will
         // (MQTT 5.0 §3.1.3.2.2).
         inner.pending_will = None;
@@ -113,12 +113,17 @@ pub async fn open(
 }
 
 fn new_mailbox(broker: &Broker) -> Arc<Mailbox> {
-    Arc::new(Mailbox::new(
-        broker.sessions.new_session_id(),
-        broker.config.max_queued_messages,
-        broker.config.queue_drop_policy,
-        broker.config.queue_qos0,
-    ))
+    Arc::new(
+        Mailbox::new(
+            broker.sessions.new_session_id(),
+            broker.config.max_queued_messages,
+            broker.config.queue_drop_policy,
+            broker.config.queue_qos0,
+        )
+        .with_byte_limit(broker.config.max_queued_bytes)
+        // One subscription's retained messages are at most the store's.
+        .with_retained_backlog_limit(broker.config.max_retained_messages),
+    )
 }
 
 /// Kicks the connection that owns `slot` (if any) and waits, bounded, for
@@ -149,6 +154,16 @@ fn install(broker: &Broker, moved: MovedSession) -> (SessionState, Arc<Mailbox>)
     let mailbox = new_mailbox(broker);
     let mut state = moved.state;
     state.id = mailbox.session_id;
+    // Another node's limits may differ: a subscription this node could not
+    // have granted is dropped rather than indexed.
+    let limits = broker.config.topic_limits();
+    state.subscriptions.retain(|filter, _| {
+        let admitted = limits.admit(filter) && parse_filter(filter).is_ok();
+        if !admitted {
+            warn!(client_id = %state.client_id, filter_bytes = filter.len(), "moved session's subscription breaks this node's topic limits: dropped");
+        }
+        admitted
+    });
     for (filter, subscription) in &state.subscriptions {
         if let Ok(parsed) = parse_filter(filter) {
             let subscriber = Subscriber {
@@ -204,7 +219,7 @@ pub async fn give_away(
         let _connect_guard = slot.connect_lock.lock().await;
         evict_connection(&slot).await;
         let mut inner = slot.inner.lock();
-        inner.generation += 1;
+        inner.next_generation();
         let pending_will = inner
             .pending_will
             .take()
@@ -285,7 +300,8 @@ pub async fn adopt(broker: &Arc<Broker>, mut moved: MovedSession) -> bool {
     let adopted = {
         let _connect_guard = slot.connect_lock.lock().await;
         if matches!(slot.inner.lock().owner, Owner::Vacant) {
-            let will = moved.state.will.take();
+            let limits = broker.config.topic_limits();
+            let will = moved.state.will.take().filter(|w| limits.admit(&w.topic));
             let (state, mailbox) = install(broker, moved);
             let expiry = state.expiry_interval;
             let will_after = will.as_ref().map(|w| {
@@ -294,7 +310,7 @@ pub async fn adopt(broker: &Arc<Broker>, mut moved: MovedSession) -> bool {
             });
             let generation = {
                 let mut inner = slot.inner.lock();
-                inner.generation += 1;
+                inner.next_generation();
                 inner.pending_will = will;
                 inner.mailbox = Some(mailbox.clone());
                 inner.owner = Owner::Offline {
@@ -358,12 +374,12 @@ pub fn close(
         } else if closing.expiry == 0 {
             inner.owner = Owner::Vacant;
             inner.mailbox = None;
-            inner.generation += 1;
+            inner.next_generation();
             ended = Some((state, mailbox));
             // The session ends now, so the will cannot wait any longer.
             will_now = closing.will;
         } else {
-            inner.generation += 1;
+            inner.next_generation();
             if will_delay == 0 {
                 will_now = closing.will;
             } else {
@@ -418,7 +434,12 @@ fn arm_timers(
     if will_after.is_none() && expire_after.is_none() {
         return;
     }
-    tokio::spawn(async move {
+    let gauge = TimerGauge::new(&broker);
+    let task_slot = slot.clone();
+    let timer = tokio::spawn(async move {
+        // Dropped with the task, also when a new generation aborts it.
+        let _gauge = gauge;
+        let slot = task_slot;
         let start = tokio::time::Instant::now();
         if let Some(delay) = will_after {
             tokio::select! {
@@ -448,7 +469,7 @@ fn arm_timers(
             if inner.generation != generation {
                 return;
             }
-            inner.generation += 1;
+            inner.expire_generation();
             match std::mem::replace(&mut inner.owner, Owner::Vacant) {
                 Owner::Offline { state, mailbox } => {
                     inner.mailbox = None;
@@ -474,12 +495,33 @@ fn arm_timers(
             }
         }
     });
+    slot.inner
+        .lock()
+        .set_timer(generation, timer.abort_handle());
+}
+
+/// Counts a live timer task in `session_timers` for as long as it lives.
+struct TimerGauge(Arc<Broker>);
+
+impl TimerGauge {
+    fn new(broker: &Arc<Broker>) -> TimerGauge {
+        Metrics::inc(&broker.metrics.session_timers);
+        TimerGauge(broker.clone())
+    }
+}
+
+impl Drop for TimerGauge {
+    fn drop(&mut self) {
+        Metrics::dec(&self.0.metrics.session_timers);
+    }
 }
 
 /// Publishes a will message as if its client had sent it.
 pub fn publish_will(broker: &Broker, will: &LastWill) {
     let message = Arc::new(Message::from_will(will));
     if message.retain {
+        // Refused when the retained store is full (counted): the will
+        // still goes to those subscribed now.
         broker.router.retain(message.clone());
     }
     broker.router.route(&message);

@@ -25,8 +25,9 @@ const SHRINK_ABOVE: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
     Queued,
-    /// Queued, but the oldest message was dropped to make room.
-    QueuedDroppedOldest,
+    /// Queued, but this many of the oldest messages were dropped to make
+    /// room (by count, one; by bytes, as many as it takes).
+    QueuedDroppedOldest(u32),
     /// Not queued: the queue is full and the policy keeps what is there.
     DroppedFull,
     /// Not queued: QoS 0 for an offline session with QoS 0 queueing off.
@@ -44,9 +45,21 @@ struct Dedupe {
     until: Instant,
 }
 
+/// The queue, in delivery order: the first `retained_at` of `items`, then
+/// `retained`, then the rest of `items`.
 #[derive(Debug, Default)]
 struct Queue {
+    /// Everything the queue's bounds count.
     items: VecDeque<Delivery>,
+    /// What `items` weigh in payload and topic bytes (`weight`).
+    bytes: usize,
+    /// Retained messages of new subscriptions, outside the bounds: MQTT
+    /// requires every one of them (MQTT-3.3.1-9), and the connection takes
+    /// them as its inflight window and socket allow, like any message. At
+    /// most the mailbox's `max_retained_backlog`.
+    retained: VecDeque<Delivery>,
+    /// How many of `items` come before `retained`.
+    retained_at: usize,
     /// Boxed: almost always `None`, and every session has a mailbox.
     dedupe: Option<Box<Dedupe>>,
     /// The last hold number given to retained messages waiting for their
@@ -55,7 +68,59 @@ struct Queue {
     holds_released: u32,
 }
 
+/// What a queued delivery counts against `max_queued_bytes`: its payload
+/// and topic, the part that grows with what clients send. Shared between
+/// the subscribers it goes to, but a bound per session must count it for
+/// each.
+fn weight(delivery: &Delivery) -> usize {
+    delivery.message.payload.len() + delivery.message.topic.len()
+}
+
 impl Queue {
+    fn push_back(&mut self, delivery: Delivery) {
+        self.bytes += weight(&delivery);
+        self.items.push_back(delivery);
+    }
+
+    fn push_front(&mut self, delivery: Delivery) {
+        self.bytes += weight(&delivery);
+        self.items.push_front(delivery);
+        if !self.retained.is_empty() {
+            self.retained_at += 1;
+        }
+    }
+
+    /// The next delivery in order.
+    fn front(&self) -> Option<&Delivery> {
+        match self.retained.front() {
+            Some(retained) if self.retained_at == 0 => Some(retained),
+            _ => self.items.front(),
+        }
+    }
+
+    /// Takes the next delivery in order.
+    fn pop_front(&mut self) -> Option<Delivery> {
+        if self.retained_at == 0
+            && let Some(retained) = self.retained.pop_front()
+        {
+            return Some(retained);
+        }
+        self.pop_oldest_counted()
+    }
+
+    /// Takes the oldest delivery the bounds count (to make room for a new
+    /// one): never a retained message of the backlog.
+    fn pop_oldest_counted(&mut self) -> Option<Delivery> {
+        let delivery = self.items.pop_front()?;
+        self.bytes -= weight(&delivery);
+        self.retained_at = self.retained_at.saturating_sub(1);
+        Some(delivery)
+    }
+
+    fn len(&self) -> usize {
+        self.items.len() + self.retained.len()
+    }
+
     /// Whether `delivery` still waits for its SUBACK.
     fn is_held(&self, delivery: &Delivery) -> bool {
         delivery.suback_hold != 0 && is_after(delivery.suback_hold, self.holds_released)
@@ -81,6 +146,10 @@ pub struct Mailbox {
     reader: AtomicWaker,
     online: AtomicBool,
     max_queued: usize,
+    /// Retained messages of new subscriptions waiting at most.
+    max_retained_backlog: usize,
+    /// Payload and topic bytes queued at most (`max_queued_bytes`).
+    max_queued_bytes: usize,
     drop_policy: DropPolicy,
     queue_qos0_offline: bool,
 }
@@ -99,9 +168,24 @@ impl Mailbox {
             reader: AtomicWaker::new(),
             online: AtomicBool::new(false),
             max_queued,
+            max_queued_bytes: usize::MAX,
+            max_retained_backlog: usize::MAX,
             drop_policy,
             queue_qos0_offline,
         }
+    }
+
+    /// Bounds the queue in bytes too (see [`weight`]).
+    pub fn with_byte_limit(mut self, max_queued_bytes: usize) -> Mailbox {
+        self.max_queued_bytes = max_queued_bytes;
+        self
+    }
+
+    /// Bounds the retained messages of new subscriptions waiting to go
+    /// (they are outside the other bounds; see `Queue::retained`).
+    pub fn with_retained_backlog_limit(mut self, max: usize) -> Mailbox {
+        self.max_retained_backlog = max;
+        self
     }
 
     pub fn push(&self, delivery: Delivery) -> PushOutcome {
@@ -159,20 +243,23 @@ impl Mailbox {
                 }
             }
         }
-        let queue = &mut guard.items;
-        if queue.len() >= self.max_queued {
-            match self.drop_policy {
-                DropPolicy::Newest => PushOutcome::DroppedFull,
-                DropPolicy::Oldest => {
-                    queue.pop_front();
-                    queue.push_back(delivery);
-                    PushOutcome::QueuedDroppedOldest
-                }
-            }
-        } else {
-            queue.push_back(delivery);
-            PushOutcome::Queued
+        let bytes = weight(&delivery);
+        let fits = |queue: &Queue| {
+            queue.items.len() < self.max_queued && queue.bytes + bytes <= self.max_queued_bytes
+        };
+        if fits(guard) {
+            guard.push_back(delivery);
+            return PushOutcome::Queued;
         }
+        if self.drop_policy == DropPolicy::Newest || bytes > self.max_queued_bytes {
+            return PushOutcome::DroppedFull;
+        }
+        let mut dropped = 0;
+        while !fits(guard) && guard.pop_oldest_counted().is_some() {
+            dropped += 1;
+        }
+        guard.push_back(delivery);
+        PushOutcome::QueuedDroppedOldest(dropped)
     }
 
     /// Queues the retained messages of a new subscription, made by `make`
@@ -183,18 +270,27 @@ impl Mailbox {
     /// after: on this node, a live message is never followed by an older
     /// retained value of its topic.
     ///
+    /// They join the retained backlog, which the queue's bounds do not
+    /// count, so that none is dropped however many there are; only beyond
+    /// the backlog's own limit (a client subscribing to `#` again and
+    /// again) are they dropped, and counted. While a backlog waits, what
+    /// was queued since joins it first, keeping the order (at most a full
+    /// queue's worth each time, and never more than the backlog's limit
+    /// allows for new retained messages).
+    ///
     /// With `hold`, the messages (and whatever is queued behind them) wait
     /// until [`release_hold`](Self::release_hold) with the returned number:
-    /// the SUBACK they follow is not sent yet. Returns 0 when nothing was
-    /// queued or nothing is held.
-    pub fn push_retained(&self, hold: bool, make: impl FnOnce() -> Vec<Delivery>) -> u32 {
+    /// the SUBACK they follow is not sent yet. Returns that number (0 when
+    /// nothing was queued or nothing is held) and how many were dropped.
+    pub fn push_retained(&self, hold: bool, make: impl FnOnce() -> Vec<Delivery>) -> (u32, usize) {
         let online = self.is_online();
         let mut number = 0;
+        let mut dropped = 0;
         {
             let mut queue = self.queue.lock();
             let retained = make();
             if retained.is_empty() {
-                return 0;
+                return (0, 0);
             }
             if hold {
                 queue.holds_issued = match queue.holds_issued.wrapping_add(1) {
@@ -203,17 +299,32 @@ impl Mailbox {
                 };
                 number = queue.holds_issued;
             }
-            for mut delivery in retained {
-                if self.dropped_offline(online, &delivery).is_none() {
-                    delivery.suback_hold = number;
-                    self.queue_locked(&mut queue, delivery);
+            if queue.retained.is_empty() {
+                queue.retained_at = queue.items.len();
+            } else {
+                let at = queue.retained_at;
+                let since = queue.items.split_off(at);
+                for delivery in since {
+                    queue.bytes -= weight(&delivery);
+                    queue.retained.push_back(delivery);
                 }
+            }
+            for mut delivery in retained {
+                if self.dropped_offline(online, &delivery).is_some() {
+                    continue;
+                }
+                if queue.retained.len() >= self.max_retained_backlog {
+                    dropped += 1;
+                    continue;
+                }
+                delivery.suback_hold = number;
+                queue.retained.push_back(delivery);
             }
         }
         if online {
             self.signal();
         }
-        number
+        (number, dropped)
     }
 
     /// The SUBACK of hold `number` was sent: its retained messages may go.
@@ -235,7 +346,7 @@ impl Mailbox {
     pub fn pop_batch(&self, out: &mut Vec<Delivery>, max: usize, mut qos_room: usize) {
         let mut guard = self.queue.lock();
         while out.len() < max {
-            match guard.items.front() {
+            match guard.front() {
                 None => break,
                 Some(front) if guard.is_held(front) => break,
                 Some(front) if front.qos != QoS::AtMostOnce => {
@@ -246,13 +357,15 @@ impl Mailbox {
                 }
                 Some(_) => {}
             }
-            if let Some(delivery) = guard.items.pop_front() {
+            if let Some(delivery) = guard.pop_front() {
                 out.push(delivery);
             }
         }
-        let queue = &mut guard.items;
-        if queue.is_empty() && queue.capacity() > SHRINK_ABOVE {
-            *queue = VecDeque::new();
+        let queue = &mut *guard;
+        for items in [&mut queue.items, &mut queue.retained] {
+            if items.is_empty() && items.capacity() > SHRINK_ABOVE {
+                *items = VecDeque::new();
+            }
         }
     }
 
@@ -261,7 +374,7 @@ impl Mailbox {
     pub fn unpop(&self, deliveries: Vec<Delivery>) {
         let mut guard = self.queue.lock();
         for delivery in deliveries.into_iter().rev() {
-            guard.items.push_front(delivery);
+            guard.push_front(delivery);
         }
     }
 
@@ -271,6 +384,11 @@ impl Mailbox {
         let mut queue = self.queue.lock();
         queue.release_all_holds();
         let mut items = std::mem::take(&mut queue.items);
+        queue.bytes = 0;
+        let after = items.split_off(queue.retained_at.min(items.len()));
+        items.append(&mut queue.retained);
+        items.extend(after);
+        queue.retained_at = 0;
         for delivery in &mut items {
             delivery.suback_hold = 0;
         }
@@ -278,11 +396,11 @@ impl Mailbox {
     }
 
     pub fn len(&self) -> usize {
-        self.queue.lock().items.len()
+        self.queue.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.lock().items.is_empty()
+        self.queue.lock().len() == 0
     }
 
     /// For `window`, drops a second copy of any message (by its cluster
@@ -400,6 +518,42 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_drops_as_many_oldest_as_it_takes_or_the_newest() {
+        // Each delivery weighs its one-byte payload and one-byte topic.
+        let oldest = Mailbox::new(SessionId(1), 100, DropPolicy::Oldest, true).with_byte_limit(6);
+        let newest = Mailbox::new(SessionId(2), 100, DropPolicy::Newest, true).with_byte_limit(6);
+        for n in 0..3 {
+            assert_eq!(
+                oldest.push(delivery(n, QoS::AtLeastOnce)),
+                PushOutcome::Queued
+            );
+            assert_eq!(
+                newest.push(delivery(n, QoS::AtLeastOnce)),
+                PushOutcome::Queued
+            );
+        }
+        assert_eq!(
+            newest.push(delivery(3, QoS::AtLeastOnce)),
+            PushOutcome::DroppedFull
+        );
+        assert_eq!(
+            oldest.push(delivery(3, QoS::AtLeastOnce)),
+            PushOutcome::QueuedDroppedOldest(1)
+        );
+        let mut big = delivery(4, QoS::AtLeastOnce);
+        Arc::get_mut(&mut big.message).expect("not shared").payload = Bytes::from(vec![4; 3]);
+        assert_eq!(oldest.push(big), PushOutcome::QueuedDroppedOldest(2));
+        let mut out = Vec::new();
+        oldest.pop_batch(&mut out, 10, 10);
+        assert_eq!(payloads(&out), vec![3, 4]);
+        assert_eq!(oldest.queue.lock().bytes, 0);
+        oldest.unpop(out);
+        assert_eq!(oldest.queue.lock().bytes, 6);
+        oldest.take_all();
+        assert_eq!(oldest.queue.lock().bytes, 0);
+    }
+
+    #[test]
     fn offline_qos0_is_dropped_when_not_queued() {
         let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, false);
         assert_eq!(
@@ -462,9 +616,9 @@ mod tests {
         let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
         mailbox.set_online(true);
         mailbox.push(delivery(0, QoS::AtMostOnce));
-        let first = mailbox.push_retained(true, || vec![delivery(1, QoS::AtLeastOnce)]);
+        let (first, _) = mailbox.push_retained(true, || vec![delivery(1, QoS::AtLeastOnce)]);
         mailbox.push(delivery(2, QoS::AtMostOnce));
-        let second = mailbox.push_retained(true, || vec![delivery(3, QoS::AtMostOnce)]);
+        let (second, _) = mailbox.push_retained(true, || vec![delivery(3, QoS::AtMostOnce)]);
         mailbox.push(delivery(4, QoS::AtMostOnce));
         assert!(first != 0 && second != 0 && first != second);
         assert_eq!(pop_all(&mailbox), vec![0], "only what came before the hold");
@@ -477,10 +631,10 @@ mod tests {
     #[test]
     fn unheld_or_empty_retained_take_no_hold_number() {
         let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
-        assert_eq!(mailbox.push_retained(true, Vec::new), 0);
+        assert_eq!(mailbox.push_retained(true, Vec::new), (0, 0));
         assert_eq!(
             mailbox.push_retained(false, || vec![delivery(1, QoS::AtMostOnce)]),
-            0
+            (0, 0)
         );
         assert_eq!(pop_all(&mailbox), vec![1]);
     }
@@ -507,6 +661,50 @@ mod tests {
     }
 
     #[test]
+    fn retained_of_new_subscriptions_are_never_dropped_for_the_queue_bound() {
+        let mailbox = Mailbox::new(SessionId(1), 2, DropPolicy::Oldest, true)
+            .with_retained_backlog_limit(150);
+        mailbox.set_online(true);
+        mailbox.push(delivery(0, QoS::AtLeastOnce));
+        let many = || (0..100).map(|n| delivery(n, QoS::AtLeastOnce)).collect();
+        assert_eq!(mailbox.push_retained(false, many), (0, 0));
+        assert_eq!(mailbox.len(), 101, "100 retained beyond a bound of 2");
+        // Live messages queued behind: the bound of 2 applies to them.
+        for n in 200..205 {
+            mailbox.push(delivery(n, QoS::AtLeastOnce));
+        }
+        // Drop oldest went through the counted ones: 0 (before the
+        // backlog), then 200..=202.
+        assert_eq!(mailbox.len(), 102);
+        // A second subscription's retained come after those live ones
+        // (which join the backlog, in order), up to the backlog's limit.
+        let more = || (100..200).map(|n| delivery(n, QoS::AtLeastOnce)).collect();
+        assert_eq!(mailbox.push_retained(false, more), (0, 52));
+        assert_eq!(mailbox.len(), 150);
+        let mut got = Vec::new();
+        while !mailbox.is_empty() {
+            got.extend(pop_all(&mailbox));
+        }
+        let mut expected: Vec<u8> = (0..100).collect();
+        expected.extend([203, 204]);
+        expected.extend(100..148);
+        assert_eq!(got, expected);
+        assert_eq!(mailbox.queue.lock().bytes, 0);
+    }
+
+    #[test]
+    fn take_all_keeps_the_backlog_in_its_place() {
+        let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
+        mailbox.set_online(true);
+        mailbox.push(delivery(0, QoS::AtLeastOnce));
+        mailbox.push_retained(false, || vec![delivery(1, QoS::AtLeastOnce)]);
+        mailbox.push(delivery(2, QoS::AtLeastOnce));
+        let taken: Vec<Delivery> = mailbox.take_all().into();
+        assert_eq!(payloads(&taken), vec![0, 1, 2]);
+        assert_eq!(mailbox.len(), 0);
+    }
+
+    #[test]
     fn hold_numbers_wrap_and_skip_zero() {
         let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
         {
@@ -514,8 +712,8 @@ mod tests {
             queue.holds_issued = u32::MAX - 1;
             queue.holds_released = u32::MAX - 1;
         }
-        let a = mailbox.push_retained(true, || vec![delivery(1, QoS::AtMostOnce)]);
-        let b = mailbox.push_retained(true, || vec![delivery(2, QoS::AtMostOnce)]);
+        let (a, _) = mailbox.push_retained(true, || vec![delivery(1, QoS::AtMostOnce)]);
+        let (b, _) = mailbox.push_retained(true, || vec![delivery(2, QoS::AtMostOnce)]);
         assert_eq!((a, b), (u32::MAX, 1));
         assert!(pop_all(&mailbox).is_empty());
         mailbox.release_hold(a);

@@ -66,6 +66,41 @@ pub struct SlotInner {
     /// The session's mailbox while it has one, connected or not (messages
     /// redirected from another node are delivered into it).
     pub mailbox: Option<Arc<Mailbox>>,
+    /// The task running this generation's expiry and will-delay clocks.
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+impl SlotInner {
+    /// Moves to the next generation: the owner changes, and the clocks of
+    /// the one before stop. Their task is ended, not left to find out at
+    /// its deadline: a session reconnecting every second with a two-hour
+    /// expiry would otherwise keep 7,200 sleeping tasks.
+    pub fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+        self.generation
+    }
+
+    /// Records the clocks' task of `generation`; one armed for a
+    /// generation that has passed already is ended at once.
+    pub fn set_timer(&mut self, generation: u64, timer: tokio::task::AbortHandle) {
+        if generation == self.generation {
+            if let Some(previous) = self.timer.replace(timer) {
+                previous.abort();
+            }
+        } else {
+            timer.abort();
+        }
+    }
+
+    /// The clocks' task is ending by itself: it ends its generation
+    /// without being aborted.
+    pub fn expire_generation(&mut self) {
+        self.timer = None;
+        self.generation += 1;
+    }
 }
 
 /// A slot in the registry's set, found by its client id: the id is not
@@ -122,6 +157,7 @@ impl SessionRegistry {
                     inner: Mutex::new(SlotInner {
                         owner: Owner::Vacant,
                         generation: 0,
+                        timer: None,
                         pending_will: None,
                         mailbox: None,
                     }),
