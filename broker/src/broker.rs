@@ -30,6 +30,8 @@ pub struct Broker {
     pub(crate) parking: std::sync::OnceLock<Option<crate::connection::parking::ParkingLot>>,
     /// What read buffers hold beyond their everyday size, broker-wide.
     pub read_budget: Arc<crate::connection::read_budget::ReadBudget>,
+    /// Set while the process is above its memory watermark.
+    pub memory: crate::memory::MemoryPressure,
 }
 
 /// Where a node is in its life (`/readyz`, the node record, the admin API).
@@ -85,6 +87,7 @@ impl Broker {
             directory: std::sync::OnceLock::new(),
             parking: std::sync::OnceLock::new(),
             read_budget,
+            memory: crate::memory::MemoryPressure::default(),
         })
     }
 

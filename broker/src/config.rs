@@ -90,6 +90,8 @@ pub struct Config {
     pub max_topic_levels: usize,
     pub max_subscriptions_per_client: usize,
     pub client_dollar_topics: bool,
+    pub max_sessions: usize,
+    pub memory_high_watermark_bytes: u64,
     pub max_retained_messages: usize,
     pub max_retained_bytes: usize,
     pub topic_alias_maximum: u16,
@@ -184,6 +186,8 @@ impl Default for Config {
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
             client_dollar_topics: false,
+            max_sessions: 1_000_000,
+            memory_high_watermark_bytes: 0,
             max_retained_messages: 1_000_000,
             max_retained_bytes: 512 * 1024 * 1024,
             topic_alias_maximum: 1024,
@@ -328,6 +332,8 @@ pub struct FileConfig {
     pub max_topic_levels: Option<usize>,
     pub max_subscriptions_per_client: Option<usize>,
     pub client_dollar_topics: Option<bool>,
+    pub max_sessions: Option<usize>,
+    pub memory_high_watermark_bytes: Option<u64>,
     pub max_retained_messages: Option<usize>,
     pub max_retained_bytes: Option<usize>,
     pub topic_alias_maximum: Option<u16>,
@@ -441,6 +447,16 @@ pub struct Cli {
     /// Most payload and topic bytes of retained messages stored; beyond, refused (v5: 0x97).
     #[arg(long, env = "STARLING_MAX_RETAINED_BYTES", value_name = "BYTES")]
     pub max_retained_bytes: Option<usize>,
+    /// Most sessions (connected or waiting for their client); a CONNECT that would make one more is refused (v5: 0x97).
+    #[arg(long, env = "STARLING_MAX_SESSIONS", value_name = "N")]
+    pub max_sessions: Option<usize>,
+    /// Resident size above which new connections are refused and publishers slowed (0: 80% of the cgroup's or machine's memory).
+    #[arg(
+        long,
+        env = "STARLING_MEMORY_HIGH_WATERMARK_BYTES",
+        value_name = "BYTES"
+    )]
+    pub memory_high_watermark_bytes: Option<u64>,
     /// Topic Alias Maximum announced to v5 clients (0 disables aliases).
     #[arg(long, env = "STARLING_TOPIC_ALIAS_MAXIMUM", value_name = "N")]
     pub topic_alias_maximum: Option<u16>,
@@ -666,6 +682,14 @@ impl Config {
                 .max_retained_bytes
                 .or(file.max_retained_bytes)
                 .unwrap_or(d.max_retained_bytes),
+            max_sessions: cli
+                .max_sessions
+                .or(file.max_sessions)
+                .unwrap_or(d.max_sessions),
+            memory_high_watermark_bytes: cli
+                .memory_high_watermark_bytes
+                .or(file.memory_high_watermark_bytes)
+                .unwrap_or(d.memory_high_watermark_bytes),
             client_dollar_topics: cli
                 .client_dollar_topics
                 .or(file.client_dollar_topics)
@@ -779,6 +803,9 @@ impl Config {
         }
         if self.max_queued_messages == 0 {
             return invalid("max_queued_messages", "must be at least 1");
+        }
+        if self.max_sessions == 0 {
+            return invalid("max_sessions", "must be at least 1");
         }
         if self.max_retained_messages == 0 {
             return invalid("max_retained_messages", "must be at least 1");

@@ -8,6 +8,7 @@ pub mod config;
 pub mod connection;
 pub mod drain;
 pub mod listener;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod open_files;

@@ -149,6 +149,10 @@ counters! {
     protocol_errors,
     /// Connections refused at CONNECT (limits, identifiers, versions).
     connects_refused,
+    /// 1 while the process is above `memory_high_watermark_bytes`.
+    memory_pressure,
+    /// Times a publisher paused between reads under memory pressure.
+    memory_pauses,
     /// Connections accepted that have not completed CONNECT yet.
     pending_connects,
     /// Connections closed at accept: `max_pending_connects` were pending.

@@ -78,6 +78,7 @@ pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
         tokio::spawn(tcp::serve(broker.clone(), listener));
     }
     spawn_housekeeping(broker);
+    tokio::spawn(crate::memory::watch(broker.clone()));
     Ok(())
 }
 

@@ -96,6 +96,8 @@ STARLING_FLAGS = {
     "max_queued_bytes": "--max-queued-bytes",
     "max_retained_messages": "--max-retained-messages",
     "max_retained_bytes": "--max-retained-bytes",
+    "max_sessions": "--max-sessions",
+    "memory_high_watermark_bytes": "--memory-high-watermark-bytes",
 }
 
 # Mosquitto equivalents. Defaults mirror Starling's defaults so that tests see

@@ -578,3 +578,64 @@ def test_the_retained_store_is_bounded_in_count_and_bytes(broker_factory, raw, p
     late.subscribe(1, [("k/#", 0)])
     topics = sorted(p.topic for p in _receive_all(late, QUIET))
     assert topics == sorted([f"k/{i}" for i in range(1, 10)] + ["k/12"]), topics
+
+
+def _rss(b) -> int:
+    with open(f"/proc/{b.pid}/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) * 1024
+
+
+def test_above_the_memory_watermark_connects_are_refused_and_publishers_slowed(broker_factory, raw):
+    """Many clients together can still take more memory than the node has. Above the memory
+    watermark new connections get CONNACK 0x89 Server busy (3.1.1: 3) and publishers pause
+    between reads; once memory is back below 90 % of it, clients connect again."""
+    probe = broker_factory()
+    watermark = _rss(probe) + 40 * 1024 * 1024
+    probe.kill()
+    b = broker_factory(admin=True, memory_high_watermark_bytes=watermark, max_packet_size=1_100_000,
+                       max_queued_bytes=200_000_000)
+    sub = raw(b, V5)
+    sub.connect("hoarder", keepalive=0, props={"ReceiveMaximum": 1})
+    sub.subscribe(1, [("big", 1)])
+    pub = raw(b, V5)
+    pub.connect("bulk", keepalive=0)
+    for i in range(80):  # 80 MB queued for a subscriber that reads nothing
+        pub.publish("big", bytes([i]) * 1_000_000, 1, pid=i % 60000 + 1)
+        pub.expect(r.PUBACK, timeout=30)
+    wait_for(lambda: b.counters()["memory_pressure"] == 1, timeout=10, what="memory pressure")
+    for version, busy in ((V5, 0x89), (V311, 3)):
+        late = raw(b, version)
+        ack = late.connect(f"late{version}", expect_success=False)
+        assert ack.reason == busy, ack
+    pub.publish("t", b"x" * 60_000, 0)
+    pub.publish("t", b"x" * 60_000, 0)
+    pub.ping()
+    assert b.counters()["memory_pauses"] > 0
+    # The hoarder reads everything: the memory goes back, and so does the service.
+    sub.sock.settimeout(TIMEOUT)
+    got = 0
+    while got < 80:
+        p = sub.recv(TIMEOUT)
+        if p.ptype == r.PUBLISH:
+            got += 1
+            sub.puback(p.pid)
+    wait_for(lambda: b.counters()["memory_pressure"] == 0, timeout=15, what="memory pressure to end")
+    raw(b, V5).connect("welcome-back")
+
+
+def test_sessions_are_bounded_and_a_known_client_may_still_resume(broker_factory, raw):
+    """Persistent sessions were unlimited (2.5 KB each for up to the maximum expiry). With
+    max_sessions 3, a fourth client id is refused (0x97; 3.1.1: 3) while one of the three may
+    still come back to its session."""
+    b = broker_factory(max_sessions=3)
+    for i in range(3):
+        c = raw(b, V5)
+        c.connect(f"p{i}", clean=False, props={"SessionExpiryInterval": 600})
+        c.disconnect()
+    for version, quota in ((V5, 0x97), (V311, 3)):
+        extra = raw(b, version)
+        ack = extra.connect(f"p-extra{version}", expect_success=False, clean=version == V5)
+        assert ack.reason == quota, ack
+    back = raw(b, V5)
+    ack = back.connect("p1", clean=False, props={"SessionExpiryInterval": 600})
+    assert ack.reason == 0 and ack.session_present

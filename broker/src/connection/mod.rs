@@ -149,6 +149,9 @@ pub(crate) struct Connection {
     /// This connection's share of the broker-wide read-buffer budget
     /// (`ReadBudget::resize`, in its units), given back in `finish`.
     read_held: u16,
+    /// Reading paused until the timer next fires: the broker is above its
+    /// memory watermark and this client sends bulk (`memory`).
+    paused: bool,
 }
 
 /// Whole seconds since the first call, wrapping every 18 hours: a clock
@@ -349,6 +352,20 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
             ReasonCode::QUOTA_EXCEEDED,
             "connection limit reached",
         ))
+    } else if broker.memory.is_high() {
+        Some(refuse(
+            ReasonCode::SERVER_BUSY,
+            "memory watermark reached: try again later",
+        ))
+    } else if broker
+        .metrics
+        .sessions
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= broker.config.max_sessions as u64
+        && !broker.sessions.contains(&connect.client_id)
+    {
+        // Resuming (or taking over) a session here makes no new one.
+        Some(refuse(ReasonCode::QUOTA_EXCEEDED, "session limit reached"))
     } else {
         None
     };
@@ -405,6 +422,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         pending_acks: VecDeque::new(),
         packet_started: coarse_clock(Instant::now()),
         read_held: read_lease.into_held(),
+        paused: false,
         held_back: None,
         publishing: None,
         keep_alive_deadline: None,
@@ -574,7 +592,7 @@ impl Connection {
             let front_ticket = self.pending_acks.front().and_then(|a| a.ticket.clone());
             let take_mail = self.wbuf.len() < WRITE_HIGH_WATER;
             let held = self.held_back.is_some();
-            let read = self.wbuf.len() < WRITE_STOP_READING && !held;
+            let read = self.wbuf.len() < WRITE_STOP_READING && !held && !self.paused;
             let drained = match &self.held_back {
                 Some(node) => self.broker.router.forward_drained(node),
                 None => None,
@@ -622,6 +640,7 @@ impl Connection {
                     self.heard_from_client();
                 }
                 _ = &mut timer, if !held => {
+                    self.paused = false;
                     let now = Instant::now();
                     if self.keep_alive_deadline.is_some_and(|deadline| deadline <= now) {
                         debug!(peer = %self.peer, client_id = %self.n.client_id, "keep-alive timeout");
@@ -652,7 +671,7 @@ impl Connection {
     /// a quiet client woke a subscriber's task on this thread: the caller
     /// lets that task write first. (A method of its own, not inline in
     /// `run`: its locals would take room in every connection's future.)
-    fn on_readable(&mut self, timer: Pin<&mut tokio::time::Sleep>) -> Result<bool, Ending> {
+    fn on_readable(&mut self, mut timer: Pin<&mut tokio::time::Sleep>) -> Result<bool, Ending> {
         let mark = reply_order::mark();
         // Quiet until now (one PUBLISH a millisecond, say): such a client
         // has most likely sent all it will for a while.
@@ -670,7 +689,19 @@ impl Connection {
             if let Some(deadline) = self.incomplete_packet_deadline()
                 && deadline < timer.deadline()
             {
-                timer.reset(deadline);
+                timer.as_mut().reset(deadline);
+            }
+        }
+        if self.broker.memory.is_high() {
+            // Above the memory watermark: pause before reading again, a
+            // millisecond per KiB of the read size, which grows only for a
+            // client whose reads fill it: 64 ms for a bulk publisher, 2 ms
+            // for a client that sends little.
+            self.paused = true;
+            Metrics::inc(&self.broker.metrics.memory_pauses);
+            let until = Instant::now() + Duration::from_millis(u64::from(self.read_kib));
+            if until < timer.deadline() {
+                timer.as_mut().reset(until);
             }
         }
         Ok(packets == 1 && quiet && !self.wbuf.is_empty() && reply_order::woke_since(mark))
@@ -840,6 +871,7 @@ impl Connection {
             last_active: Instant::now(),
             packet_started: coarse_clock(Instant::now()),
             read_held: 0,
+            paused: false,
         })
     }
 

@@ -180,6 +180,12 @@ impl SessionRegistry {
         Some(slot)
     }
 
+    /// Whether this node has a slot for `client_id` (a session, or a
+    /// connect under way).
+    pub fn contains(&self, client_id: &str) -> bool {
+        self.slots.lock().contains(client_id)
+    }
+
     /// The mailbox of `client_id`'s session, if it has one here.
     pub fn mailbox_of(&self, client_id: &str) -> Option<Arc<Mailbox>> {
         let slot = self.slots.lock().get(client_id)?.0.clone();
