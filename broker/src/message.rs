@@ -341,6 +341,27 @@ impl ForwardTicket {
         !self.failed.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// One ticket for both: done when both are, delivered when both were.
+    /// With one of them missing, the other.
+    pub fn join(
+        a: Option<Arc<ForwardTicket>>,
+        b: Option<Arc<ForwardTicket>>,
+    ) -> Option<Arc<ForwardTicket>> {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let both = ForwardTicket::new(1);
+                let done = both.clone();
+                tokio::spawn(async move {
+                    a.wait().await;
+                    b.wait().await;
+                    done.complete(a.delivered() && b.delivered());
+                });
+                Some(both)
+            }
+            (one, None) | (None, one) => one,
+        }
+    }
+
     /// Resolves once every target answered.
     pub async fn wait(&self) {
         loop {
@@ -353,6 +374,28 @@ impl ForwardTicket {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod ticket_tests {
+    use super::ForwardTicket;
+
+    #[tokio::test]
+    async fn a_joined_ticket_is_done_when_both_are_and_failed_if_either_failed() {
+        assert!(ForwardTicket::join(None, None).is_none());
+        let only = ForwardTicket::new(1);
+        let joined = ForwardTicket::join(Some(only.clone()), None).expect("one");
+        assert!(std::sync::Arc::ptr_eq(&only, &joined));
+
+        let (a, b) = (ForwardTicket::new(1), ForwardTicket::new(1));
+        let both = ForwardTicket::join(Some(a.clone()), Some(b.clone())).expect("both");
+        a.complete(true);
+        tokio::task::yield_now().await;
+        assert!(!both.is_done());
+        b.complete(false);
+        both.wait().await;
+        assert!(!both.delivered());
     }
 }
 

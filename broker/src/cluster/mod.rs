@@ -95,6 +95,8 @@ pub struct Cluster {
     views: watch::Sender<view::SharedView>,
     /// How far the route index has caught up with etcd.
     pub routes_progress: Arc<mirror::MirrorProgress>,
+    /// How far the retained index has caught up with etcd.
+    pub retained_progress: Arc<mirror::MirrorProgress>,
     record: watch::Sender<NodeRecord>,
     /// Mutual TLS on the peer port, when configured.
     peer_tls: Option<Arc<peer_tls::PeerTls>>,
@@ -291,6 +293,7 @@ impl Cluster {
             home,
             views,
             routes_progress,
+            retained_progress: mirror::MirrorProgress::new(),
             record,
             peer_tls,
         })
@@ -346,6 +349,9 @@ impl Cluster {
 
         // Retained messages: share this node's, mirror everyone's.
         let writer = retained::RetainedWriter::new(self.keys.clone());
+        if let Some(sync) = self.routes.route_sync.get() {
+            writer.sync_with(sync.clone());
+        }
         broker.router.set_retained_replicator(writer.clone());
         tokio::spawn(writer.clone().run(self.client.clone()));
         let sink = retained::RetainedSink {
@@ -357,7 +363,7 @@ impl Cluster {
             self.client.clone(),
             self.keys.retained_prefix(),
             sink,
-            mirror::MirrorProgress::new(),
+            self.retained_progress.clone(),
         ));
 
         tokio::spawn(membership::publish_self(

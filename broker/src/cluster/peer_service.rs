@@ -182,13 +182,21 @@ impl Peer for PeerService {
     ) -> Result<Response<AwaitRoutesResponse>, Status> {
         let request = request.into_inner();
         let patience = Duration::from_millis(u64::from(request.timeout_ms)).min(MAX_ROUTE_WAIT);
-        let applied = self
-            .cluster
-            .routes_progress
-            .reach(request.revision, patience)
-            .await;
-        debug!(revision = request.revision, applied, "AwaitRoutes answered");
-        Ok(Response::new(AwaitRoutesResponse { applied }))
+        let progress = match request.mirror() {
+            starling_proto::v1::Mirror::Routes => &self.cluster.routes_progress,
+            starling_proto::v1::Mirror::Retained => &self.cluster.retained_progress,
+        };
+        let applied = progress.reach(request.revision, patience).await;
+        debug!(
+            revision = request.revision,
+            applied,
+            mirror = request.mirror,
+            "AwaitRoutes answered"
+        );
+        Ok(Response::new(AwaitRoutesResponse {
+            applied,
+            mirror: request.mirror,
+        }))
     }
 
     async fn claim_clients(

@@ -13,15 +13,16 @@ use etcd_client::{Client, Txn, TxnOp};
 use parking_lot::Mutex;
 use prost::Message as _;
 use starling_proto::v1::RetainedRecord;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tracing::{debug, warn};
 
 use super::convert::{Origins, from_wire, to_wire};
 use super::keys::Keys;
 use super::mirror::{Backoff, MirrorSink};
+use super::route_sync::RouteSync;
 use crate::broker::Broker;
 use crate::config::TopicLimits;
-use crate::message::Message;
+use crate::message::{ForwardTicket, Message};
 use crate::router::retained::RetainedStore;
 use crate::router::store::RetainedReplicator;
 
@@ -37,6 +38,9 @@ pub struct RetainedWriter {
     keys: Keys,
     state: Mutex<Writes>,
     wake: Notify,
+    /// Route sync, when on: publishers of retained messages may wait until
+    /// every node serves what they published.
+    sync: std::sync::OnceLock<Arc<RouteSync>>,
 }
 
 #[derive(Default)]
@@ -44,6 +48,33 @@ struct Writes {
     /// topic -> record to put, or `None` to delete.
     pending: HashMap<String, Option<Vec<u8>>>,
     local: LocalWrites,
+    /// topic -> publishers waiting for the etcd revision of their write,
+    /// with the generation of their local change.
+    waiters: HashMap<String, Vec<(u64, oneshot::Sender<i64>)>>,
+}
+
+impl Writes {
+    /// `topic`'s change `generation` is in etcd at `revision`: its waiters,
+    /// and those of earlier changes (which a later value replaced before
+    /// it was written), learn the revision.
+    fn release_waiters(&mut self, topic: &str, generation: u64, revision: i64) {
+        let Some(waiting) = self.waiters.get_mut(topic) else {
+            return;
+        };
+        let mut kept = Vec::new();
+        for (waited, sender) in waiting.drain(..) {
+            if waited <= generation {
+                let _ = sender.send(revision);
+            } else {
+                kept.push((waited, sender));
+            }
+        }
+        if kept.is_empty() {
+            self.waiters.remove(topic);
+        } else {
+            *waiting = kept;
+        }
+    }
 }
 
 /// Topics whose retained message was set on this node and whose write has
@@ -140,7 +171,13 @@ impl RetainedWriter {
             keys,
             state: Mutex::new(Writes::default()),
             wake: Notify::new(),
+            sync: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Route sync is on: retained publishes may ask for a ticket.
+    pub fn sync_with(&self, sync: Arc<RouteSync>) {
+        let _ = self.sync.set(sync);
     }
 
     pub async fn run(self: Arc<Self>, mut client: Client) {
@@ -149,7 +186,7 @@ impl RetainedWriter {
             // (topic, record, generation of the local change).
             let batch: Vec<(String, Option<Vec<u8>>, u64)> = {
                 let mut state = self.state.lock();
-                let Writes { pending, local } = &mut *state;
+                let Writes { pending, local, .. } = &mut *state;
                 let mut bytes = 0;
                 let topics: Vec<String> = pending
                     .iter()
@@ -189,11 +226,15 @@ impl RetainedWriter {
                     backoff.reset();
                     debug!(changes = batch.len(), "retained messages written");
                     let revision = response.header().map(|h| h.revision());
-                    let local = &mut self.state.lock().local;
+                    let state = &mut *self.state.lock();
                     for (topic, _, generation) in &batch {
                         match revision {
-                            Some(revision) => local.written(topic, *generation, revision),
-                            None => local.forget(topic, *generation),
+                            Some(revision) => {
+                                state.local.written(topic, *generation, revision);
+                                state.release_waiters(topic, *generation, revision);
+                            }
+                            // Unknown: the waiters' tickets time out.
+                            None => state.local.forget(topic, *generation),
                         }
                     }
                 }
@@ -213,7 +254,12 @@ impl RetainedWriter {
 }
 
 impl RetainedReplicator for RetainedWriter {
-    fn replicate(&self, message: &Arc<Message>, store_here: &mut dyn FnMut()) {
+    fn replicate(
+        &self,
+        message: &Arc<Message>,
+        store_here: &mut dyn FnMut(),
+        want_ticket: bool,
+    ) -> Option<Arc<ForwardTicket>> {
         let too_large = message.payload.len() > MAX_SHARED_RETAINED;
         let record = if message.payload.is_empty() || too_large {
             // Too large: the other nodes drop the older message they have
@@ -225,14 +271,28 @@ impl RetainedReplicator for RetainedWriter {
         if too_large {
             warn!(topic = %message.topic, size = message.payload.len(), "retained message too large to share with the cluster; kept on this node only, cleared on the others");
         }
+        let sync = self.sync.get().filter(|_| want_ticket);
         let mut state = self.state.lock();
-        state.local.begin(&message.topic, too_large);
+        let generation = state.local.begin(&message.topic, too_large);
         state.pending.insert(message.topic.to_string(), record);
         // Under the lock: an event from etcd is applied either before (and
         // overwritten now) or after, against the change just begun.
         store_here();
+        let written = sync.map(|_| {
+            let (sender, receiver) = oneshot::channel();
+            state
+                .waiters
+                .entry(message.topic.to_string())
+                .or_default()
+                .push((generation, sender));
+            receiver
+        });
         drop(state);
         self.wake.notify_one();
+        // A too-large message waits for its delete: the other nodes then
+        // serve no value, which is what the cluster serves.
+        sync.zip(written)
+            .map(|(sync, written)| sync.retained_ticket(written))
     }
 }
 
@@ -372,6 +432,39 @@ impl MirrorSink for RetainedSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiter_learns_the_revision_of_its_write_or_a_later_one() {
+        let mut writes = Writes::default();
+        let (first, mut first_rx) = oneshot::channel();
+        let (second, mut second_rx) = oneshot::channel();
+        let (other, mut other_rx) = oneshot::channel();
+        writes
+            .waiters
+            .entry("t".into())
+            .or_default()
+            .push((1, first));
+        writes
+            .waiters
+            .entry("t".into())
+            .or_default()
+            .push((3, second));
+        writes
+            .waiters
+            .entry("u".into())
+            .or_default()
+            .push((2, other));
+        // Generation 2 of "t" is written: the waiter of 1 (replaced by it)
+        // is released, the one of 3 keeps waiting, "u" is not concerned.
+        writes.release_waiters("t", 2, 100);
+        assert_eq!(first_rx.try_recv(), Ok(100));
+        assert!(second_rx.try_recv().is_err());
+        assert!(other_rx.try_recv().is_err());
+        writes.release_waiters("t", 3, 101);
+        assert_eq!(second_rx.try_recv(), Ok(101));
+        assert!(!writes.waiters.contains_key("t"));
+        assert!(writes.waiters.contains_key("u"));
+    }
 
     #[test]
     fn events_older_than_a_local_change_are_kept_out_until_it_comes_back() {

@@ -13,13 +13,18 @@
 //! one failed call, and the whole wait is bounded by
 //! `route_sync_timeout_secs`: after it the SUBACK goes anyway and the
 //! route reaches the slow node later, as without route sync.
+//!
+//! Retained messages take the same way: the PUBACK of a retained QoS 1/2
+//! publish waits until every peer's retained index holds the write (the
+//! `retained/` mirror, asked with `AwaitRoutes` too), so that whoever
+//! subscribes anywhere after the PUBACK gets that value.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use starling_proto::v1::AwaitRoutesRequest;
+use starling_proto::v1::{AwaitRoutesRequest, Mirror};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -35,7 +40,9 @@ pub struct RouteSync {
     forwarder: Arc<PeerForwarder>,
     metrics: Arc<Metrics>,
     timeout: Duration,
-    barriers: Mutex<HashMap<NodeId, Arc<Barrier>>>,
+    /// Per peer and mirror: independent, a slow retained mirror must not
+    /// hold up routes.
+    barriers: Mutex<HashMap<(NodeId, Mirror), Arc<Barrier>>>,
 }
 
 impl RouteSync {
@@ -77,6 +84,40 @@ impl RouteSync {
         ticket
     }
 
+    /// A ticket completed once every peer's retained index holds the write
+    /// `written` reports (its etcd revision), or the wait gave up; like a
+    /// SUBACK's, it never reports a failure: the message is retained
+    /// either way.
+    pub fn retained_ticket(
+        self: &Arc<Self>,
+        written: tokio::sync::oneshot::Receiver<i64>,
+    ) -> Arc<ForwardTicket> {
+        let ticket = ForwardTicket::new(1);
+        let this = self.clone();
+        let done = ticket.clone();
+        tokio::spawn(async move {
+            let confirm = async {
+                match written.await {
+                    Ok(revision) => this.confirm(Mirror::Retained, revision).await,
+                    // The writer gave it up (a newer write of the topic
+                    // releases its own waiters).
+                    Err(_) => false,
+                }
+            };
+            let synced = tokio::time::timeout(this.timeout, confirm)
+                .await
+                .unwrap_or(false);
+            if !synced {
+                Metrics::inc(&this.metrics.route_sync_timeouts);
+                warn!(
+                    "retained sync incomplete: PUBACK sent before every node confirmed the message"
+                );
+            }
+            done.complete(true);
+        });
+        ticket
+    }
+
     async fn sync(self: &Arc<Self>, keys: &[String]) -> bool {
         let mut revision = 0;
         for key in keys {
@@ -89,8 +130,14 @@ impl RouteSync {
             return true;
         }
         debug!(revision, "routes written; confirming with peers");
+        self.confirm(Mirror::Routes, revision).await
+    }
+
+    /// Waits until every live peer's `mirror` holds `revision`; false if
+    /// one could not confirm it.
+    async fn confirm(self: &Arc<Self>, mirror: Mirror, revision: i64) -> bool {
         let mut waits = JoinSet::new();
-        for node in self.live_barriers() {
+        for node in self.live_barriers(mirror) {
             let this = self.clone();
             waits.spawn(async move { node.reach(revision, &this).await });
         }
@@ -98,32 +145,34 @@ impl RouteSync {
         while let Some(result) = waits.join_next().await {
             all &= result.unwrap_or(false);
         }
-        debug!(revision, all, "route sync done");
+        debug!(revision, all, ?mirror, "sync done");
         all
     }
 
-    /// The barrier of every live peer (and forgets those of nodes gone).
-    fn live_barriers(&self) -> Vec<Arc<Barrier>> {
+    /// The barrier of every live peer for `mirror` (and forgets those of
+    /// nodes gone).
+    fn live_barriers(&self, mirror: Mirror) -> Vec<Arc<Barrier>> {
         let peers = self.forwarder.peers();
         let mut barriers = self.barriers.lock();
-        barriers.retain(|node, _| peers.contains(node));
+        barriers.retain(|(node, _), _| peers.contains(node));
         peers
             .into_iter()
             .map(|node| {
                 barriers
-                    .entry(node.clone())
-                    .or_insert_with(|| Arc::new(Barrier::new(node)))
+                    .entry((node.clone(), mirror))
+                    .or_insert_with(|| Arc::new(Barrier::new(node, mirror)))
                     .clone()
             })
             .collect()
     }
 
-    /// One `AwaitRoutes` call: the revision the peer's index reached.
-    async fn ask(&self, node: &str, revision: i64) -> Result<i64, String> {
+    /// One `AwaitRoutes` call: the revision the peer's `mirror` reached.
+    async fn ask(&self, node: &str, mirror: Mirror, revision: i64) -> Result<i64, String> {
         let mut peer = self.forwarder.client_of(node)?;
         let request = AwaitRoutesRequest {
             revision,
             timeout_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX),
+            mirror: mirror.into(),
         };
         // The peer answers within `timeout_ms`; a second more covers the trip.
         let answer = tokio::time::timeout(
@@ -132,14 +181,21 @@ impl RouteSync {
         )
         .await
         .map_err(|_| "no answer in time".to_string())?
-        .map_err(|status| status.to_string())?;
-        Ok(answer.into_inner().applied)
+        .map_err(|status| status.to_string())?
+        .into_inner();
+        // A peer of an older version answers for its routes whatever was
+        // asked: it cannot confirm another mirror.
+        if answer.mirror() != mirror {
+            return Err(format!("the peer cannot report on its {mirror:?} mirror"));
+        }
+        Ok(answer.applied)
     }
 }
 
 /// What this node knows of one peer's route index.
 struct Barrier {
     node: NodeId,
+    mirror: Mirror,
     state: Mutex<BarrierState>,
     changed: Notify,
 }
@@ -157,9 +213,10 @@ struct BarrierState {
 }
 
 impl Barrier {
-    fn new(node: NodeId) -> Barrier {
+    fn new(node: NodeId, mirror: Mirror) -> Barrier {
         Barrier {
             node,
+            mirror,
             state: Mutex::default(),
             changed: Notify::new(),
         }
@@ -197,7 +254,7 @@ impl Barrier {
     async fn ask_until_confirmed(self: Arc<Self>, sync: Arc<RouteSync>) {
         loop {
             let target = self.state.lock().wanted;
-            let answer = sync.ask(&self.node, target).await;
+            let answer = sync.ask(&self.node, self.mirror, target).await;
             debug!(node = %self.node, target, ?answer, "peer answered AwaitRoutes");
             let mut state = self.state.lock();
             let confirmed = match answer {

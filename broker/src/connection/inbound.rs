@@ -14,7 +14,7 @@ use super::{Connection, Ending, HeldAck};
 use crate::message::{Delivery, ForwardTicket, Message};
 use crate::metrics::Metrics;
 use crate::router::trie::Subscriber;
-use crate::router::{ToRoute, route_name};
+use crate::router::{Retained, ToRoute, route_name};
 use crate::session::state::{OutboundPhase, StoredSubscription};
 
 /// Closes with a protocol error (MQTT 5.0 §4.13.1).
@@ -134,6 +134,10 @@ impl Connection {
             publish.properties,
             Some(self.session.id),
         );
+        // With route sync, the PUBACK of a retained message waits until
+        // every node serves it, as a SUBACK waits for its routes: whoever
+        // subscribes anywhere after the PUBACK gets this value.
+        let mut retained_ticket = None;
         if retain {
             // The retained copy may live for days: don't let it pin the whole
             // read buffer its payload was sliced from.
@@ -151,11 +155,13 @@ impl Connection {
             // The retained store is full (counted): a v5 publisher of QoS
             // 1/2 is told and nothing happens; others cannot be told, and
             // their message still goes to those subscribed now.
-            if !self.broker.router.retain(Arc::new(stored))
-                && self.n.version.is_v5()
-                && qos != QoS::AtMostOnce
-            {
-                return self.refuse_publish(qos, packet_id, ReasonCode::QUOTA_EXCEEDED);
+            let want_ticket = qos != QoS::AtMostOnce && self.broker.config.route_sync;
+            match self.broker.router.retain(Arc::new(stored), want_ticket) {
+                Retained::Stored(ticket) => retained_ticket = ticket,
+                Retained::Refused if self.n.version.is_v5() && qos != QoS::AtMostOnce => {
+                    return self.refuse_publish(qos, packet_id, ReasonCode::QUOTA_EXCEEDED);
+                }
+                Retained::Refused => {}
             }
         }
         // QoS 1/2 in a cluster: the ack waits until every node the message
@@ -174,7 +180,7 @@ impl Connection {
         if let Some(node) = routed.congested {
             self.hold_back(node);
         }
-        let ticket = routed.ticket;
+        let ticket = ForwardTicket::join(routed.ticket, retained_ticket);
         let code = if routed.delivered == 0 && self.n.version.is_v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {

@@ -97,6 +97,16 @@ use trie_slot::{TrieGuard, TrieSlot};
 
 const SHARDS: usize = 16;
 
+/// What became of a retained message given to [`Router::retain`].
+#[derive(Debug)]
+pub enum Retained {
+    /// Stored; the ticket (when asked for) completes once every node of
+    /// the cluster serves it.
+    Stored(Option<Arc<crate::message::ForwardTicket>>),
+    /// Not stored: the retained store is full.
+    Refused,
+}
+
 pub struct Router {
     /// Read by every publish: sharded locks (see
     /// [`ReadMostly`](crate::read_mostly::ReadMostly)), skipped
@@ -300,9 +310,11 @@ impl Router {
     /// Stores (or clears) a retained message published on this node, and
     /// shares it with the cluster.
     ///
-    /// Returns false, storing nothing, when the message would take the
-    /// store past its limits (counted in `retained_refused`).
-    pub fn retain(&self, message: Arc<Message>) -> bool {
+    /// Returns `Refused`, storing nothing, when the message would take the
+    /// store past its limits (counted in `retained_refused`). With
+    /// `want_ticket` in a cluster with route sync, the ticket of `Stored`
+    /// completes once every node serves the message.
+    pub fn retain(&self, message: Arc<Message>, want_ticket: bool) -> Retained {
         let (max_messages, max_bytes) = self.retained_limits;
         if !self
             .retained
@@ -310,14 +322,18 @@ impl Router {
             .admits(&message, max_messages, max_bytes)
         {
             Metrics::inc(&self.metrics.retained_refused);
-            return false;
+            return Retained::Refused;
         }
         let mut store_here = || self.retained.write().set(message.clone());
         match self.replicator.get() {
-            Some(replicator) => replicator.replicate(&message, &mut store_here),
-            None => store_here(),
+            Some(replicator) => {
+                Retained::Stored(replicator.replicate(&message, &mut store_here, want_ticket))
+            }
+            None => {
+                store_here();
+                Retained::Stored(None)
+            }
         }
-        true
     }
 
     /// Stores (or clears) a retained message without sharing it: the
@@ -1252,14 +1268,14 @@ mod tests {
             m.retain = true;
             Arc::new(m)
         };
-        router.retain(retained("a", b"1"));
-        router.retain(retained("b", b"1"));
-        router.retain(retained("c", b"1"));
+        router.retain(retained("a", b"1"), false);
+        router.retain(retained("b", b"1"), false);
+        router.retain(retained("c", b"1"), false);
         let mut read = Vec::new();
         router.retained_matching("+", &mut read);
         let version = router.retained_version();
-        router.retain(retained("a", b"2"));
-        router.retain(retained("b", b""));
+        router.retain(retained("a", b"2"), false);
+        router.retain(retained("b", b""), false);
         assert_ne!(router.retained_version(), version);
         router.refresh_retained(&mut read, |m| m);
         let mut now: Vec<(String, Vec<u8>)> = read

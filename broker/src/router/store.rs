@@ -148,5 +148,12 @@ pub trait RetainedReplicator: Send + Sync + 'static {
     /// A retained message was set (or cleared, with an empty payload) on
     /// this node; `store_here` puts it in this node's index, called while
     /// nothing the replicator applies from the cluster can interleave.
-    fn replicate(&self, message: &Arc<crate::message::Message>, store_here: &mut dyn FnMut());
+    /// With `want_ticket` (and route sync on), a ticket completed once
+    /// every node's index holds the change (or the wait gave up).
+    fn replicate(
+        &self,
+        message: &Arc<crate::message::Message>,
+        store_here: &mut dyn FnMut(),
+        want_ticket: bool,
+    ) -> Option<Arc<crate::message::ForwardTicket>>;
 }

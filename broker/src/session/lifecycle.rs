@@ -522,7 +522,7 @@ pub fn publish_will(broker: &Broker, will: &LastWill) {
     if message.retain {
         // Refused when the retained store is full (counted): the will
         // still goes to those subscribed now.
-        broker.router.retain(message.clone());
+        broker.router.retain(message.clone(), false);
     }
     broker.router.route(&message);
     Metrics::inc(&broker.metrics.wills_published);
