@@ -32,6 +32,8 @@ pub struct Broker {
     pub read_budget: Arc<crate::connection::read_budget::ReadBudget>,
     /// Set while the process is above its memory watermark.
     pub memory: crate::memory::MemoryPressure,
+    /// The bounds of every session's mailbox, shared.
+    pub mailbox_limits: Arc<crate::session::mailbox::MailboxLimits>,
 }
 
 /// Where a node is in its life (`/readyz`, the node record, the admin API).
@@ -75,6 +77,14 @@ impl Broker {
     ) -> Arc<Broker> {
         let read_budget =
             crate::connection::read_budget::ReadBudget::new(config.max_read_buffer_bytes);
+        let mailbox_limits = Arc::new(crate::session::mailbox::MailboxLimits {
+            max_queued: config.max_queued_messages,
+            max_queued_bytes: config.max_queued_bytes,
+            // One subscription's retained messages are at most the store's.
+            max_retained_backlog: config.max_retained_messages,
+            drop_policy: config.queue_drop_policy,
+            queue_qos0_offline: config.queue_qos0,
+        });
         Arc::new(Broker {
             router: Router::new(store, forwarder, metrics.clone())
                 .with_retained_limits(config.max_retained_messages, config.max_retained_bytes),
@@ -88,6 +98,7 @@ impl Broker {
             parking: std::sync::OnceLock::new(),
             read_budget,
             memory: crate::memory::MemoryPressure::default(),
+            mailbox_limits,
         })
     }
 

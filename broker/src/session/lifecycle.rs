@@ -113,17 +113,10 @@ pub async fn open(
 }
 
 fn new_mailbox(broker: &Broker) -> Arc<Mailbox> {
-    Arc::new(
-        Mailbox::new(
-            broker.sessions.new_session_id(),
-            broker.config.max_queued_messages,
-            broker.config.queue_drop_policy,
-            broker.config.queue_qos0,
-        )
-        .with_byte_limit(broker.config.max_queued_bytes)
-        // One subscription's retained messages are at most the store's.
-        .with_retained_backlog_limit(broker.config.max_retained_messages),
-    )
+    Arc::new(Mailbox::with_limits(
+        broker.sessions.new_session_id(),
+        broker.mailbox_limits.clone(),
+    ))
 }
 
 /// Kicks the connection that owns `slot` (if any) and waits, bounded, for

@@ -16,6 +16,7 @@ use starling_codec::QoS;
 
 use crate::config::DropPolicy;
 use crate::message::{Delivery, Origin, SessionId};
+use std::sync::Arc;
 
 /// Capacity above which an emptied queue gives its memory back, so that a
 /// burst does not leave every idle session holding a large buffer.
@@ -45,21 +46,28 @@ struct Dedupe {
     until: Instant,
 }
 
-/// The queue, in delivery order: the first `retained_at` of `items`, then
-/// `retained`, then the rest of `items`.
+/// Retained messages of new subscriptions waiting to go, outside the
+/// queue's bounds: MQTT requires every one of them (MQTT-3.3.1-9), and the
+/// connection takes them as its inflight window and socket allow, like any
+/// message. At most `max_retained_backlog`.
+#[derive(Debug, Default)]
+struct Backlog {
+    retained: VecDeque<Delivery>,
+    /// How many of the queue's `items` come before `retained`.
+    at: usize,
+}
+
+/// The queue, in delivery order: the first `backlog.at` of `items`, then
+/// `backlog.retained`, then the rest of `items`.
 #[derive(Debug, Default)]
 struct Queue {
     /// Everything the queue's bounds count.
     items: VecDeque<Delivery>,
     /// What `items` weigh in payload and topic bytes (`weight`).
     bytes: usize,
-    /// Retained messages of new subscriptions, outside the bounds: MQTT
-    /// requires every one of them (MQTT-3.3.1-9), and the connection takes
-    /// them as its inflight window and socket allow, like any message. At
-    /// most the mailbox's `max_retained_backlog`.
-    retained: VecDeque<Delivery>,
-    /// How many of `items` come before `retained`.
-    retained_at: usize,
+    /// Retained messages of new subscriptions, outside the bounds (boxed:
+    /// most mailboxes never have one).
+    backlog: Option<Box<Backlog>>,
     /// Boxed: almost always `None`, and every session has a mailbox.
     dedupe: Option<Box<Dedupe>>,
     /// The last hold number given to retained messages waiting for their
@@ -85,25 +93,29 @@ impl Queue {
     fn push_front(&mut self, delivery: Delivery) {
         self.bytes += weight(&delivery);
         self.items.push_front(delivery);
-        if !self.retained.is_empty() {
-            self.retained_at += 1;
+        if let Some(backlog) = &mut self.backlog {
+            backlog.at += 1;
         }
     }
 
     /// The next delivery in order.
     fn front(&self) -> Option<&Delivery> {
-        match self.retained.front() {
-            Some(retained) if self.retained_at == 0 => Some(retained),
+        match &self.backlog {
+            Some(backlog) if backlog.at == 0 => backlog.retained.front(),
             _ => self.items.front(),
         }
     }
 
     /// Takes the next delivery in order.
     fn pop_front(&mut self) -> Option<Delivery> {
-        if self.retained_at == 0
-            && let Some(retained) = self.retained.pop_front()
+        if let Some(backlog) = &mut self.backlog
+            && backlog.at == 0
         {
-            return Some(retained);
+            let retained = backlog.retained.pop_front();
+            if backlog.retained.is_empty() {
+                self.backlog = None;
+            }
+            return retained;
         }
         self.pop_oldest_counted()
     }
@@ -113,12 +125,14 @@ impl Queue {
     fn pop_oldest_counted(&mut self) -> Option<Delivery> {
         let delivery = self.items.pop_front()?;
         self.bytes -= weight(&delivery);
-        self.retained_at = self.retained_at.saturating_sub(1);
+        if let Some(backlog) = &mut self.backlog {
+            backlog.at = backlog.at.saturating_sub(1);
+        }
         Some(delivery)
     }
 
     fn len(&self) -> usize {
-        self.items.len() + self.retained.len()
+        self.items.len() + self.backlog.as_ref().map_or(0, |b| b.retained.len())
     }
 
     /// Whether `delivery` still waits for its SUBACK.
@@ -137,6 +151,19 @@ fn is_after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
 }
 
+/// What every mailbox of a broker is bounded by: one copy shared by all
+/// (every session has a mailbox; per mailbox they cost 40 bytes).
+#[derive(Debug, Clone)]
+pub struct MailboxLimits {
+    pub max_queued: usize,
+    /// Payload and topic bytes queued at most (`max_queued_bytes`).
+    pub max_queued_bytes: usize,
+    /// Retained messages of new subscriptions waiting at most.
+    pub max_retained_backlog: usize,
+    pub drop_policy: DropPolicy,
+    pub queue_qos0_offline: bool,
+}
+
 #[derive(Debug)]
 pub struct Mailbox {
     pub session_id: SessionId,
@@ -145,46 +172,51 @@ pub struct Mailbox {
     mail: AtomicBool,
     reader: AtomicWaker,
     online: AtomicBool,
-    max_queued: usize,
-    /// Retained messages of new subscriptions waiting at most.
-    max_retained_backlog: usize,
-    /// Payload and topic bytes queued at most (`max_queued_bytes`).
-    max_queued_bytes: usize,
-    drop_policy: DropPolicy,
-    queue_qos0_offline: bool,
+    limits: Arc<MailboxLimits>,
 }
 
 impl Mailbox {
+    /// A mailbox with limits of its own, unbounded in bytes (tests).
     pub fn new(
         session_id: SessionId,
         max_queued: usize,
         drop_policy: DropPolicy,
         queue_qos0_offline: bool,
     ) -> Mailbox {
+        Mailbox::with_limits(
+            session_id,
+            Arc::new(MailboxLimits {
+                max_queued,
+                max_queued_bytes: usize::MAX,
+                max_retained_backlog: usize::MAX,
+                drop_policy,
+                queue_qos0_offline,
+            }),
+        )
+    }
+
+    /// A mailbox bounded by the broker's shared `limits`.
+    pub fn with_limits(session_id: SessionId, limits: Arc<MailboxLimits>) -> Mailbox {
         Mailbox {
             session_id,
             queue: Mutex::new(Queue::default()),
             mail: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             online: AtomicBool::new(false),
-            max_queued,
-            max_queued_bytes: usize::MAX,
-            max_retained_backlog: usize::MAX,
-            drop_policy,
-            queue_qos0_offline,
+            limits,
         }
     }
 
     /// Bounds the queue in bytes too (see [`weight`]).
     pub fn with_byte_limit(mut self, max_queued_bytes: usize) -> Mailbox {
-        self.max_queued_bytes = max_queued_bytes;
+        Arc::make_mut(&mut self.limits).max_queued_bytes = max_queued_bytes;
         self
     }
 
     /// Bounds the retained messages of new subscriptions waiting to go
-    /// (they are outside the other bounds; see `Queue::retained`).
+    /// (they are outside the other bounds; see `Queue::backlog`).
     pub fn with_retained_backlog_limit(mut self, max: usize) -> Mailbox {
-        self.max_retained_backlog = max;
+        Arc::make_mut(&mut self.limits).max_retained_backlog = max;
         self
     }
 
@@ -226,7 +258,7 @@ impl Mailbox {
     /// `Some` when `delivery` is not to be queued at all: QoS 0 while the
     /// session is offline and such messages are not kept.
     fn dropped_offline(&self, online: bool, delivery: &Delivery) -> Option<PushOutcome> {
-        (!online && delivery.qos == QoS::AtMostOnce && !self.queue_qos0_offline)
+        (!online && delivery.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline)
             .then_some(PushOutcome::DroppedOfflineQos0)
     }
 
@@ -245,13 +277,14 @@ impl Mailbox {
         }
         let bytes = weight(&delivery);
         let fits = |queue: &Queue| {
-            queue.items.len() < self.max_queued && queue.bytes + bytes <= self.max_queued_bytes
+            queue.items.len() < self.limits.max_queued
+                && queue.bytes + bytes <= self.limits.max_queued_bytes
         };
         if fits(guard) {
             guard.push_back(delivery);
             return PushOutcome::Queued;
         }
-        if self.drop_policy == DropPolicy::Newest || bytes > self.max_queued_bytes {
+        if self.limits.drop_policy == DropPolicy::Newest || bytes > self.limits.max_queued_bytes {
             return PushOutcome::DroppedFull;
         }
         let mut dropped = 0;
@@ -299,26 +332,35 @@ impl Mailbox {
                 };
                 number = queue.holds_issued;
             }
-            if queue.retained.is_empty() {
-                queue.retained_at = queue.items.len();
-            } else {
-                let at = queue.retained_at;
-                let since = queue.items.split_off(at);
-                for delivery in since {
-                    queue.bytes -= weight(&delivery);
-                    queue.retained.push_back(delivery);
+            let queue = &mut *queue;
+            let backlog = match &mut queue.backlog {
+                Some(backlog) => {
+                    // What was queued since the backlog began joins it.
+                    let at = backlog.at.min(queue.items.len());
+                    for delivery in queue.items.split_off(at) {
+                        queue.bytes -= weight(&delivery);
+                        backlog.retained.push_back(delivery);
+                    }
+                    backlog
                 }
-            }
+                none => none.insert(Box::new(Backlog {
+                    retained: VecDeque::new(),
+                    at: queue.items.len(),
+                })),
+            };
             for mut delivery in retained {
                 if self.dropped_offline(online, &delivery).is_some() {
                     continue;
                 }
-                if queue.retained.len() >= self.max_retained_backlog {
+                if backlog.retained.len() >= self.limits.max_retained_backlog {
                     dropped += 1;
                     continue;
                 }
                 delivery.suback_hold = number;
-                queue.retained.push_back(delivery);
+                backlog.retained.push_back(delivery);
+            }
+            if backlog.retained.is_empty() {
+                queue.backlog = None;
             }
         }
         if online {
@@ -361,11 +403,9 @@ impl Mailbox {
                 out.push(delivery);
             }
         }
-        let queue = &mut *guard;
-        for items in [&mut queue.items, &mut queue.retained] {
-            if items.is_empty() && items.capacity() > SHRINK_ABOVE {
-                *items = VecDeque::new();
-            }
+        let queue = &mut guard.items;
+        if queue.is_empty() && queue.capacity() > SHRINK_ABOVE {
+            *queue = VecDeque::new();
         }
     }
 
@@ -385,10 +425,11 @@ impl Mailbox {
         queue.release_all_holds();
         let mut items = std::mem::take(&mut queue.items);
         queue.bytes = 0;
-        let after = items.split_off(queue.retained_at.min(items.len()));
-        items.append(&mut queue.retained);
-        items.extend(after);
-        queue.retained_at = 0;
+        if let Some(mut backlog) = queue.backlog.take() {
+            let after = items.split_off(backlog.at.min(items.len()));
+            items.append(&mut backlog.retained);
+            items.extend(after);
+        }
         for delivery in &mut items {
             delivery.suback_hold = 0;
         }
