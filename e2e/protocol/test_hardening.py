@@ -271,18 +271,38 @@ def test_a_token_shorter_than_16_characters_is_a_configuration_error(broker_fact
 
 
 def test_half_sent_requests_time_out_and_are_bounded(broker_factory):
-    """Sockets that send half a request head are closed after the header timeout (5 s), and no
-    more than 64 admin connections are held at once: the 65th is closed at accept while the
-    others wait, and once they are gone the API answers again."""
+    """Sockets that send half a request head are closed after the header timeout (5 s). One
+    address holds at most 8 admin connections (a 9th is closed at once, so that one client
+    cannot take the probes' place), and all addresses together at most 64."""
     b = broker_factory(admin=True)
+    half = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
     held = []
+
+    def hold(source: str) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((source, 0))
+        s.settimeout(TIMEOUT)
+        s.connect((HOST, b.admin_port))
+        s.sendall(half)
+        held.append(s)
+
     try:
-        for _ in range(64):
-            s = socket.create_connection((HOST, b.admin_port), timeout=TIMEOUT)
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            held.append(s)
-        _assert_closed_at_once(b.admin_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-                               "a 65th connection was served")
+        for _ in range(8):
+            hold("127.0.0.1")
+        _assert_closed_at_once(b.admin_port, half + b"\r\n", "a 9th connection from one address")
+        for source in range(2, 9):  # 7 more addresses, 8 each: 64 in all
+            for _ in range(8):
+                hold(f"127.0.0.{source}")
+        extra = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        extra.bind(("127.0.0.9", 0))
+        extra.settimeout(TIMEOUT)
+        extra.connect((HOST, b.admin_port))
+        extra.sendall(half + b"\r\n")
+        try:
+            assert extra.recv(100) == b"", "a 65th connection was served"
+        except ConnectionResetError:
+            pass
+        extra.close()
         # The header timeout closes every held socket, without help.
         t0 = time.monotonic()
         for s in held:
@@ -639,3 +659,42 @@ def test_sessions_are_bounded_and_a_known_client_may_still_resume(broker_factory
     back = raw(b, V5)
     ack = back.connect("p1", clean=False, props={"SessionExpiryInterval": 600})
     assert ack.reason == 0 and ack.session_present
+
+
+def test_a_parked_connection_gives_back_its_share_of_the_read_budget(broker_factory, raw):
+    """A client whose 180 KB CONNECT (a large will, user name and password) grew its buffer,
+    then went quiet, parked while still holding its share of the read budget: a few hundred
+    such clients used it up for good. Idle means holding nothing of it."""
+    b = broker_factory(admin=True, park_idle_after_ms=100)
+    c = raw(b, V5)
+    c.connect("big-will", keepalive=0, will_topic="w", will_payload=b"x" * 60_000,
+              username="u" * 60_000, password=b"p" * 60_000)
+    wait_for(lambda: b.counters()["connections_parked"] == 1, what="the connection to park")
+    node = json.load(urllib.request.urlopen(f"http://{HOST}:{b.admin_port}/api/v1/node", timeout=5))
+    assert node["read_buffer_bytes"] == 0, node["read_buffer_bytes"]
+    c.ping()
+
+
+def test_a_retained_backlog_survives_a_disconnect_and_live_traffic(broker_factory, raw):
+    """The retained backlog used to be flattened into the bounded queue whenever the
+    connection ended; a live message then dropped most of it. It stays outside the bound
+    across the disconnect: all 300 retained messages and the live one arrive on return."""
+    b = broker_factory(admin=True, max_queued_messages=10)
+    _publish_retained(b, raw, 300)
+    s = raw(b, V5)
+    s.connect("returning", keepalive=0, clean=False,
+              props={"SessionExpiryInterval": 300, "ReceiveMaximum": 1})
+    s.subscribe(1, [("r/#", 1), ("live", 1)])
+    s.expect(r.PUBLISH)  # one in flight; the rest wait
+    s.disconnect()
+    pub = raw(b, V5)
+    pub.connect("live-pub")
+    pub.publish("live", b"now", 1, pid=1)
+    pub.expect(r.PUBACK)
+    back = raw(b, V5)
+    back.connect("returning", keepalive=0, clean=False, props={"SessionExpiryInterval": 300})
+    got = _receive_all(back)
+    topics = {p.topic for p in got}
+    assert len([t for t in topics if t.startswith("r/")]) == 300, len(topics)
+    assert "live" in topics
+    assert b.counters()["dropped_queue_full"] == 0

@@ -54,6 +54,17 @@ struct Writes {
 }
 
 impl Writes {
+    /// The waiters of `topic`'s changes up to `generation` stop waiting
+    /// without a revision (it is not known).
+    fn drop_waiters(&mut self, topic: &str, generation: u64) {
+        if let Some(waiting) = self.waiters.get_mut(topic) {
+            waiting.retain(|(waited, _)| *waited > generation);
+            if waiting.is_empty() {
+                self.waiters.remove(topic);
+            }
+        }
+    }
+
     /// `topic`'s change `generation` is in etcd at `revision`: its waiters,
     /// and those of earlier changes (which a later value replaced before
     /// it was written), learn the revision.
@@ -233,8 +244,12 @@ impl RetainedWriter {
                                 state.local.written(topic, *generation, revision);
                                 state.release_waiters(topic, *generation, revision);
                             }
-                            // Unknown: the waiters' tickets time out.
-                            None => state.local.forget(topic, *generation),
+                            // Unknown: the waiters are let go (their
+                            // tickets complete unconfirmed at once).
+                            None => {
+                                state.local.forget(topic, *generation);
+                                state.drop_waiters(topic, *generation);
+                            }
                         }
                     }
                 }

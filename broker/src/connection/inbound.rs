@@ -126,9 +126,17 @@ impl Connection {
         self.broker.metrics.messages_received.inc();
         let retain = publish.retain;
         let packet_id = publish.packet_id;
+        // A small payload sliced from a read buffer grown for a large
+        // packet would keep that whole buffer alive for as long as it is
+        // queued somewhere, counted as a few bytes: copied instead.
+        let payload = if self.read_held > 0 && publish.payload.len() < super::READ_MAX {
+            Bytes::copy_from_slice(&publish.payload)
+        } else {
+            publish.payload
+        };
         let message = Message::new(
             topic,
-            publish.payload,
+            payload,
             qos,
             retain,
             publish.properties,

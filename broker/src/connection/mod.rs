@@ -216,15 +216,16 @@ impl PendingConnect {
     /// are pending already (counted in `pending_connects_refused`).
     pub fn admit(broker: &Broker) -> bool {
         let metrics = &broker.metrics;
-        if metrics
+        // Counted first, then checked: listeners admitting at once cannot
+        // all pass one look at the count.
+        let before = metrics
             .pending_connects
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= broker.config.max_pending_connects as u64
-        {
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if before >= broker.config.max_pending_connects as u64 {
+            Metrics::dec(&metrics.pending_connects);
             Metrics::inc(&metrics.pending_connects_refused);
             return false;
         }
-        Metrics::inc(&metrics.pending_connects);
         true
     }
 
@@ -278,8 +279,9 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
     let mut rbuf = BytesMut::new();
     let mut read_lease = read_budget::Lease::new(&broker.read_budget);
     let read = handshake::read_connect(&stream, &mut rbuf, &broker.config, &mut read_lease).await;
-    // Answered one way or the other from here on: no longer pending.
-    drop(pending);
+    // `pending` stays counted until the CONNECT is accepted: a refused
+    // connection lingers a little to close gracefully (`write_and_close`),
+    // and those count against max_pending_connects too.
     let connect = match read {
         Ok(Some(connect)) => connect,
         Ok(None) => return None,
@@ -382,6 +384,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         }
     };
 
+    drop(pending);
     let opened = lifecycle::open(
         &broker,
         n.client_id.clone(),
@@ -397,8 +400,10 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         .map(|will| Box::new(detach_will(will)));
     drop(connect);
     if rbuf.is_empty() {
-        // The CONNECT is parsed; don't keep its buffer while idle.
+        // The CONNECT is parsed; don't keep its buffer while idle, nor its
+        // share of the read budget.
         rbuf = BytesMut::new();
+        read_lease.resize(0);
     }
 
     let mut connection = Connection {
@@ -532,9 +537,10 @@ impl Connection {
 
     /// When the packet now arriving must be complete, if one is.
     fn incomplete_packet_deadline(&self) -> Option<Instant> {
+        // A second more: the clock's readings are rounded down.
         (!self.rbuf.is_empty()).then(|| {
             from_coarse_clock(self.packet_started)
-                + Duration::from_secs(self.broker.config.incomplete_packet_timeout_secs)
+                + Duration::from_secs(self.broker.config.incomplete_packet_timeout_secs + 1)
         })
     }
 
@@ -633,6 +639,8 @@ impl Connection {
                 _ = wait_ticket(&front_ticket), if front_ticket.is_some() => self.release_acks(),
                 _ = wait_drained(drained), if held => {
                     self.held_back = None;
+                    // Not read while held: the packet's clock starts over.
+                    self.packet_started = coarse_clock(Instant::now());
                     if let Err(ending) = self.handle_buffered() {
                         return ending;
                     }
@@ -645,6 +653,10 @@ impl Connection {
                     if self.keep_alive_deadline.is_some_and(|deadline| deadline <= now) {
                         debug!(peer = %self.peer, client_id = %self.n.client_id, "keep-alive timeout");
                         return Ending::ServerClose(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                    }
+                    if self.wbuf.len() >= WRITE_STOP_READING {
+                        // We stopped reading, not the client.
+                        self.packet_started = coarse_clock(now);
                     }
                     if self.incomplete_packet_deadline().is_some_and(|deadline| deadline <= now) {
                         debug!(peer = %self.peer, client_id = %self.n.client_id, buffered = self.rbuf.len(), "incomplete packet timeout");
@@ -757,7 +769,9 @@ impl Connection {
 
     /// Hands the connection to the parking lot. `Some` when it must go on
     /// running instead (it is busy after all, or cannot park).
-    fn park(self) -> Option<Connection> {
+    fn park(mut self) -> Option<Connection> {
+        // Idle means an empty read buffer: nothing of the budget is needed.
+        self.broker.read_budget.resize(&mut self.read_held, 0);
         let broker = self.broker.clone();
         let Some(lot) = parking::lot_of(&broker) else {
             return Some(self.stay_awake());
@@ -881,11 +895,13 @@ impl Connection {
     /// `read_and_handle_inner`).
     fn read_and_handle(&mut self, quiet: bool) -> Result<Option<usize>, Ending> {
         let result = self.read_and_handle_inner(quiet);
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+        if self.rbuf.is_empty() {
             // Give the buffer back while idle (readiness can be spurious, so
             // this holds after a read that found nothing too); packets
             // already decoded keep their own slices of it alive.
-            self.rbuf = BytesMut::new();
+            if self.rbuf.capacity() > 0 {
+                self.rbuf = BytesMut::new();
+            }
             self.broker.read_budget.resize(&mut self.read_held, 0);
         }
         result
@@ -894,11 +910,21 @@ impl Connection {
     fn read_and_handle_inner(&mut self, quiet: bool) -> Result<Option<usize>, Ending> {
         let read_size = usize::from(self.read_kib) * 1024;
         if self.rbuf.capacity() - self.rbuf.len() < read_size / 2 {
-            self.rbuf.reserve(read_size);
             // Beyond the everyday size only while a large packet arrives,
-            // and then out of the broker-wide budget.
-            let beyond = self.rbuf.capacity().saturating_sub(READ_MAX);
-            if !self.broker.read_budget.resize(&mut self.read_held, beyond) {
+            // and then out of the broker-wide budget: asked before the
+            // buffer grows (a reserve may double it), settled after.
+            let asked = self.rbuf.capacity().max(self.rbuf.len() + read_size);
+            let granted = self
+                .broker
+                .read_budget
+                .resize(&mut self.read_held, asked.saturating_sub(READ_MAX));
+            if granted {
+                self.rbuf.reserve(read_size);
+                let beyond = self.rbuf.capacity().saturating_sub(READ_MAX);
+                // Over by what the allocator rounded up, at most: kept.
+                let _ = self.broker.read_budget.resize(&mut self.read_held, beyond);
+            }
+            if !granted {
                 debug!(peer = %self.peer, client_id = %self.n.client_id, buffered = self.rbuf.len(), "read buffer budget exhausted");
                 Metrics::inc(&self.broker.metrics.read_budget_exceeded);
                 return Err(Ending::ServerClose(ReasonCode::SERVER_BUSY));
@@ -1058,8 +1084,10 @@ impl Connection {
         );
         debug!(peer = %self.peer, client_id = %self.n.client_id, "disconnected");
         if let Some(stream) = linger {
-            self.rbuf.clear();
-            close_after_client(stream, self.rbuf).await;
+            // Not the read buffer (it may be as large as a packet): what
+            // is read now is thrown away.
+            drop(self.rbuf);
+            close_after_client(stream, BytesMut::new()).await;
         }
     }
 }
@@ -1082,9 +1110,10 @@ async fn close_after_client(mut stream: TcpStream, mut buf: BytesMut) {
     }
     let deadline = Instant::now() + LINGER;
     let mut discarded = 0;
+    buf.clear();
     while discarded < LINGER_BYTES {
         buf.clear();
-        buf.reserve(16 * 1024);
+        buf.reserve(4 * 1024);
         match tokio::time::timeout_at(deadline, stream.readable()).await {
             Ok(Ok(())) => {}
             _ => return,

@@ -117,6 +117,8 @@ pub struct Router {
     retained: RwLock<RetainedStore>,
     /// (max_retained_messages, max_retained_bytes) for local publishes.
     retained_limits: (usize, usize),
+    /// Held while a local retained message is checked and stored.
+    retained_admission: parking_lot::Mutex<()>,
     store: Arc<dyn RouteStore>,
     /// Cluster mode: hands messages to the nodes the store says want them.
     forwarder: Option<Arc<dyn Forwarder>>,
@@ -234,6 +236,7 @@ impl Router {
             wildcard: TrieSlot::default(),
             retained: RwLock::new(RetainedStore::default()),
             retained_limits: (usize::MAX, usize::MAX),
+            retained_admission: parking_lot::Mutex::new(()),
             store,
             metrics,
         }
@@ -316,6 +319,10 @@ impl Router {
     /// completes once every node serves the message.
     pub fn retain(&self, message: Arc<Message>, want_ticket: bool) -> Retained {
         let (max_messages, max_bytes) = self.retained_limits;
+        // The check and the store, one publisher at a time: concurrent
+        // publishers of new topics must not all pass a check made before
+        // any of them stored.
+        let _admission = self.retained_admission.lock();
         if !self
             .retained
             .read()

@@ -554,9 +554,11 @@ fn redistribute_shared(broker: &Broker, state: &mut SessionState, mailbox: &Mail
         delivery.share = Some(share.clone());
         !broker.router.redeliver_shared(&share, delivery, id)
     });
-    let queued = mailbox.take_all();
+    // Only the shared ones are taken out: the rest (a retained backlog,
+    // outside the queue's bounds, among them) stays as it is. Those no
+    // other member takes go back to the front, in their order.
     let mut kept = Vec::new();
-    for delivery in queued {
+    for delivery in mailbox.take_shared() {
         match delivery.share.clone() {
             Some(share) if broker.router.redeliver_shared(&share, delivery.clone(), id) => {}
             _ => kept.push(delivery),

@@ -306,10 +306,10 @@ impl Mailbox {
     /// They join the retained backlog, which the queue's bounds do not
     /// count, so that none is dropped however many there are; only beyond
     /// the backlog's own limit (a client subscribing to `#` again and
-    /// again) are they dropped, and counted. While a backlog waits, what
-    /// was queued since joins it first, keeping the order (at most a full
-    /// queue's worth each time, and never more than the backlog's limit
-    /// allows for new retained messages).
+    /// again) are they dropped, and counted. The backlog holds retained
+    /// messages only, whose payloads the retained store shares: when live
+    /// messages were queued behind a backlog that still waits, the new
+    /// ones go behind those, into the bounded queue (drops counted).
     ///
     /// With `hold`, the messages (and whatever is queued behind them) wait
     /// until [`release_hold`](Self::release_hold) with the returned number:
@@ -333,34 +333,43 @@ impl Mailbox {
                 number = queue.holds_issued;
             }
             let queue = &mut *queue;
-            let backlog = match &mut queue.backlog {
-                Some(backlog) => {
-                    // What was queued since the backlog began joins it.
-                    let at = backlog.at.min(queue.items.len());
-                    for delivery in queue.items.split_off(at) {
-                        queue.bytes -= weight(&delivery);
-                        backlog.retained.push_back(delivery);
+            let behind_live = queue
+                .backlog
+                .as_ref()
+                .is_some_and(|backlog| backlog.at < queue.items.len());
+            if behind_live {
+                for mut delivery in retained {
+                    if self.dropped_offline(online, &delivery).is_none() {
+                        delivery.suback_hold = number;
+                        dropped += match self.queue_locked(queue, delivery) {
+                            PushOutcome::QueuedDroppedOldest(n) => n as usize,
+                            PushOutcome::DroppedFull => 1,
+                            _ => 0,
+                        };
                     }
-                    backlog
                 }
-                none => none.insert(Box::new(Backlog {
-                    retained: VecDeque::new(),
-                    at: queue.items.len(),
-                })),
-            };
-            for mut delivery in retained {
-                if self.dropped_offline(online, &delivery).is_some() {
-                    continue;
+            } else {
+                let at = queue.items.len();
+                let backlog = queue.backlog.get_or_insert_with(|| {
+                    Box::new(Backlog {
+                        retained: VecDeque::new(),
+                        at,
+                    })
+                });
+                for mut delivery in retained {
+                    if self.dropped_offline(online, &delivery).is_some() {
+                        continue;
+                    }
+                    if backlog.retained.len() >= self.limits.max_retained_backlog {
+                        dropped += 1;
+                        continue;
+                    }
+                    delivery.suback_hold = number;
+                    backlog.retained.push_back(delivery);
                 }
-                if backlog.retained.len() >= self.limits.max_retained_backlog {
-                    dropped += 1;
-                    continue;
+                if backlog.retained.is_empty() {
+                    queue.backlog = None;
                 }
-                delivery.suback_hold = number;
-                backlog.retained.push_back(delivery);
-            }
-            if backlog.retained.is_empty() {
-                queue.backlog = None;
             }
         }
         if online {
@@ -416,6 +425,38 @@ impl Mailbox {
         for delivery in deliveries.into_iter().rev() {
             guard.push_front(delivery);
         }
+    }
+
+    /// Takes out the deliveries of shared subscriptions, leaving the rest
+    /// (the retained backlog included) where it is: a connection that ends
+    /// hands those to other members of their groups.
+    pub fn take_shared(&self) -> Vec<Delivery> {
+        let mut guard = self.queue.lock();
+        let queue = &mut *guard;
+        if queue.items.iter().all(|d| d.share.is_none()) {
+            return Vec::new();
+        }
+        // The backlog's place: after the first `at` of the items.
+        let at = queue.backlog.as_ref().map_or(0, |backlog| backlog.at);
+        let mut taken_before_backlog = 0;
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(queue.items.len());
+        for (index, delivery) in std::mem::take(&mut queue.items).into_iter().enumerate() {
+            if delivery.share.is_none() {
+                kept.push_back(delivery);
+                continue;
+            }
+            queue.bytes -= weight(&delivery);
+            if index < at {
+                taken_before_backlog += 1;
+            }
+            taken.push(delivery);
+        }
+        queue.items = kept;
+        if let Some(backlog) = &mut queue.backlog {
+            backlog.at -= taken_before_backlog;
+        }
+        taken
     }
 
     /// Empties the queue (a new session replaces the old one, or the
@@ -710,27 +751,78 @@ mod tests {
         let many = || (0..100).map(|n| delivery(n, QoS::AtLeastOnce)).collect();
         assert_eq!(mailbox.push_retained(false, many), (0, 0));
         assert_eq!(mailbox.len(), 101, "100 retained beyond a bound of 2");
-        // Live messages queued behind: the bound of 2 applies to them.
+        // A second subscription's retained join the backlog (nothing live
+        // came since), up to its limit.
+        let more = || (100..200).map(|n| delivery(n, QoS::AtLeastOnce)).collect();
+        assert_eq!(mailbox.push_retained(false, more), (0, 50));
+        // Live messages queued behind: the bound of 2 applies to them, and
+        // drop-oldest takes 0 (before the backlog) and 200..=202.
         for n in 200..205 {
             mailbox.push(delivery(n, QoS::AtLeastOnce));
         }
-        // Drop oldest went through the counted ones: 0 (before the
-        // backlog), then 200..=202.
-        assert_eq!(mailbox.len(), 102);
-        // A second subscription's retained come after those live ones
-        // (which join the backlog, in order), up to the backlog's limit.
-        let more = || (100..200).map(|n| delivery(n, QoS::AtLeastOnce)).collect();
-        assert_eq!(mailbox.push_retained(false, more), (0, 52));
-        assert_eq!(mailbox.len(), 150);
+        assert_eq!(mailbox.len(), 152);
         let mut got = Vec::new();
         while !mailbox.is_empty() {
             got.extend(pop_all(&mailbox));
         }
-        let mut expected: Vec<u8> = (0..100).collect();
+        let mut expected: Vec<u8> = (0..150).collect();
         expected.extend([203, 204]);
-        expected.extend(100..148);
         assert_eq!(got, expected);
         assert_eq!(mailbox.queue.lock().bytes, 0);
+    }
+
+    #[test]
+    fn taking_the_shared_ones_leaves_the_backlog_whole_and_in_place() {
+        let mailbox = Mailbox::new(SessionId(1), 3, DropPolicy::Oldest, true);
+        mailbox.set_online(true);
+        let shared = |n| {
+            let mut d = delivery(n, QoS::AtLeastOnce);
+            d.share = Some(Arc::new(crate::message::ShareKey {
+                group: "g".into(),
+                filter: "t".into(),
+            }));
+            d
+        };
+        mailbox.push(shared(0));
+        mailbox.push(delivery(1, QoS::AtLeastOnce));
+        let many = || (10..20).map(|n| delivery(n, QoS::AtLeastOnce)).collect();
+        mailbox.push_retained(false, many);
+        mailbox.push(shared(2));
+        let taken = mailbox.take_shared();
+        assert_eq!(payloads(&taken), vec![0, 2]);
+        assert_eq!(
+            mailbox.queue.lock().bytes,
+            2,
+            "only the unshared one counted"
+        );
+        let mut got = Vec::new();
+        while !mailbox.is_empty() {
+            got.extend(pop_all(&mailbox));
+        }
+        let mut expected = vec![1];
+        expected.extend(10..20);
+        assert_eq!(
+            got, expected,
+            "all ten retained, after what came before them"
+        );
+    }
+
+    #[test]
+    fn retained_behind_live_messages_of_a_waiting_backlog_go_to_the_bounded_queue() {
+        let mailbox = Mailbox::new(SessionId(1), 2, DropPolicy::Oldest, true);
+        mailbox.set_online(true);
+        mailbox.push_retained(false, || {
+            (0..5).map(|n| delivery(n, QoS::AtLeastOnce)).collect()
+        });
+        mailbox.push(delivery(100, QoS::AtLeastOnce));
+        let more = || (10..13).map(|n| delivery(n, QoS::AtLeastOnce)).collect();
+        // Behind live 100: bounded by 2, so 100 and 10 make way.
+        assert_eq!(mailbox.push_retained(false, more), (0, 2));
+        let mut got = Vec::new();
+        while !mailbox.is_empty() {
+            got.extend(pop_all(&mailbox));
+        }
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 11, 12]);
     }
 
     #[test]
