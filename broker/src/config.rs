@@ -827,6 +827,9 @@ impl Config {
                 "must be at least max_packet_size, or the largest packets could never be read",
             );
         }
+        if self.max_queued_bytes > u32::MAX as usize {
+            return invalid("max_queued_bytes", "must be at most 4294967295 (4 GiB)");
+        }
         if self.max_queued_bytes < self.max_packet_size as usize {
             return invalid(
                 "max_queued_bytes",

@@ -275,7 +275,7 @@ pub struct Delivery {
     /// [`Mailbox::push_retained`](crate::session::mailbox::Mailbox::push_retained)).
     /// Only meaningful in the mailbox that numbered it.
     #[serde(skip)]
-    pub suback_hold: u32,
+    pub suback_hold: u16,
 }
 
 /// (De)serializes an `Option<Instant>` as the milliseconds left.

@@ -189,7 +189,7 @@ enum HeldAck {
     },
     /// A SUBACK, and the hold number of the retained messages waiting for
     /// it in the mailbox (0: none wait).
-    SubAck { packet: Box<Packet>, hold: u32 },
+    SubAck { packet: Box<Packet>, hold: u16 },
 }
 
 /// Serves one accepted TCP connection to its end (or until it parks).

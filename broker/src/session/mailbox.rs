@@ -63,8 +63,9 @@ struct Backlog {
 struct Queue {
     /// Everything the queue's bounds count.
     items: VecDeque<Delivery>,
-    /// What `items` weigh in payload and topic bytes (`weight`).
-    bytes: usize,
+    /// What `items` weigh in payload and topic bytes (`weight`); a u32
+    /// (`max_queued_bytes` is at most 4 GiB): every session has a queue.
+    bytes: u32,
     /// Retained messages of new subscriptions, outside the bounds (boxed:
     /// most mailboxes never have one).
     backlog: Option<Box<Backlog>>,
@@ -72,26 +73,26 @@ struct Queue {
     dedupe: Option<Box<Dedupe>>,
     /// The last hold number given to retained messages waiting for their
     /// SUBACK, and the last one released (sent). Numbers wrap and skip 0.
-    holds_issued: u32,
-    holds_released: u32,
+    holds_issued: u16,
+    holds_released: u16,
 }
 
 /// What a queued delivery counts against `max_queued_bytes`: its payload
 /// and topic, the part that grows with what clients send. Shared between
 /// the subscribers it goes to, but a bound per session must count it for
 /// each.
-fn weight(delivery: &Delivery) -> usize {
-    delivery.message.payload.len() + delivery.message.topic.len()
+fn weight(delivery: &Delivery) -> u32 {
+    u32::try_from(delivery.message.payload.len() + delivery.message.topic.len()).unwrap_or(u32::MAX)
 }
 
 impl Queue {
     fn push_back(&mut self, delivery: Delivery) {
-        self.bytes += weight(&delivery);
+        self.bytes = self.bytes.saturating_add(weight(&delivery));
         self.items.push_back(delivery);
     }
 
     fn push_front(&mut self, delivery: Delivery) {
-        self.bytes += weight(&delivery);
+        self.bytes = self.bytes.saturating_add(weight(&delivery));
         self.items.push_front(delivery);
         if let Some(backlog) = &mut self.backlog {
             backlog.at += 1;
@@ -124,7 +125,7 @@ impl Queue {
     /// one): never a retained message of the backlog.
     fn pop_oldest_counted(&mut self) -> Option<Delivery> {
         let delivery = self.items.pop_front()?;
-        self.bytes -= weight(&delivery);
+        self.bytes = self.bytes.saturating_sub(weight(&delivery));
         if let Some(backlog) = &mut self.backlog {
             backlog.at = backlog.at.saturating_sub(1);
         }
@@ -147,8 +148,8 @@ impl Queue {
 
 /// `a` comes after `b` in the wrapping order of hold numbers (at most a
 /// few are outstanding at once, so half the range is plenty).
-fn is_after(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
+fn is_after(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
 }
 
 /// What every mailbox of a broker is bounded by: one copy shared by all
@@ -278,13 +279,15 @@ impl Mailbox {
         let bytes = weight(&delivery);
         let fits = |queue: &Queue| {
             queue.items.len() < self.limits.max_queued
-                && queue.bytes + bytes <= self.limits.max_queued_bytes
+                && u64::from(queue.bytes) + u64::from(bytes) <= self.limits.max_queued_bytes as u64
         };
         if fits(guard) {
             guard.push_back(delivery);
             return PushOutcome::Queued;
         }
-        if self.limits.drop_policy == DropPolicy::Newest || bytes > self.limits.max_queued_bytes {
+        if self.limits.drop_policy == DropPolicy::Newest
+            || bytes as usize > self.limits.max_queued_bytes
+        {
             return PushOutcome::DroppedFull;
         }
         let mut dropped = 0;
@@ -315,7 +318,7 @@ impl Mailbox {
     /// until [`release_hold`](Self::release_hold) with the returned number:
     /// the SUBACK they follow is not sent yet. Returns that number (0 when
     /// nothing was queued or nothing is held) and how many were dropped.
-    pub fn push_retained(&self, hold: bool, make: impl FnOnce() -> Vec<Delivery>) -> (u32, usize) {
+    pub fn push_retained(&self, hold: bool, make: impl FnOnce() -> Vec<Delivery>) -> (u16, usize) {
         let online = self.is_online();
         let mut number = 0;
         let mut dropped = 0;
@@ -379,7 +382,7 @@ impl Mailbox {
     }
 
     /// The SUBACK of hold `number` was sent: its retained messages may go.
-    pub fn release_hold(&self, number: u32) {
+    pub fn release_hold(&self, number: u16) {
         {
             let mut queue = self.queue.lock();
             if is_after(number, queue.holds_released) {
@@ -446,7 +449,7 @@ impl Mailbox {
                 kept.push_back(delivery);
                 continue;
             }
-            queue.bytes -= weight(&delivery);
+            queue.bytes = queue.bytes.saturating_sub(weight(&delivery));
             if index < at {
                 taken_before_backlog += 1;
             }
@@ -842,12 +845,12 @@ mod tests {
         let mailbox = Mailbox::new(SessionId(1), 10, DropPolicy::Oldest, true);
         {
             let mut queue = mailbox.queue.lock();
-            queue.holds_issued = u32::MAX - 1;
-            queue.holds_released = u32::MAX - 1;
+            queue.holds_issued = u16::MAX - 1;
+            queue.holds_released = u16::MAX - 1;
         }
         let (a, _) = mailbox.push_retained(true, || vec![delivery(1, QoS::AtMostOnce)]);
         let (b, _) = mailbox.push_retained(true, || vec![delivery(2, QoS::AtMostOnce)]);
-        assert_eq!((a, b), (u32::MAX, 1));
+        assert_eq!((a, b), (u16::MAX, 1));
         assert!(pop_all(&mailbox).is_empty());
         mailbox.release_hold(a);
         assert_eq!(pop_all(&mailbox), vec![1]);
