@@ -78,3 +78,38 @@ def test_a_retained_record_and_a_route_deeper_than_the_limits_are_skipped(cluste
     assert pub.publish("live/x", b"1", qos=1) < 0x80
     assert sub.get().payload == b"1"
     assert n1.alive() and n2.alive()
+
+
+def test_a_publish_a_frozen_node_never_got_is_not_acknowledged_as_delivered(cluster):
+    """A node frozen (SIGSTOP) with a subscriber: a QoS 1 publish for it waits for its ack until
+    the node's lease runs out and its link goes, then fails. A v5 publisher gets PUBACK 0x80; a
+    3.1.1 publisher, which has no failure code, gets no PUBACK and its connection is closed
+    (before, it got PUBACK 0x00 for a message nobody received)."""
+    import os
+    import signal
+
+    import rawmqtt as r
+
+    c = cluster(3, route_sync=True)
+    _, n2, n3 = c
+    sub = r.RawClient(n3.host, n3.port, 5)
+    pub5 = r.RawClient(n2.host, n2.port, 5)
+    pub3 = r.RawClient(n2.host, n2.port, 4)
+    try:
+        sub.connect("frozen-sub", keepalive=0)
+        sub.subscribe(1, [("frz/#", 1)])
+        pub5.connect("pub5", keepalive=0)
+        pub3.connect("pub3", keepalive=0)
+        os.kill(n3.pid, signal.SIGSTOP)
+        try:
+            pub5.publish("frz/a", b"v5", 1, pid=1)
+            pub3.publish("frz/b", b"v3", 1, pid=1, version=4)
+            ack = pub5.expect(r.PUBACK, timeout=20)
+            assert (ack.pid, ack.reason) == (1, 0x80), ack
+            packets = pub3.recv_until_closed(timeout=20)
+            assert not any(p.ptype == r.PUBACK for p in packets), packets
+        finally:
+            os.kill(n3.pid, signal.SIGCONT)
+    finally:
+        for client in (sub, pub5, pub3):
+            client.close()

@@ -285,6 +285,14 @@ impl Connection {
     /// Sends every ack at the front whose forward finished. A forward that
     /// failed (a node could not get the message) is reported to v5 clients
     /// with 0x80 and ends a QoS 2 flow; 3.1.1 has no way to say so.
+    ///
+    /// 3.1.1 has no failure code: a PUBACK there would say "delivered" for
+    /// a message that was not. The failed message gets no ack, reading
+    /// stops (`failing`), the acks behind it go out as their forwards
+    /// finish, and then the connection is closed (MQTT-4.8.0-2 lets a
+    /// server close on an error while handling a packet): the client
+    /// sends the unacknowledged message again when it reconnects (a QoS 2
+    /// one is routed anew: its packet id is released).
     pub(super) fn release_acks(&mut self) {
         while let Some(front) = self.pending_acks.front() {
             let delivered = match &front.ticket {
@@ -296,17 +304,20 @@ impl Connection {
                 return;
             };
             if !delivered
-                && self.n.version.is_v5()
                 && let HeldAck::Publish {
                     packet_id,
                     code,
                     exactly_once,
                 } = &mut ack
             {
-                *code = ReasonCode::UNSPECIFIED_ERROR;
                 if *exactly_once {
                     self.session.release(*packet_id);
                 }
+                if !self.n.version.is_v5() {
+                    self.failing = true;
+                    continue;
+                }
+                *code = ReasonCode::UNSPECIFIED_ERROR;
             }
             self.send_held(ack);
         }

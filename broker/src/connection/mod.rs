@@ -152,6 +152,10 @@ pub(crate) struct Connection {
     /// Reading paused until the timer next fires: the broker is above its
     /// memory watermark and this client sends bulk (`memory`).
     paused: bool,
+    /// A 3.1.1 client's publish could not reach a node it was for: no more
+    /// is read, and once the acks before it went out the connection closes
+    /// (see `release_acks`).
+    failing: bool,
 }
 
 /// Whole seconds since the first call, wrapping every 18 hours: a clock
@@ -428,6 +432,7 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         packet_started: coarse_clock(Instant::now()),
         read_held: read_lease.into_held(),
         paused: false,
+        failing: false,
         held_back: None,
         publishing: None,
         keep_alive_deadline: None,
@@ -598,7 +603,12 @@ impl Connection {
             let front_ticket = self.pending_acks.front().and_then(|a| a.ticket.clone());
             let take_mail = self.wbuf.len() < WRITE_HIGH_WATER;
             let held = self.held_back.is_some();
-            let read = self.wbuf.len() < WRITE_STOP_READING && !held && !self.paused;
+            if self.failing && self.pending_acks.is_empty() {
+                debug!(peer = %self.peer, client_id = %self.n.client_id, "a publish could not reach another node: closing (3.1.1 has no failure code)");
+                return Ending::ServerClose(ReasonCode::UNSPECIFIED_ERROR);
+            }
+            let read =
+                self.wbuf.len() < WRITE_STOP_READING && !held && !self.paused && !self.failing;
             let drained = match &self.held_back {
                 Some(node) => self.broker.router.forward_drained(node),
                 None => None,
@@ -886,6 +896,7 @@ impl Connection {
             packet_started: coarse_clock(Instant::now()),
             read_held: 0,
             paused: false,
+            failing: false,
         })
     }
 
