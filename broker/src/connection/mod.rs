@@ -931,8 +931,9 @@ impl Connection {
                 .resize(&mut self.read_held, asked.saturating_sub(READ_MAX));
             if granted {
                 self.rbuf.reserve(read_size);
+                // The allocation may be larger than asked; what the budget
+                // cannot take of that rounding stays uncounted.
                 let beyond = self.rbuf.capacity().saturating_sub(READ_MAX);
-                // Over by what the allocator rounded up, at most: kept.
                 let _ = self.broker.read_budget.resize(&mut self.read_held, beyond);
             }
             if !granted {
