@@ -34,6 +34,7 @@ fn main() {
         "me",
         keys.clone(),
         starling::Config::default().topic_limits(),
+        std::time::Duration::from_secs(60),
     );
     let mut sink = index.sink();
     // The keys, built before the first reading: they are the watch's, not

@@ -131,6 +131,7 @@ pub struct Config {
     pub peer_tls_reload_secs: u64,
     /// TTL of this node's etcd lease: how fast the cluster forgets it.
     pub lease_ttl_secs: u64,
+    pub peer_lapse_grace_secs: u64,
     /// Admin HTTP API (health, readiness, node status, drain); off if unset.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token for the admin API's calls that change state or reveal
@@ -212,6 +213,7 @@ impl Default for Config {
             peer_tls_server_name: None,
             peer_tls_reload_secs: 30,
             lease_ttl_secs: 5,
+            peer_lapse_grace_secs: 60,
             admin_listen: None,
             admin_token: None,
             admin_token_file: None,
@@ -358,6 +360,7 @@ pub struct FileConfig {
     pub peer_tls_server_name: Option<String>,
     pub peer_tls_reload_secs: Option<u64>,
     pub lease_ttl_secs: Option<u64>,
+    pub peer_lapse_grace_secs: Option<u64>,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
@@ -530,6 +533,9 @@ pub struct Cli {
     /// Seconds between reads of the peer TLS files (a renewed certificate is used without a restart).
     #[arg(long, env = "STARLING_PEER_TLS_RELOAD_SECS", value_name = "SECS")]
     pub peer_tls_reload_secs: Option<u64>,
+    /// Cluster: seconds a node whose lease ran out while serving keeps its routes here, so that publishes for its subscribers fail instead of finding nobody.
+    #[arg(long, env = "STARLING_PEER_LAPSE_GRACE_SECS", value_name = "SECS")]
+    pub peer_lapse_grace_secs: Option<u64>,
     /// TTL of this node's etcd lease, in seconds.
     #[arg(long, env = "STARLING_LEASE_TTL_SECS", value_name = "SECS")]
     pub lease_ttl_secs: Option<u64>,
@@ -737,6 +743,10 @@ impl Config {
                 .peer_tls_reload_secs
                 .or(file.peer_tls_reload_secs)
                 .unwrap_or(d.peer_tls_reload_secs),
+            peer_lapse_grace_secs: cli
+                .peer_lapse_grace_secs
+                .or(file.peer_lapse_grace_secs)
+                .unwrap_or(d.peer_lapse_grace_secs),
             lease_ttl_secs: cli
                 .lease_ttl_secs
                 .or(file.lease_ttl_secs)

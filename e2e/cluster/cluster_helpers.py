@@ -264,6 +264,7 @@ CLUSTER_FLAGS = {
     "route_sync_timeout": "--route-sync-timeout-secs",
     "route_aggregates": "--route-aggregate",
     "client_directory": "--client-directory",
+    "peer_lapse_grace": "--peer-lapse-grace-secs",
 }
 
 

@@ -113,3 +113,81 @@ def test_a_publish_a_frozen_node_never_got_is_not_acknowledged_as_delivered(clus
     finally:
         for client in (sub, pub5, pub3):
             client.close()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_publishes_for_a_frozen_node_are_never_acknowledged_as_delivered(cluster, qos):
+    """Issue #22 point 4: a subscriber with a persistent session on n3, a publisher on n2, n3
+    frozen (SIGSTOP) for 6 s. Its lease runs out and etcd drops its routes; they used to vanish
+    from n2's index too, and every publish meanwhile was acknowledged (0x10/0x00) and lost. n2
+    now keeps the routes of a node that lapsed while serving: those publishes fail (0x80).
+    Every publish acknowledged with success reaches the subscriber once n3 is back; with QoS 2
+    exactly once, and no message at all more than once."""
+    import os
+    import signal
+    import time
+
+    import rawmqtt as r
+
+    c = cluster(3, route_sync=True)
+    _, n2, n3 = c
+    sub = r.RawClient(n3.host, n3.port, 5)
+    pub = r.RawClient(n2.host, n2.port, 5)
+    try:
+        sub.connect("frozen-sub", keepalive=0, clean=False, props={"SessionExpiryInterval": 300})
+        sub.subscribe(1, [("frz/#", qos)])
+        pub.connect("steady-pub", keepalive=0)
+        codes: dict[int, int] = {}
+        seq = 0
+
+        def publish_for(seconds: float) -> None:
+            nonlocal seq
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                seq += 1
+                pid = seq % 60000 + 1
+                pub.publish("frz/t", str(seq).encode(), qos, pid=pid)
+                if qos == 1:
+                    codes[seq] = pub.expect(r.PUBACK, timeout=20).reason
+                else:
+                    codes[seq] = pub.expect(r.PUBREC, timeout=20).reason
+                    if codes[seq] < 0x80:
+                        pub.pubrel(pid)
+                        pub.expect(r.PUBCOMP, timeout=20)
+                time.sleep(0.01)
+
+        publish_for(1.0)
+        os.kill(n3.pid, signal.SIGSTOP)
+        try:
+            publish_for(6.0)
+        finally:
+            os.kill(n3.pid, signal.SIGCONT)
+        publish_for(3.0)
+        ok = {n for n, code in codes.items() if code < 0x80}
+        failed = {n for n, code in codes.items() if code >= 0x80}
+        assert failed, "no publish failed while n3 was frozen"
+        assert 0x10 not in codes.values(), "a publish found no subscriber"
+        received: list[int] = []
+        deadline = time.monotonic() + 15
+        while not ok <= set(received) and time.monotonic() < deadline:
+            try:
+                p = sub.recv(1.0)
+            except TimeoutError:
+                continue
+            if p.ptype == r.PUBLISH:
+                received.append(int(p.payload))
+                if p.qos == 1:
+                    sub.puback(p.pid)
+                elif p.qos == 2:
+                    sub.pubrec(p.pid)
+            elif p.ptype == r.PUBREL:
+                sub.pubcomp(p.pid)
+        missing = sorted(ok - set(received))
+        assert not missing, f"{len(missing)} acknowledged with success but never delivered: {missing[:10]}"
+        if qos == 2:
+            twice = sorted(n for n in set(received) if received.count(n) > 1)
+            assert not twice, f"delivered more than once: {twice[:10]}"
+        print(f"QoS {qos}: {len(ok)} delivered, {len(failed)} failed (0x80) of {len(codes)}")
+    finally:
+        sub.close()
+        pub.close()

@@ -41,10 +41,12 @@ def test_node_keys_exist_while_running(cluster):
 
 def test_sigkill_expires_node_routes_and_clients(cluster, paho, measure):
     """Issue point 1: SIGKILL of n3 -> nodes/n3, routes/n3/* and the directory entry of its client
-    disappear within ~3x the lease TTL (2 s); publishing on n1 for a topic n3 had subscribed still
-    works (prompt PUBACK, no error) and n2's subscriber still gets it; n3 restarted with the same
-    id rejoins and is forwarded to again."""
-    c = cluster(3, lease_ttl=TTL)
+    disappear within ~3x the lease TTL (2 s). n3 died serving, so n1 keeps its routes for
+    peer_lapse_grace_secs: a publish for n3's subscriber fails (0x80; it cannot reach it) while
+    n2's subscriber still gets it. After the grace, publishing on n1 for a topic n3 had
+    subscribed works again (prompt PUBACK, no error, nothing counted lost); n3 restarted with
+    the same id rejoins and is forwarded to again."""
+    c = cluster(3, lease_ttl=TTL, peer_lapse_grace=4)
     n1, n2, n3 = c
     sub3 = paho(n3, "victim-sub", clean=False, props=pprops("CONNECT", SessionExpiryInterval=300))
     sub3.subscribe("m/#", 1)
@@ -75,16 +77,20 @@ def test_sigkill_expires_node_routes_and_clients(cluster, paho, measure):
     measure("sigkill_to_keys_gone", max(gone.values()))
     assert c.rel_keys("nodes/") == ["nodes/n1", "nodes/n2"]
 
-    # no forwarding to the dead node: n1 drops its link (peers count), forwards nothing that is
-    # lost for it (forward_dropped stays), PUBACK comes promptly, n2 still gets the message
+    # within the grace: n3's route is kept, so the publish fails for it (not a silent success)
+    assert pub.publish("m/x", b"in-grace", qos=1, timeout=3) == 0x80
+    # after it: no forwarding to the dead node: n1 drops its link (peers count) and n3's routes,
+    # forwards nothing that is lost for it (forward_dropped stays), PUBACK comes promptly, n2
+    # still gets the message
     wait_for(lambda: n1.info().get("peers", 1) <= 1, 3, 0.05, "n1 to count 1 peer after n3 left")
+    wait_for(lambda: n1.info().get("remote_routes") == 1, 8, 0.05, "n1 to drop n3's kept route")
     dropped_before = n1.info().get("counters", {}).get("forward_dropped", 0)
     for i in range(5):
         t = time.monotonic()
         code = pub.publish("m/x", f"after-{i}".encode(), qos=1, timeout=3)
         assert code < 0x80, f"PUBACK reason {code:#x} after n3 died"
         assert time.monotonic() - t < 1.0, f"PUBACK took {time.monotonic() - t:.2f}s"
-    assert [m.payload for m in sub2.collect(5)] == [f"after-{i}".encode() for i in range(5)]
+    assert [m.payload for m in sub2.collect(6)] == [b"in-grace"] + [f"after-{i}".encode() for i in range(5)]
     assert n1.info().get("counters", {}).get("forward_dropped", 0) == dropped_before, \
         "n1 still tried to forward to the dead n3"
     assert n1.alive() and n2.alive()

@@ -14,6 +14,7 @@ use super::forward::{PeerForwarder, PeerInfo};
 use super::keys::Keys;
 use super::lease::LeaseWatch;
 use super::mirror::{Backoff, MirrorSink};
+use super::route_index::RouteIndex;
 use super::view::{Member, SharedView, View};
 use crate::router::store::NodeId;
 
@@ -64,6 +65,9 @@ pub struct PeersSink {
     views: watch::Sender<SharedView>,
     /// The members changed since the last view was published.
     changed: bool,
+    /// Told when a serving node's record vanishes (it lapsed) and when it
+    /// comes back (`cluster::lapses`).
+    index: Arc<RouteIndex>,
 }
 
 impl PeersSink {
@@ -72,6 +76,7 @@ impl PeersSink {
         keys: Keys,
         forwarder: Arc<PeerForwarder>,
         views: watch::Sender<SharedView>,
+        index: Arc<RouteIndex>,
     ) -> PeersSink {
         PeersSink {
             own_node: own_node.to_string(),
@@ -80,6 +85,17 @@ impl PeersSink {
             members: BTreeMap::new(),
             views,
             changed: false,
+            index,
+        }
+    }
+
+    /// A member's record is gone at `revision`: if it was serving, its
+    /// lease ran out (a leaving node drains first), and it lapsed.
+    fn gone(&self, node: &NodeId, revision: i64) {
+        let serving = self.members.get(node).is_some_and(|(info, _)| info.serving);
+        if serving && **node != *self.own_node {
+            warn!(%node, revision, "node's lease ran out while it was serving: its routes are kept, and publishes for them fail until it is back");
+            self.index.lapse(node, revision);
         }
     }
 
@@ -112,25 +128,37 @@ impl PeersSink {
 }
 
 impl MirrorSink for PeersSink {
-    fn reset(&mut self, entries: Vec<(String, Vec<u8>)>, _revision: i64) {
-        self.members = entries
+    fn reset(&mut self, entries: Vec<(String, Vec<u8>)>, revision: i64) {
+        let members: BTreeMap<NodeId, (PeerInfo, Member)> = entries
             .iter()
             .filter_map(|(k, v)| self.record(k, v))
             .collect();
+        for node in self.members.keys() {
+            if !members.contains_key(node) {
+                self.gone(node, revision);
+            }
+        }
+        for node in members.keys() {
+            self.index.returned(node);
+        }
+        self.members = members;
         self.publish_peers();
     }
 
     fn put(&mut self, key: &str, value: &[u8], _revision: i64) {
         if let Some((node, entry)) = self.record(key, value) {
+            self.index.returned(&node);
             self.members.insert(node, entry);
             self.publish_peers();
         }
     }
 
-    fn delete(&mut self, key: &str, _revision: i64) {
+    fn delete(&mut self, key: &str, revision: i64) {
         if let Some(node) = self.keys.parse_node(key) {
             info!(%node, "node left the cluster");
-            self.members.remove(node);
+            let node: NodeId = Arc::from(node);
+            self.gone(&node, revision);
+            self.members.remove(&node);
             self.publish_peers();
         }
     }

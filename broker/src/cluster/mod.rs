@@ -21,6 +21,7 @@ mod forward_service;
 mod fresh_claims;
 pub mod home_directory;
 pub mod keys;
+pub mod lapses;
 pub mod lease;
 pub mod leased_keys;
 mod link_queue;
@@ -210,7 +211,12 @@ impl Cluster {
 
         let keys = Keys::new(&config.cluster);
         let lease = lease::start(client.clone(), config.lease_ttl_secs);
-        let index = RouteIndex::new(&config.node_id, keys.clone(), config.topic_limits());
+        let index = RouteIndex::new(
+            &config.node_id,
+            keys.clone(),
+            config.topic_limits(),
+            Duration::from_secs(config.peer_lapse_grace_secs),
+        );
         let routes = EtcdRouteStore::new(
             &config.node_id,
             keys.clone(),
@@ -377,13 +383,16 @@ impl Cluster {
             self.keys.clone(),
             self.forwarder.clone(),
             self.views.clone(),
+            self.index.clone(),
         );
+        let nodes_progress = mirror::MirrorProgress::new();
         tokio::spawn(mirror::run(
             self.client.clone(),
             self.keys.nodes_prefix(),
             peers,
-            mirror::MirrorProgress::new(),
+            nodes_progress.clone(),
         ));
+        tokio::spawn(self.index.clone().resolve_lapses(nodes_progress));
         Ok(())
     }
 

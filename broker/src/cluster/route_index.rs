@@ -8,16 +8,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 use starling_codec::topic::parse_filter;
+use tokio::sync::Notify;
 use tracing::warn;
 
 use super::keys::Keys;
-use super::mirror::MirrorSink;
+use super::lapses::Lapses;
+use super::mirror::{MirrorProgress, MirrorSink};
 use crate::config::TopicLimits;
 use crate::message::ShareKey;
+use crate::router::store::NodeId;
 
 /// Hashed on every publish: foldhash rather than SipHash (see the trie).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -256,6 +260,10 @@ fn collect<'a, 'b>(
     }
 }
 
+/// How long the resolver waits for the `nodes/` mirror to reach a route
+/// deletion's revision before deciding on what it knows.
+const LAPSE_PATIENCE: Duration = Duration::from_secs(2);
+
 /// The remote route index shared by the router (reads) and the mirror
 /// (writes).
 #[derive(Debug)]
@@ -269,17 +277,93 @@ pub struct RouteIndex {
     /// answer of [`matching`](RouteIndex::matching) read at one version
     /// holds for as long as the version stays.
     version: AtomicU64,
+    /// Routes of lapsed nodes, and deletions not decided yet
+    /// (`cluster::lapses`).
+    lapses: Mutex<Lapses>,
+    /// Wakes the resolver: a deletion waits, or a node lapsed.
+    lapse_work: Notify,
+    /// Some node's routes are kept for it: publishes to share groups look.
+    any_lapsed: std::sync::atomic::AtomicBool,
 }
 
 impl RouteIndex {
-    pub fn new(own_node: &str, keys: Keys, limits: TopicLimits) -> Arc<RouteIndex> {
+    pub fn new(
+        own_node: &str,
+        keys: Keys,
+        limits: TopicLimits,
+        lapse_grace: Duration,
+    ) -> Arc<RouteIndex> {
         Arc::new(RouteIndex {
             own_node: own_node.to_string(),
             keys,
             limits,
             trie: RwLock::new(Trie::default()),
             version: AtomicU64::new(1),
+            lapses: Mutex::new(Lapses::new(lapse_grace)),
+            lapse_work: Notify::new(),
+            any_lapsed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// `node`'s record vanished at `revision` while it was serving: its
+    /// routes stay, suspect (see `cluster::lapses`).
+    pub fn lapse(&self, node: &NodeId, revision: i64) {
+        let mut lapses = self.lapses.lock();
+        lapses.lapse(node, revision);
+        self.any_lapsed
+            .store(lapses.any_suspect(), Ordering::Release);
+        drop(lapses);
+        self.lapse_work.notify_one();
+    }
+
+    /// `node` has a record again.
+    pub fn returned(&self, node: &NodeId) {
+        self.lapses.lock().returned(node);
+    }
+
+    /// Decides route deletions once the `nodes/` mirror has their
+    /// revision, and drops suspect routes whose grace ended; runs until
+    /// the process ends.
+    pub async fn resolve_lapses(self: Arc<Self>, nodes: Arc<MirrorProgress>) {
+        loop {
+            let wake = self.lapse_work.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let (waiting_for, next_expiry) = {
+                let lapses = self.lapses.lock();
+                (lapses.waiting_for(), lapses.next_expiry())
+            };
+            let reached = match waiting_for {
+                // Not reached within the patience: decided on what is known.
+                Some(revision) => {
+                    nodes.reach(revision, LAPSE_PATIENCE).await;
+                    revision
+                }
+                None => 0,
+            };
+            let remove = {
+                let mut lapses = self.lapses.lock();
+                let remove = lapses.resolve(reached, Instant::now());
+                self.any_lapsed
+                    .store(lapses.any_suspect(), Ordering::Release);
+                remove
+            };
+            if !remove.is_empty() {
+                self.change(|trie| {
+                    for (node, route) in &remove {
+                        trie.remove(route, node);
+                    }
+                });
+            }
+            if waiting_for.is_none() {
+                match next_expiry {
+                    Some(at) => {
+                        let _ = tokio::time::timeout_at(at.into(), wake).await;
+                    }
+                    None => wake.await,
+                }
+            }
+        }
     }
 
     /// See the field; never 0.
@@ -307,11 +391,22 @@ impl RouteIndex {
         let trie = self.trie.read();
         let mut matched = SmallVec::<[&Node; 8]>::new();
         trie.matches(topic, &mut matched);
+        let groups_from = groups.len();
         for node in matched {
             nodes.extend(node.nodes.iter().cloned());
             groups.extend(node.groups.iter().cloned());
         }
         drop(trie);
+        if groups.len() > groups_from && self.any_lapsed.load(Ordering::Acquire) {
+            // A share group's message goes to one member: not to one on a
+            // node that lapsed while another can take it.
+            let lapses = self.lapses.lock();
+            for (_, members) in &mut groups[groups_from..] {
+                if members.iter().any(|node| !lapses.is_suspect(node)) {
+                    members.retain(|node| !lapses.is_suspect(node));
+                }
+            }
+        }
         if nodes.len() - start > 1 {
             nodes[start..].sort_unstable();
             let mut unique: Vec<Arc<str>> = nodes.drain(start..).collect();
@@ -384,21 +479,35 @@ impl MirrorSink for IndexSink {
                 fresh.insert(filter, &name);
             }
         }
+        // Routes kept for lapsed nodes, or not decided yet, stay.
+        for (node, route) in self.index.lapses.lock().kept() {
+            fresh.insert(&route, &node);
+        }
         self.index.change(|trie| *trie = fresh);
     }
 
     fn put(&mut self, key: &str, _value: &[u8], _revision: i64) {
         if let Some((node, filter)) = self.admit(key) {
             let name = self.node_name(node);
+            self.index.lapses.lock().route_put(&name, filter);
             self.index.change(|trie| trie.insert(filter, &name));
         }
     }
 
-    fn delete(&mut self, key: &str, _revision: i64) {
+    fn delete(&mut self, key: &str, revision: i64) {
         if let Some((node, filter)) = self.index.keys.parse_route(key)
+            && node != self.index.own_node
             && self.index.limits.admit(filter)
         {
-            self.index.change(|trie| trie.remove(filter, node));
+            // Not removed yet: its node may have lapsed (`cluster::lapses`).
+            let name = self.node_name(node);
+            let mut lapses = self.index.lapses.lock();
+            lapses.route_deleted(&name, filter, revision);
+            self.index
+                .any_lapsed
+                .store(lapses.any_suspect(), Ordering::Release);
+            drop(lapses);
+            self.index.lapse_work.notify_one();
         }
     }
 }
@@ -409,6 +518,17 @@ mod tests {
     use crate::config::Config;
 
     impl RouteIndex {
+        /// Decides every route deletion at once, as the resolver does once
+        /// the `nodes/` mirror caught up (no node lapsed in these tests).
+        fn settle(&self) {
+            let remove = self.lapses.lock().resolve(i64::MAX, Instant::now());
+            self.change(|trie| {
+                for (node, route) in &remove {
+                    trie.remove(route, node);
+                }
+            });
+        }
+
         /// The plain-route part of [`RouteIndex::matching`].
         fn matching_nodes(&self, topic: &str, out: &mut Vec<Arc<str>>) {
             self.matching(topic, out, &mut Vec::new());
@@ -421,9 +541,45 @@ mod tests {
     }
 
     #[test]
+    fn a_share_group_prefers_members_on_nodes_that_did_not_lapse() {
+        let keys = Keys::new("c");
+        let index = RouteIndex::new(
+            "me",
+            keys.clone(),
+            Config::default().topic_limits(),
+            Duration::from_secs(60),
+        );
+        let mut sink = index.sink();
+        sink.put(&keys.route("n2", "$share/g/t"), b"", 1);
+        sink.put(&keys.route("n3", "$share/g/t"), b"", 1);
+        sink.put(&keys.route("n3", "plain"), b"", 1);
+        // n3's lease runs out: its record and routes go at revision 5.
+        index.lapse(&Arc::from("n3"), 5);
+        sink.delete(&keys.route("n3", "$share/g/t"), 5);
+        sink.delete(&keys.route("n3", "plain"), 5);
+        index.settle();
+        let (mut nodes, mut groups) = (Vec::new(), Vec::new());
+        index.matching("t", &mut nodes, &mut groups);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].1, vec![Arc::<str>::from("n2")], "n3 is kept out");
+        nodes.clear();
+        index.matching("plain", &mut nodes, &mut groups);
+        assert_eq!(
+            nodes,
+            vec![Arc::<str>::from("n3")],
+            "its plain route is kept"
+        );
+    }
+
+    #[test]
     fn resync_replaces_everything_and_skips_own_routes() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
+        let index = RouteIndex::new(
+            "me",
+            keys.clone(),
+            Config::default().topic_limits(),
+            Duration::from_secs(60),
+        );
         let mut sink = index.sink();
         sink.put(&keys.route("n2", "old/#"), b"", 0);
         sink.reset(
@@ -442,6 +598,7 @@ mod tests {
         index.matching_nodes("old/x", &mut out);
         assert!(out.is_empty(), "a resync drops routes that are gone");
         sink.delete(&keys.route("n3", "a/#"), 0);
+        index.settle();
         out.clear();
         index.matching_nodes("a", &mut out);
         assert!(out.is_empty());
@@ -450,7 +607,12 @@ mod tests {
     #[test]
     fn share_group_routes_are_indexed_apart_from_plain_ones() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
+        let index = RouteIndex::new(
+            "me",
+            keys.clone(),
+            Config::default().topic_limits(),
+            Duration::from_secs(60),
+        );
         let mut sink = index.sink();
         sink.put(&keys.route("n2", "$share/g/s/+"), b"", 0);
         sink.put(&keys.route("n3", "$share/g/s/+"), b"", 0);
@@ -465,7 +627,9 @@ mod tests {
         assert_eq!(&*groups[0].0.filter, "s/+");
         assert_eq!(groups[0].1.len(), 2);
         sink.delete(&keys.route("n2", "$share/g/s/+"), 0);
+        index.settle();
         sink.delete(&keys.route("n3", "$share/g/s/+"), 0);
+        index.settle();
         groups.clear();
         index.matching_groups("s/1", &mut groups);
         assert!(groups.is_empty());
@@ -474,7 +638,12 @@ mod tests {
     #[test]
     fn many_children_of_one_level_still_match_and_go_away() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
+        let index = RouteIndex::new(
+            "me",
+            keys.clone(),
+            Config::default().topic_limits(),
+            Duration::from_secs(60),
+        );
         let mut sink = index.sink();
         // Past FEW_CHILDREN the children move to a hash map.
         let count = 3 * FEW_CHILDREN;
@@ -491,8 +660,10 @@ mod tests {
         }
         for n in 0..count {
             sink.delete(&keys.route("n2", &format!("dev/{n}/cmd/#")), 0);
+            index.settle();
         }
         sink.delete(&keys.route("n3", "dev/+/cmd/#"), 0);
+        index.settle();
         assert!(index.is_empty());
         assert!(
             index.trie.read().root.is_empty(),
@@ -503,12 +674,18 @@ mod tests {
     #[test]
     fn every_change_bumps_the_version() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
+        let index = RouteIndex::new(
+            "me",
+            keys.clone(),
+            Config::default().topic_limits(),
+            Duration::from_secs(60),
+        );
         let mut sink = index.sink();
         let mut seen = vec![index.version()];
         sink.put(&keys.route("n2", "a/#"), b"", 0);
         seen.push(index.version());
         sink.delete(&keys.route("n2", "a/#"), 0);
+        index.settle();
         seen.push(index.version());
         sink.reset(vec![(keys.route("n3", "b"), vec![])], 0);
         seen.push(index.version());
@@ -519,7 +696,12 @@ mod tests {
     #[test]
     fn a_node_is_returned_once_however_many_filters_match() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new("me", keys.clone(), Config::default().topic_limits());
+        let index = RouteIndex::new(
+            "me",
+            keys.clone(),
+            Config::default().topic_limits(),
+            Duration::from_secs(60),
+        );
         let mut sink = index.sink();
         for filter in ["x/#", "x/+", "x/y", "#"] {
             sink.put(&keys.route("n2", filter), b"", 0);
