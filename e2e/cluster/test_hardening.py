@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from cluster_helpers import DEFAULT_LEASE_TTL
 from grpc_raw import pb_bytes
 from helpers import QUIET, TIMEOUT, wait_for
 
@@ -138,14 +139,16 @@ def test_publishes_for_a_frozen_node_are_never_acknowledged_as_delivered(cluster
         sub.subscribe(1, [("frz/#", qos)])
         pub.connect("steady-pub", keepalive=0)
         codes: dict[int, int] = {}
+        longest_wait = 0.0
         seq = 0
 
         def publish_for(seconds: float) -> None:
-            nonlocal seq
+            nonlocal seq, longest_wait
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 seq += 1
                 pid = seq % 60000 + 1
+                sent = time.monotonic()
                 pub.publish("frz/t", str(seq).encode(), qos, pid=pid)
                 if qos == 1:
                     codes[seq] = pub.expect(r.PUBACK, timeout=20).reason
@@ -154,18 +157,23 @@ def test_publishes_for_a_frozen_node_are_never_acknowledged_as_delivered(cluster
                     if codes[seq] < 0x80:
                         pub.pubrel(pid)
                         pub.expect(r.PUBCOMP, timeout=20)
+                longest_wait = max(longest_wait, time.monotonic() - sent)
                 time.sleep(0.01)
 
         publish_for(1.0)
         os.kill(n3.pid, signal.SIGSTOP)
         try:
-            publish_for(6.0)
+            # The scenario freezes n3 for 15 s: STARLING_TEST_FREEZE_SECS=15.
+            publish_for(float(os.environ.get("STARLING_TEST_FREEZE_SECS", "6")))
         finally:
             os.kill(n3.pid, signal.SIGCONT)
         publish_for(3.0)
         ok = {n for n, code in codes.items() if code < 0x80}
         failed = {n for n, code in codes.items() if code >= 0x80}
         assert failed, "no publish failed while n3 was frozen"
+        # The stall is bounded by the frozen node's lease (lease_ttl_secs: 2 s in these tests)
+        # running out, plus the lease's last refresh and the watch.
+        assert longest_wait < 3 * DEFAULT_LEASE_TTL + 2, f"a publish waited {longest_wait:.1f}s"
         assert 0x10 not in codes.values(), "a publish found no subscriber"
         received: list[int] = []
         deadline = time.monotonic() + 15
@@ -187,7 +195,8 @@ def test_publishes_for_a_frozen_node_are_never_acknowledged_as_delivered(cluster
         if qos == 2:
             twice = sorted(n for n in set(received) if received.count(n) > 1)
             assert not twice, f"delivered more than once: {twice[:10]}"
-        print(f"QoS {qos}: {len(ok)} delivered, {len(failed)} failed (0x80) of {len(codes)}")
+        print(f"QoS {qos}: {len(ok)} delivered, {len(failed)} failed (0x80) of {len(codes)}; "
+              f"longest wait for an ack {longest_wait:.2f}s")
     finally:
         sub.close()
         pub.close()
