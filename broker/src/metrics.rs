@@ -168,6 +168,8 @@ counters! {
     /// Retained messages not stored: `max_retained_messages` or
     /// `max_retained_bytes` reached (v5 QoS 1/2: refused with 0x97).
     retained_refused,
+    /// Subscriptions refused: `max_subscriptions_per_client` reached.
+    subscriptions_refused,
     /// PUBLISHes from clients refused for their topic (`$SYS/…`, and other
     /// `$` topics unless `client_dollar_topics`); v5 QoS 1/2 get 0x87.
     publishes_denied,

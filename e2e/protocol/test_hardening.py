@@ -477,7 +477,7 @@ def test_subscriptions_per_client_are_bounded_by_default(broker_factory, raw):
     """One client added 100,000 filters (+137 MB): by default a client holds at most 1,000
     subscriptions; the 1,001st is refused with 0x97 Quota exceeded, resubscribing to one it
     has is not."""
-    b = broker_factory()
+    b = broker_factory(admin=True)
     c = raw(b, V5)
     c.connect("greedy")
     for chunk in range(10):
@@ -485,6 +485,7 @@ def test_subscriptions_per_client_are_bounded_by_default(broker_factory, raw):
         assert ack.reasons == [0] * 100
     ack = c.subscribe(11, [("f/over", 0), ("f/0/0", 1)])
     assert ack.reasons == [0x97, 1], ack
+    assert b.counters()["subscriptions_refused"] == 1
 
 
 # -- point 3: every retained message is delivered -----------------------------------------------

@@ -398,6 +398,7 @@ impl Connection {
                 && config.max_subscriptions_per_client > 0
                 && self.session.subscriptions.len() >= config.max_subscriptions_per_client
             {
+                Metrics::inc(&self.broker.metrics.subscriptions_refused);
                 codes.push(refusal(v5, ReasonCode::QUOTA_EXCEEDED));
                 continue;
             }
