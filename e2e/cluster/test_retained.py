@@ -151,6 +151,12 @@ def test_retained_at_subscribe_never_follows_a_newer_live_message(cluster, paho)
     writer = threading.Thread(target=publish_forever, daemon=True)
     writer.start()
     try:
+        # Each attempt expects a retained value, so one must be stored first: a message of the
+        # stream reaching a probe means one is (the publisher stores before it routes).
+        probe = paho(n2, "order-probe")
+        probe.subscribe("order/t", 0)
+        probe.messages.get(timeout=5)
+        probe.close()
         # A new filter each time, so that each SUBACK waits for route sync.
         for attempt, topic_filter in enumerate(["order/t", "order/+", "order/#", "+/t", "+/+"]):
             s = paho(n2, f"order-sub-{attempt}")
