@@ -517,6 +517,16 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    /// The index of node "me", with the default limits and grace.
+    fn index_of(keys: &Keys) -> Arc<RouteIndex> {
+        RouteIndex::new(
+            "me",
+            keys.clone(),
+            Config::default().topic_limits(),
+            Duration::from_secs(60),
+        )
+    }
+
     impl RouteIndex {
         /// Decides every route deletion at once, as the resolver does once
         /// the `nodes/` mirror caught up (no node lapsed in these tests).
@@ -543,12 +553,7 @@ mod tests {
     #[test]
     fn a_share_group_prefers_members_on_nodes_that_did_not_lapse() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new(
-            "me",
-            keys.clone(),
-            Config::default().topic_limits(),
-            Duration::from_secs(60),
-        );
+        let index = index_of(&keys);
         let mut sink = index.sink();
         sink.put(&keys.route("n2", "$share/g/t"), b"", 1);
         sink.put(&keys.route("n3", "$share/g/t"), b"", 1);
@@ -574,12 +579,7 @@ mod tests {
     #[test]
     fn resync_replaces_everything_and_skips_own_routes() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new(
-            "me",
-            keys.clone(),
-            Config::default().topic_limits(),
-            Duration::from_secs(60),
-        );
+        let index = index_of(&keys);
         let mut sink = index.sink();
         sink.put(&keys.route("n2", "old/#"), b"", 0);
         sink.reset(
@@ -607,12 +607,7 @@ mod tests {
     #[test]
     fn share_group_routes_are_indexed_apart_from_plain_ones() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new(
-            "me",
-            keys.clone(),
-            Config::default().topic_limits(),
-            Duration::from_secs(60),
-        );
+        let index = index_of(&keys);
         let mut sink = index.sink();
         sink.put(&keys.route("n2", "$share/g/s/+"), b"", 0);
         sink.put(&keys.route("n3", "$share/g/s/+"), b"", 0);
@@ -638,12 +633,7 @@ mod tests {
     #[test]
     fn many_children_of_one_level_still_match_and_go_away() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new(
-            "me",
-            keys.clone(),
-            Config::default().topic_limits(),
-            Duration::from_secs(60),
-        );
+        let index = index_of(&keys);
         let mut sink = index.sink();
         // Past FEW_CHILDREN the children move to a hash map.
         let count = 3 * FEW_CHILDREN;
@@ -674,12 +664,7 @@ mod tests {
     #[test]
     fn every_change_bumps_the_version() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new(
-            "me",
-            keys.clone(),
-            Config::default().topic_limits(),
-            Duration::from_secs(60),
-        );
+        let index = index_of(&keys);
         let mut sink = index.sink();
         let mut seen = vec![index.version()];
         sink.put(&keys.route("n2", "a/#"), b"", 0);
@@ -696,12 +681,7 @@ mod tests {
     #[test]
     fn a_node_is_returned_once_however_many_filters_match() {
         let keys = Keys::new("c");
-        let index = RouteIndex::new(
-            "me",
-            keys.clone(),
-            Config::default().topic_limits(),
-            Duration::from_secs(60),
-        );
+        let index = index_of(&keys);
         let mut sink = index.sink();
         for filter in ["x/#", "x/+", "x/y", "#"] {
             sink.put(&keys.route("n2", filter), b"", 0);
