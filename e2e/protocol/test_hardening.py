@@ -430,8 +430,12 @@ def test_large_packets_in_progress_share_a_broker_wide_read_budget(broker_factor
         c.send(whole[:900_000])
         clients.append(c)
     busy = [c for c in clients if not c.is_open_after(QUIET)]
-    assert 3 <= len(busy) <= 5, f"{len(busy)} of 6 closed"
+    # How many fit depends on how each buffer grew (the budget counts in 64 KiB units); what
+    # holds is that some were refused and the rest stay within the budget.
+    assert 1 <= len(busy) <= 5, f"{len(busy)} of 6 closed"
     assert b.counters()["read_budget_exceeded"] == len(busy)
+    node = json.load(urllib.request.urlopen(f"http://{HOST}:{b.admin_port}/api/v1/node", timeout=5))
+    assert 0 < node["read_buffer_bytes"] <= 3 * 1024 * 1024, node["read_buffer_bytes"]
     small = raw(b, V5)
     small.connect("small")
     small.publish("t", b"1", 1, pid=1)
