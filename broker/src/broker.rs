@@ -31,7 +31,7 @@ pub struct Broker {
     /// What read buffers hold beyond their everyday size, broker-wide.
     pub read_budget: Arc<crate::connection::read_budget::ReadBudget>,
     /// Set while the process is above its memory watermark.
-    pub memory: crate::memory::MemoryPressure,
+    pub memory: Arc<crate::memory::MemoryPressure>,
     /// The bounds of every session's mailbox, shared.
     pub mailbox_limits: Arc<crate::session::mailbox::MailboxLimits>,
 }
@@ -97,7 +97,7 @@ impl Broker {
             directory: std::sync::OnceLock::new(),
             parking: std::sync::OnceLock::new(),
             read_budget,
-            memory: crate::memory::MemoryPressure::default(),
+            memory: Arc::default(),
             mailbox_limits,
         })
     }

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::broker::Broker;
+use tokio_util::sync::CancellationToken;
+
 use crate::metrics::Metrics;
 
 /// How often the resident size is read (one small read of /proc).
@@ -45,9 +46,17 @@ pub fn watermark(configured: u64) -> Option<u64> {
     memory_limit().map(|limit| limit / 100 * DEFAULT_SHARE_PERCENT)
 }
 
-/// Watches the resident size until shutdown, setting `broker.memory`.
-pub async fn watch(broker: Arc<Broker>) {
-    let Some(high) = watermark(broker.config.memory_high_watermark_bytes) else {
+/// Watches the resident size until `shutdown`, setting `pressure` above
+/// the watermark (`configured`, see [`watermark`]). Takes the broker's
+/// parts, not the broker: the broker holds the pressure, so this module
+/// stays below it.
+pub async fn watch(
+    configured: u64,
+    pressure: Arc<MemoryPressure>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let Some(high) = watermark(configured) else {
         warn!("memory limit unknown and memory_high_watermark_bytes not set: no memory watermark");
         return;
     };
@@ -57,22 +66,21 @@ pub async fn watch(broker: Arc<Broker>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = broker.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
         let Some(rss) = resident_bytes() else {
             continue;
         };
-        let pressure = &broker.memory;
         if !pressure.is_high() && rss > high {
             pressure.set(true);
-            Metrics::inc(&broker.metrics.memory_pressure);
+            Metrics::inc(&metrics.memory_pressure);
             warn!(
                 resident_bytes = rss,
                 watermark_bytes = high,
                 "above the memory watermark: new connections refused, publishers slowed"
             );
         } else if pressure.is_high() && rss < low && pressure.set(false) {
-            Metrics::dec(&broker.metrics.memory_pressure);
+            Metrics::dec(&metrics.memory_pressure);
             info!(resident_bytes = rss, "below the memory watermark again");
         }
     }

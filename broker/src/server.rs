@@ -78,7 +78,12 @@ pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
         tokio::spawn(tcp::serve(broker.clone(), listener));
     }
     spawn_housekeeping(broker);
-    tokio::spawn(crate::memory::watch(broker.clone()));
+    tokio::spawn(crate::memory::watch(
+        broker.config.memory_high_watermark_bytes,
+        broker.memory.clone(),
+        broker.metrics.clone(),
+        broker.shutdown.clone(),
+    ));
     Ok(())
 }
 
