@@ -8,8 +8,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::node::NodeState;
 use crate::router::Router;
-use crate::router::store::{Forwarder, LocalRouteStore, RouteStore};
+use crate::router::store::{Forwarder, LocalRouteStore, RetainedReplicator, RouteStore};
+use crate::session::directory::SessionDirectory;
 use crate::session::registry::SessionRegistry;
 
 pub struct Broker {
@@ -23,60 +25,44 @@ pub struct Broker {
     /// Every connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
     state: AtomicU8,
-    /// Cluster mode: where sessions live. Set once at start-up.
-    pub directory: std::sync::OnceLock<Arc<dyn crate::session::directory::SessionDirectory>>,
-    /// Where idle connections wait without a task; started by the first
-    /// one (`None`: it could not start).
-    pub(crate) parking: std::sync::OnceLock<Option<crate::connection::parking::ParkingLot>>,
+    /// Cluster mode: where sessions live.
+    pub directory: Option<Arc<dyn SessionDirectory>>,
     /// What read buffers hold beyond their everyday size, broker-wide.
-    pub read_budget: Arc<crate::connection::read_budget::ReadBudget>,
+    pub read_budget: Arc<crate::resources::read_budget::ReadBudget>,
     /// Set while the process is above its memory watermark.
-    pub memory: Arc<crate::memory::MemoryPressure>,
+    pub memory: Arc<crate::resources::memory::MemoryPressure>,
     /// The bounds of every session's mailbox, shared.
     pub mailbox_limits: Arc<crate::session::mailbox::MailboxLimits>,
 }
 
-/// Where a node is in its life (`/readyz`, the node record, the admin API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeState {
-    Serving,
-    /// Refusing new clients and sending the connected ones elsewhere.
-    Draining,
-    /// No client connection and no session left on the node.
-    Drained,
-}
-
-impl NodeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Serving => "serving",
-            NodeState::Draining => "draining",
-            NodeState::Drained => "drained",
-        }
-    }
+/// What a broker in a cluster reaches the other nodes through. Made by
+/// the cluster before the broker (`Cluster::connect`, then
+/// `Cluster::parts`), so the broker is whole from the start.
+pub struct ClusterParts {
+    /// Which other nodes want a topic; this node's routes for them.
+    pub routes: Arc<dyn RouteStore>,
+    /// Sends messages to other nodes.
+    pub forwarder: Arc<dyn Forwarder>,
+    /// Shares retained messages.
+    pub retained: Arc<dyn RetainedReplicator>,
+    /// Where the session of each client id is.
+    pub directory: Arc<dyn SessionDirectory>,
 }
 
 impl Broker {
-    /// A single-node broker with the in-memory route store.
+    /// A single-node broker: routes in memory, nobody to forward to.
     pub fn new(config: Config) -> Arc<Broker> {
-        Broker::with_routing(
-            config,
-            Arc::new(LocalRouteStore::default()),
-            None,
-            Arc::new(Metrics::default()),
-        )
+        Broker::build(config, None, Arc::new(Metrics::default()))
     }
 
-    /// A broker whose router uses `store` for routes and, in a cluster,
-    /// `forwarder` to reach other nodes.
-    pub fn with_routing(
-        config: Config,
-        store: Arc<dyn RouteStore>,
-        forwarder: Option<Arc<dyn Forwarder>>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Broker> {
+    /// A broker that is one node of a cluster.
+    pub fn clustered(config: Config, parts: ClusterParts, metrics: Arc<Metrics>) -> Arc<Broker> {
+        Broker::build(config, Some(parts), metrics)
+    }
+
+    fn build(config: Config, cluster: Option<ClusterParts>, metrics: Arc<Metrics>) -> Arc<Broker> {
         let read_budget =
-            crate::connection::read_budget::ReadBudget::new(config.max_read_buffer_bytes);
+            crate::resources::read_budget::ReadBudget::new(config.max_read_buffer_bytes);
         let mailbox_limits = Arc::new(crate::session::mailbox::MailboxLimits {
             max_queued: config.max_queued_messages,
             max_queued_bytes: config.max_queued_bytes,
@@ -85,17 +71,29 @@ impl Broker {
             drop_policy: config.queue_drop_policy,
             queue_qos0_offline: config.queue_qos0,
         });
+        let limits = (config.max_retained_messages, config.max_retained_bytes);
+        let (router, directory) = match cluster {
+            None => {
+                let routes = Arc::new(LocalRouteStore::default());
+                let router = Router::new(routes, None, metrics.clone());
+                (router.with_retained_limits(limits.0, limits.1), None)
+            }
+            Some(parts) => {
+                let router = Router::new(parts.routes, Some(parts.forwarder), metrics.clone())
+                    .with_retained_limits(limits.0, limits.1)
+                    .with_retained_replicator(parts.retained);
+                (router, Some(parts.directory))
+            }
+        };
         Arc::new(Broker {
-            router: Router::new(store, forwarder, metrics.clone())
-                .with_retained_limits(config.max_retained_messages, config.max_retained_bytes),
+            router,
             sessions: SessionRegistry::default(),
             config,
             metrics,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             state: AtomicU8::new(NodeState::Serving as u8),
-            directory: std::sync::OnceLock::new(),
-            parking: std::sync::OnceLock::new(),
+            directory,
             read_budget,
             memory: Arc::default(),
             mailbox_limits,

@@ -21,7 +21,8 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::cluster::{Cluster, session_moves};
-use crate::session::lifecycle::{self, WillOnMove};
+use crate::lifecycle::{self, WillOnMove};
+use crate::node::NodeState;
 use crate::session::registry::{Kick, Owner, SessionRegistry};
 
 /// A drain asked for by an operator (admin API, `Drain` call) waits at most
@@ -55,7 +56,7 @@ async fn run(broker: Arc<Broker>, cluster: Option<Arc<Cluster>>, patience: Durat
     info!(rate = broker.config.drain_rate, "draining");
     let started = tokio::time::Instant::now();
     if let Some(cluster) = &cluster {
-        cluster.set_state("draining");
+        cluster.set_state(NodeState::Draining);
     }
     let pace = Duration::from_secs_f64(1.0 / f64::from(broker.config.drain_rate));
     let mut ticker = tokio::time::interval(pace);

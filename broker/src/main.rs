@@ -38,8 +38,8 @@ fn main() -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     // Its worker threads let a subscriber's delivery go out before the
-    // publisher's PUBACK (see `connection::reply_order`).
-    let runtime = match starling::connection::reply_order::configure(&mut builder).build() {
+    // publisher's PUBACK (see `reply_order`).
+    let runtime = match starling::reply_order::configure(&mut builder).build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("starling: cannot start the async runtime: {error}");

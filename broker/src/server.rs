@@ -7,7 +7,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
+use crate::cluster::{Cluster, OnDrainRequest};
 use crate::config::Config;
+use crate::connection::Frontend;
 use crate::listener::tcp;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,22 +29,19 @@ pub enum ServerError {
 /// In cluster mode the signal first drains the node, so that its clients
 /// move to other nodes before it goes.
 pub async fn run(config: Config) -> Result<(), ServerError> {
-    crate::open_files::raise_limit(&config);
+    crate::resources::open_files::raise_limit(&config);
     let (broker, cluster) = if config.cluster_mode() {
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let cluster = crate::cluster::Cluster::connect(&config, metrics.clone()).await?;
-        let broker = Broker::with_routing(
-            config,
-            cluster.routes.clone(),
-            Some(cluster.forwarder.clone()),
-            metrics,
-        );
+        let broker = Broker::clustered(config, cluster.parts(), metrics);
         (broker, Some(Arc::new(cluster)))
     } else {
         (Broker::new(config), None)
     };
     if let Some(cluster) = &cluster {
-        cluster.start(&broker).await?;
+        cluster
+            .start(&broker, drain_on_request(&broker, cluster))
+            .await?;
     }
     if let Some(addr) = broker.config.admin_listen {
         crate::admin::serve(addr, broker.clone(), cluster.clone())
@@ -64,6 +63,20 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// A drain asked for by another node's `Drain` call.
+fn drain_on_request(broker: &Arc<Broker>, cluster: &Arc<Cluster>) -> OnDrainRequest {
+    let broker = broker.clone();
+    // Weak: the cluster keeps this in its peer service.
+    let cluster = Arc::downgrade(cluster);
+    Arc::new(move || {
+        crate::drain::start(
+            broker.clone(),
+            cluster.upgrade(),
+            crate::drain::REQUESTED_DRAIN_PATIENCE,
+        );
+    })
+}
+
 /// Binds every listener and spawns its accept loop.
 pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
     let mut listeners = Vec::new();
@@ -74,11 +87,12 @@ pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
         })?;
         listeners.push(listener);
     }
+    let frontend = Frontend::new(broker.clone());
     for listener in listeners {
-        tokio::spawn(tcp::serve(broker.clone(), listener));
+        tokio::spawn(tcp::serve(frontend.clone(), listener));
     }
     spawn_housekeeping(broker);
-    tokio::spawn(crate::memory::watch(
+    tokio::spawn(crate::resources::memory::watch(
         broker.config.memory_high_watermark_bytes,
         broker.memory.clone(),
         broker.metrics.clone(),

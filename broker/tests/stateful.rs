@@ -422,7 +422,10 @@ async fn run_sequence(ops: Vec<Op>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(starling::listener::tcp::serve(broker.clone(), listener));
+    tokio::spawn(starling::listener::tcp::serve(
+        starling::connection::Frontend::new(broker.clone()),
+        listener,
+    ));
     let mut sockets = Vec::new();
     for op in ops {
         apply(addr, &mut sockets, op).await;

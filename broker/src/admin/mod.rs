@@ -27,9 +27,10 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, NodeState};
+use crate::broker::Broker;
 use crate::cluster::Cluster;
 use crate::metrics::MetricsSnapshot;
+use crate::node::NodeState;
 use crate::session::registry::Owner;
 
 #[derive(Clone)]
@@ -140,7 +141,7 @@ async fn client(
         .is_some_and(|slot| !matches!(slot.inner.lock().owner, Owner::Vacant));
     let node = if here {
         Some(admin.broker.config.node_id.clone())
-    } else if let Some(directory) = admin.broker.directory.get() {
+    } else if let Some(directory) = admin.broker.directory.as_ref() {
         directory.locate(&client_id).await.map_err(|why| {
             (
                 StatusCode::BAD_GATEWAY,

@@ -30,7 +30,7 @@ use super::forward::PeerForwarder;
 use super::home_directory::{ClaimAnswer, Claimed, HomeDirectory, Stamp};
 use super::session_moves;
 use super::view::{SharedView, View};
-use crate::router::store::NodeId;
+use crate::node::NodeId;
 use crate::session::directory::{Claim, Located, SessionDirectory};
 
 /// Claims sent to one home in one call.

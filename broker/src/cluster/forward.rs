@@ -32,9 +32,10 @@ use super::mirror::Backoff;
 use super::peer_client::{Peer, PeerChannels, PeerCredentials};
 use crate::message::{Delivery, ForwardTicket, Message, ShareKey, Tracking};
 use crate::metrics::Metrics;
+use crate::node::NodeId;
 use crate::read_mostly::ReadMostly;
 use crate::router::gathered::{GATHER_LARGEST, GatheredForwards};
-use crate::router::store::{Forwarded, Forwarder, NodeId};
+use crate::router::store::{Forwarded, Forwarder};
 
 /// Above this many queued messages a link holds its publishers back...
 const LINK_HIGH_WATER: usize = 16 * 1024;

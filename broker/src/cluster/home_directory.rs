@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::view::{SharedView, View};
-use crate::router::store::NodeId;
+use crate::node::NodeId;
 
 /// How long a claim waits for this home to reach the caller's view.
 const VIEW_PATIENCE: Duration = Duration::from_secs(1);

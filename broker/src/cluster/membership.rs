@@ -16,7 +16,7 @@ use super::lease::LeaseWatch;
 use super::mirror::{Backoff, MirrorSink};
 use super::route_index::RouteIndex;
 use super::view::{Member, SharedView, View};
-use crate::router::store::NodeId;
+use crate::node::{NodeId, NodeState};
 
 /// Writes this node's record whenever the lease or the record changes.
 pub async fn publish_self(
@@ -102,7 +102,7 @@ impl PeersSink {
     fn record(&self, key: &str, value: &[u8]) -> Option<(NodeId, (PeerInfo, Member))> {
         let node: NodeId = Arc::from(self.keys.parse_node(key)?);
         let record = NodeRecord::decode(value).ok()?;
-        let serving = record.state == "serving";
+        let serving = NodeState::parse(&record.state) == Some(NodeState::Serving);
         let member = Member {
             node: node.clone(),
             lease: record.lease,

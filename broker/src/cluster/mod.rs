@@ -47,12 +47,14 @@ use starling_proto::v1::NodeRecord;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, ClusterParts};
 use crate::config::{ClientDirectoryKind, Config};
 use crate::metrics::Metrics;
+use crate::node::NodeState;
 use crate::session::directory::SessionDirectory;
 use forward::PeerForwarder;
 use keys::Keys;
+use leased_keys::LeasedKeys;
 use peer_client::PeerCredentials;
 use route_index::RouteIndex;
 use routes::EtcdRouteStore;
@@ -79,6 +81,11 @@ pub enum ClusterError {
     },
 }
 
+/// What a `Drain` call from another node does. Given by whoever runs the
+/// cluster: how a node drains (`crate::drain`) builds on the cluster, so
+/// the cluster cannot call it itself.
+pub type OnDrainRequest = Arc<dyn Fn() + Send + Sync>;
+
 /// The cluster side of a node, created before the broker (whose router uses
 /// the route store and forwarder) and started after it.
 pub struct Cluster {
@@ -98,6 +105,8 @@ pub struct Cluster {
     pub routes_progress: Arc<mirror::MirrorProgress>,
     /// How far the retained index has caught up with etcd.
     pub retained_progress: Arc<mirror::MirrorProgress>,
+    /// Shares this node's retained messages through etcd.
+    retained_writer: Arc<retained::RetainedWriter>,
     record: watch::Sender<NodeRecord>,
     /// Mutual TLS on the peer port, when configured.
     peer_tls: Option<Arc<peer_tls::PeerTls>>,
@@ -217,26 +226,29 @@ impl Cluster {
             config.topic_limits(),
             Duration::from_secs(config.peer_lapse_grace_secs),
         );
-        let routes = EtcdRouteStore::new(
-            &config.node_id,
-            keys.clone(),
-            index.clone(),
-            config.route_aggregates.clone(),
-        );
         let credentials = PeerCredentials {
             token: config.peer_token.clone(),
             tls: peer_tls.clone(),
         };
         let forwarder = PeerForwarder::new(&config.node_id, credentials, metrics.clone());
-        if config.route_sync {
-            let sync = route_sync::RouteSync::new(
-                routes.owned.clone(),
+        let owned_routes = LeasedKeys::new(Vec::new(), false);
+        let route_sync = config.route_sync.then(|| {
+            route_sync::RouteSync::new(
+                owned_routes.clone(),
                 forwarder.clone(),
                 metrics,
                 Duration::from_secs(config.route_sync_timeout_secs),
-            );
-            let _ = routes.route_sync.set(sync);
-        }
+            )
+        });
+        let routes = EtcdRouteStore::new(
+            &config.node_id,
+            keys.clone(),
+            index.clone(),
+            config.route_aggregates.clone(),
+            owned_routes,
+            route_sync.clone(),
+        );
+        let retained_writer = retained::RetainedWriter::new(keys.clone(), route_sync);
         let (record, _) = watch::channel(NodeRecord {
             node: config.node_id.clone(),
             mqtt_endpoint: config
@@ -246,7 +258,7 @@ impl Cluster {
                 .unwrap_or_default(),
             peer_endpoint: config.peer_endpoint(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            state: "serving".to_string(),
+            state: NodeState::Serving.as_str().to_string(),
             // Filled in by publish_self with the lease it writes under.
             lease: 0,
         });
@@ -300,14 +312,31 @@ impl Cluster {
             views,
             routes_progress,
             retained_progress: mirror::MirrorProgress::new(),
+            retained_writer,
             record,
             peer_tls,
         })
     }
 
+    /// What the broker reaches the other nodes through, for
+    /// [`Broker::clustered`].
+    pub fn parts(&self) -> ClusterParts {
+        ClusterParts {
+            routes: self.routes.clone(),
+            forwarder: self.forwarder.clone(),
+            retained: self.retained_writer.clone(),
+            directory: self.directory.clone(),
+        }
+    }
+
     /// Serves the peer gRPC service, announces this node and starts
-    /// following the other nodes.
-    pub async fn start(self: &Arc<Self>, broker: &Arc<Broker>) -> Result<(), ClusterError> {
+    /// following the other nodes. `on_drain_request` is what a `Drain`
+    /// call from another node does.
+    pub async fn start(
+        self: &Arc<Self>,
+        broker: &Arc<Broker>,
+        on_drain_request: OnDrainRequest,
+    ) -> Result<(), ClusterError> {
         let config = &broker.config;
         let listener = tokio::net::TcpListener::bind(config.peer_listen)
             .await
@@ -316,7 +345,12 @@ impl Cluster {
                 source,
             })?;
         info!(addr = %config.peer_listen, "listening for peers");
-        let service = peer_service::server(broker.clone(), self.clone(), config.peer_token.clone());
+        let service = peer_service::server(
+            broker.clone(),
+            self.clone(),
+            on_drain_request,
+            config.peer_token.clone(),
+        );
         let shutdown = broker.shutdown.clone();
         // HTTP/2's default largest frame is 16 KiB: a forwarded batch of
         // 256 small messages (about 25 KiB) then came as two DATA frames,
@@ -351,14 +385,8 @@ impl Cluster {
             }
         }
 
-        let _ = broker.directory.set(self.directory.clone());
-
         // Retained messages: share this node's, mirror everyone's.
-        let writer = retained::RetainedWriter::new(self.keys.clone());
-        if let Some(sync) = self.routes.route_sync.get() {
-            writer.sync_with(sync.clone());
-        }
-        broker.router.set_retained_replicator(writer.clone());
+        let writer = self.retained_writer.clone();
         tokio::spawn(writer.clone().run(self.client.clone()));
         let sink = retained::RetainedSink {
             broker: broker.clone(),
@@ -414,8 +442,9 @@ impl Cluster {
         }
     }
 
-    /// Announces a new state ("draining") in this node's record.
-    pub fn set_state(&self, state: &str) {
-        self.record.send_modify(|r| r.state = state.to_string());
+    /// Announces a new state (draining) in this node's record.
+    pub fn set_state(&self, state: NodeState) {
+        self.record
+            .send_modify(|r| r.state = state.as_str().to_string());
     }
 }

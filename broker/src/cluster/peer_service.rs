@@ -19,10 +19,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
-use super::Cluster;
 use super::client_directory::{stamp_from_wire, stamp_to_wire};
 use super::forward_service::PeerRoutes;
 use super::home_directory::{ClaimAnswer, HomeDirectory};
+use super::{Cluster, OnDrainRequest};
 use crate::broker::Broker;
 use crate::session::directory::MovedSession;
 use crate::session::registry::{Kick, SessionRegistry};
@@ -51,6 +51,7 @@ pub const MAX_PEER_MESSAGE: usize = 272 * 1024 * 1024;
 pub struct PeerService {
     broker: Arc<Broker>,
     cluster: Arc<Cluster>,
+    on_drain_request: OnDrainRequest,
 }
 
 /// Longest an `AwaitRoutes` call waits, whatever the caller asks.
@@ -61,12 +62,14 @@ const MAX_ROUTE_WAIT: Duration = Duration::from_secs(30);
 pub fn server(
     broker: Arc<Broker>,
     cluster: Arc<Cluster>,
+    on_drain_request: OnDrainRequest,
     token: Option<String>,
 ) -> InterceptedService<PeerRoutes, impl tonic::service::Interceptor + Clone> {
     let expected = token.map(|t| format!("Bearer {t}"));
     let generated = PeerServer::new(PeerService {
         broker: broker.clone(),
         cluster,
+        on_drain_request,
     })
     .max_decoding_message_size(MAX_PEER_MESSAGE)
     .max_encoding_message_size(MAX_PEER_MESSAGE);
@@ -117,8 +120,7 @@ impl Peer for PeerService {
         let request = request.into_inner();
         debug!(client_id = %request.client_id, to = %request.node, "peer takes a session over");
         let to: Arc<str> = Arc::from(request.node.as_str());
-        let moved =
-            crate::session::lifecycle::surrender(&self.broker, &request.client_id, to).await;
+        let moved = crate::lifecycle::surrender(&self.broker, &request.client_id, to).await;
         let session = match moved {
             None => None,
             Some(moved) => {
@@ -144,7 +146,7 @@ impl Peer for PeerService {
             .ok_or_else(|| Status::invalid_argument("no session"))?;
         let moved = MovedSession::decode(&snapshot.state)
             .map_err(|e| Status::invalid_argument(format!("undecodable session: {e}")))?;
-        let adopted = crate::session::lifecycle::adopt(&self.broker, moved).await;
+        let adopted = crate::lifecycle::adopt(&self.broker, moved).await;
         debug!(client_id = %snapshot.client_id, adopted, "session offered by a draining node");
         Ok(Response::new(AdoptResponse { adopted }))
     }
@@ -166,11 +168,7 @@ impl Peer for PeerService {
         _request: Request<DrainRequest>,
     ) -> Result<Response<DrainResponse>, Status> {
         info!("drain requested by a peer call");
-        crate::drain::start(
-            self.broker.clone(),
-            Some(self.cluster.clone()),
-            crate::drain::REQUESTED_DRAIN_PATIENCE,
-        );
+        (self.on_drain_request)();
         Ok(Response::new(DrainResponse {
             state: self.broker.state().as_str().to_string(),
         }))

@@ -40,7 +40,7 @@ pub struct RetainedWriter {
     wake: Notify,
     /// Route sync, when on: publishers of retained messages may wait until
     /// every node serves what they published.
-    sync: std::sync::OnceLock<Arc<RouteSync>>,
+    sync: Option<Arc<RouteSync>>,
 }
 
 #[derive(Default)]
@@ -177,18 +177,15 @@ impl LocalWrites {
 }
 
 impl RetainedWriter {
-    pub fn new(keys: Keys) -> Arc<RetainedWriter> {
+    /// With route sync on (`sync`), retained publishes may ask for a
+    /// ticket.
+    pub fn new(keys: Keys, sync: Option<Arc<RouteSync>>) -> Arc<RetainedWriter> {
         Arc::new(RetainedWriter {
             keys,
             state: Mutex::new(Writes::default()),
             wake: Notify::new(),
-            sync: std::sync::OnceLock::new(),
+            sync,
         })
-    }
-
-    /// Route sync is on: retained publishes may ask for a ticket.
-    pub fn sync_with(&self, sync: Arc<RouteSync>) {
-        let _ = self.sync.set(sync);
     }
 
     pub async fn run(self: Arc<Self>, mut client: Client) {
@@ -286,7 +283,7 @@ impl RetainedReplicator for RetainedWriter {
         if too_large {
             warn!(topic = %message.topic, size = message.payload.len(), "retained message too large to share with the cluster; kept on this node only, cleared on the others");
         }
-        let sync = self.sync.get().filter(|_| want_ticket);
+        let sync = self.sync.as_ref().filter(|_| want_ticket);
         let mut state = self.state.lock();
         let generation = state.local.begin(&message.topic, too_large);
         state.pending.insert(message.topic.to_string(), record);

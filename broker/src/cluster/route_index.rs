@@ -21,7 +21,7 @@ use super::lapses::Lapses;
 use super::mirror::{MirrorProgress, MirrorSink};
 use crate::config::TopicLimits;
 use crate::message::ShareKey;
-use crate::router::store::NodeId;
+use crate::node::NodeId;
 
 /// Hashed on every publish: foldhash rather than SipHash (see the trie).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;

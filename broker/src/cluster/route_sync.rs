@@ -33,7 +33,7 @@ use super::forward::PeerForwarder;
 use super::leased_keys::LeasedKeys;
 use crate::message::ForwardTicket;
 use crate::metrics::Metrics;
-use crate::router::store::NodeId;
+use crate::node::NodeId;
 
 pub struct RouteSync {
     owned: Arc<LeasedKeys>,

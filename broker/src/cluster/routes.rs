@@ -4,7 +4,7 @@
 //! come from the mirrored [`RouteIndex`]. Filters covered by a configured
 //! aggregate pattern are advertised as that pattern ([`Aggregates`]).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::keys::Keys;
 use super::leased_keys::LeasedKeys;
@@ -19,8 +19,8 @@ pub struct EtcdRouteStore {
     keys: Keys,
     index: Arc<RouteIndex>,
     pub owned: Arc<LeasedKeys>,
-    /// Set when route sync is on.
-    pub route_sync: OnceLock<Arc<RouteSync>>,
+    /// With route sync on.
+    pub route_sync: Option<Arc<RouteSync>>,
     aggregates: Aggregates,
 }
 
@@ -30,13 +30,15 @@ impl EtcdRouteStore {
         keys: Keys,
         index: Arc<RouteIndex>,
         aggregates: Vec<String>,
+        owned: Arc<LeasedKeys>,
+        route_sync: Option<Arc<RouteSync>>,
     ) -> Arc<EtcdRouteStore> {
         Arc::new(EtcdRouteStore {
             node: node.to_string(),
             keys,
             index,
-            owned: LeasedKeys::new(Vec::new(), false),
-            route_sync: OnceLock::new(),
+            owned,
+            route_sync,
             aggregates: Aggregates::new(aggregates),
         })
     }
@@ -80,7 +82,7 @@ impl RouteStore for EtcdRouteStore {
     }
 
     fn sync(&self, filters: &[String]) -> Option<Arc<ForwardTicket>> {
-        let sync = self.route_sync.get()?;
+        let sync = self.route_sync.as_ref()?;
         let keys = filters
             .iter()
             .map(|filter| match self.aggregates.advertise(filter) {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::router::store::NodeId;
+use crate::node::NodeId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {

@@ -10,8 +10,8 @@ use starling_codec::{
 };
 use tokio::net::TcpStream;
 
-use super::read_budget::Lease;
 use crate::config::Config;
+use crate::resources::read_budget::Lease;
 
 /// What was negotiated at CONNECT, for the rest of the connection.
 #[derive(Debug, Clone)]

@@ -68,7 +68,7 @@ impl Connection {
                             "session expiry set at DISCONNECT after 0 at CONNECT",
                         ));
                     }
-                    self.expiry = expiry.min(self.broker.config.max_session_expiry);
+                    self.expiry = expiry.min(self.frontend.broker.config.max_session_expiry);
                 }
                 // Only a normal disconnection deletes the will
                 // (MQTT-3.1.2-8, MQTT-3.14.4-3): 0x04 asks for it, and so
@@ -95,7 +95,7 @@ impl Connection {
             ));
         }
         let topic = self.resolve_topic(&mut publish)?;
-        let config = &self.broker.config;
+        let config = &self.frontend.broker.config;
         if !config.topic_limits().admit(&topic) {
             return Err(Ending::ServerClose(ReasonCode::TOPIC_NAME_INVALID));
         }
@@ -119,11 +119,11 @@ impl Connection {
         }
 
         if !config.client_may_publish(&topic) {
-            Metrics::inc(&self.broker.metrics.publishes_denied);
+            Metrics::inc(&self.frontend.broker.metrics.publishes_denied);
             return self.refuse_publish(qos, publish.packet_id, ReasonCode::NOT_AUTHORIZED);
         }
 
-        self.broker.metrics.messages_received.inc();
+        self.frontend.broker.metrics.messages_received.inc();
         let retain = publish.retain;
         let packet_id = publish.packet_id;
         // A small payload sliced from a read buffer grown for a large
@@ -163,8 +163,13 @@ impl Connection {
             // The retained store is full (counted): a v5 publisher of QoS
             // 1/2 is told and nothing happens; others cannot be told, and
             // their message still goes to those subscribed now.
-            let want_ticket = qos != QoS::AtMostOnce && self.broker.config.route_sync;
-            match self.broker.router.retain(Arc::new(stored), want_ticket) {
+            let want_ticket = qos != QoS::AtMostOnce && self.frontend.broker.config.route_sync;
+            match self
+                .frontend
+                .broker
+                .router
+                .retain(Arc::new(stored), want_ticket)
+            {
                 Retained::Stored(ticket) => retained_ticket = ticket,
                 Retained::Refused if self.n.version.is_v5() && qos != QoS::AtMostOnce => {
                     return self.refuse_publish(qos, packet_id, ReasonCode::QUOTA_EXCEEDED);
@@ -174,17 +179,21 @@ impl Connection {
         }
         // QoS 1/2 in a cluster: the ack waits until every node the message
         // went to has it (forward_ack), so a PUBACK means "in the cluster".
-        let track = qos != QoS::AtMostOnce && self.broker.config.forward_ack;
+        let track = qos != QoS::AtMostOnce && self.frontend.broker.config.forward_ack;
         // In a cluster the router shares the message only if a subscriber
         // here gets it; alone, one always does or nobody wants it.
-        let (message, publisher) = match self.broker.router.is_clustered() {
+        let (message, publisher) = match self.frontend.broker.router.is_clustered() {
             true => (
                 ToRoute::owned(message),
                 Some(&mut **self.publishing.get_or_insert_with(Box::default)),
             ),
             false => (ToRoute::shared(Arc::new(message)), None),
         };
-        let routed = self.broker.router.route_tracked(message, track, publisher);
+        let routed = self
+            .frontend
+            .broker
+            .router
+            .route_tracked(message, track, publisher);
         if let Some(node) = routed.congested {
             self.hold_back(node);
         }
@@ -330,7 +339,7 @@ impl Connection {
         let Some(alias) = publish.properties.topic_alias else {
             return Ok(std::mem::take(&mut publish.topic));
         };
-        if alias == 0 || alias > self.broker.config.topic_alias_maximum {
+        if alias == 0 || alias > self.frontend.broker.config.topic_alias_maximum {
             return Err(Ending::ServerClose(ReasonCode::TOPIC_ALIAS_INVALID));
         }
         if publish.topic.is_empty() {
@@ -368,7 +377,7 @@ impl Connection {
     fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Ending> {
         let v5 = self.n.version.is_v5();
         let identifier = subscribe.properties.subscription_identifier;
-        let config = &self.broker.config;
+        let config = &self.frontend.broker.config;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         // Filters whose retained messages this SUBSCRIBE sends, with the
         // subscription's QoS.
@@ -398,7 +407,7 @@ impl Connection {
                 && config.max_subscriptions_per_client > 0
                 && self.session.subscriptions.len() >= config.max_subscriptions_per_client
             {
-                Metrics::inc(&self.broker.metrics.subscriptions_refused);
+                Metrics::inc(&self.frontend.broker.metrics.subscriptions_refused);
                 codes.push(refusal(v5, ReasonCode::QUOTA_EXCEEDED));
                 continue;
             }
@@ -407,10 +416,11 @@ impl Connection {
                 options: request.options,
                 identifier,
             };
-            let existed = self
-                .broker
-                .router
-                .subscribe(&parsed, self.session.id, subscriber);
+            let existed =
+                self.frontend
+                    .broker
+                    .router
+                    .subscribe(&parsed, self.session.id, subscriber);
             // A copy, not a slice: the subscription lives as long as the
             // session and must not pin the buffer the SUBSCRIBE was read
             // into (a 59 KB filter held a 300 KB buffer).
@@ -452,13 +462,13 @@ impl Connection {
         let ticket = if routes.is_empty() {
             None
         } else {
-            self.broker.router.sync_routes(&routes)
+            self.frontend.broker.router.sync_routes(&routes)
         };
         // Retained messages follow the SUBACK, through the mailbox so that
         // its bounds and the inflight window apply. No live message may
         // overtake an older retained one: they are read here, and checked
         // again under the mailbox's lock (see `Mailbox::push_retained`).
-        let router = &self.broker.router;
+        let router = &self.frontend.broker.router;
         let read_at = router.retained_version();
         let mut picked: Vec<(Arc<Message>, QoS)> = Vec::new();
         let mut messages = Vec::new();
@@ -489,7 +499,10 @@ impl Connection {
                     })
                     .collect()
             });
-            Metrics::add(&self.broker.metrics.dropped_queue_full, dropped as u64);
+            Metrics::add(
+                &self.frontend.broker.metrics.dropped_queue_full,
+                dropped as u64,
+            );
             hold
         };
         let packet = Box::new(Packet::SubAck(ack));
@@ -504,7 +517,11 @@ impl Connection {
                 Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
                 Ok(parsed) => {
                     let removed = self.session.subscriptions.remove(full).is_some();
-                    let existed = self.broker.router.unsubscribe(&parsed, self.session.id);
+                    let existed = self
+                        .frontend
+                        .broker
+                        .router
+                        .unsubscribe(&parsed, self.session.id);
                     if removed || existed {
                         ReasonCode::SUCCESS
                     } else {

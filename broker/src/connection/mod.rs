@@ -12,14 +12,12 @@ mod handshake;
 mod inbound;
 mod outbound;
 pub(crate) mod parking;
-pub(crate) mod read_budget;
-pub mod reply_order;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,16 +32,18 @@ use tokio::time::Instant;
 use tracing::{debug, trace, warn};
 
 use crate::broker::Broker;
+use crate::lifecycle::{self, Closing};
 use crate::message::{Delivery, ForwardTicket};
 use crate::metrics::Metrics;
+use crate::node::NodeId;
+use crate::reply_order;
+use crate::resources::read_budget;
 use crate::router::PublisherRouting;
-use crate::router::store::NodeId;
-use crate::session::lifecycle::{self, Closing};
 use crate::session::mailbox::Mailbox;
 use crate::session::registry::{Kick, Slot};
 use crate::session::state::SessionState;
 use handshake::Negotiated;
-use parking::{Parked, Refusal};
+use parking::{Parked, ParkingLot, Refusal};
 
 /// Stop taking from the mailbox while this much is waiting to be written:
 /// a slow reader backs up into its (bounded) session queue, not into memory.
@@ -93,8 +93,46 @@ impl Aliases {
     }
 }
 
+/// What the client connections of one broker share beyond the broker
+/// itself: the parking lot of idle connections, started by the first one
+/// that parks. Kept out of [`Broker`], so that the broker's state does not
+/// depend on how connections are run.
+pub struct Frontend {
+    pub broker: Arc<Broker>,
+    /// `None` inside: the lot could not start.
+    parking: OnceLock<Option<ParkingLot>>,
+}
+
+impl Frontend {
+    pub fn new(broker: Arc<Broker>) -> Arc<Frontend> {
+        Arc::new(Frontend {
+            broker,
+            parking: OnceLock::new(),
+        })
+    }
+}
+
+/// What ties a connection to its client and its session: all it needs to
+/// run besides its socket and buffers. A parked connection keeps just this
+/// and its socket.
+pub(crate) struct Bound {
+    pub n: Negotiated,
+    pub session: SessionState,
+    pub mailbox: Arc<Mailbox>,
+    /// Asks the connection to leave (takeover, drain, an operator).
+    pub kick: Option<oneshot::Receiver<Kick>>,
+    pub slot: Arc<Slot>,
+    pub conn_id: u64,
+    pub expiry: u32,
+    /// Topic aliases in force (MQTT 5.0), boxed: most clients have none.
+    pub aliases: Option<Box<Aliases>>,
+    /// When the client's keep-alive runs out (1.5 × Keep Alive after its
+    /// last packet).
+    pub keep_alive_deadline: Option<std::time::Instant>,
+}
+
 pub(crate) struct Connection {
-    broker: Arc<Broker>,
+    frontend: Arc<Frontend>,
     stream: TcpStream,
     peer: SocketAddr,
     n: Negotiated,
@@ -202,8 +240,8 @@ enum HeldAck {
 /// connection task should only carry the state of `Connection::run`.
 ///
 /// The connection must have been counted by [`PendingConnect::admit`].
-pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
-    let Some(connection) = Box::pin(accept(broker, stream, peer)).await else {
+pub async fn serve(frontend: Arc<Frontend>, stream: TcpStream, peer: SocketAddr) {
+    let Some(connection) = Box::pin(accept(frontend, stream, peer)).await else {
         return;
     };
     drive(connection).await;
@@ -256,7 +294,7 @@ fn drive(mut connection: Connection) -> impl Future<Output = ()> + Send {
         loop {
             let ending = connection.run().await;
             if !matches!(ending, Ending::Idle) {
-                let broker = connection.broker.clone();
+                let broker = connection.frontend.broker.clone();
                 Box::pin(connection.finish(ending)).await;
                 Metrics::dec(&broker.metrics.connections);
                 return;
@@ -271,14 +309,19 @@ fn drive(mut connection: Connection) -> impl Future<Output = ()> + Send {
 
 /// Picks a parked connection up again in a new task (called by the
 /// parking lot), `owed` being bytes to write to the client first.
-async fn resume(broker: Arc<Broker>, parked: Box<Parked>, owed: Vec<u8>) {
-    if let Some(connection) = Connection::unpark(broker, parked, owed) {
+async fn resume(frontend: Arc<Frontend>, parked: Box<Parked>, owed: Vec<u8>) {
+    if let Some(connection) = Connection::unpark(frontend, parked, owed) {
         drive(connection).await;
     }
 }
 
 /// Reads and checks CONNECT, binds the session and sends CONNACK.
-async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Option<Connection> {
+async fn accept(
+    frontend: Arc<Frontend>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<Connection> {
+    let broker = frontend.broker.clone();
     let pending = PendingConnect::counted(&broker);
     let mut rbuf = BytesMut::new();
     let mut read_lease = read_budget::Lease::new(&broker.read_budget);
@@ -410,35 +453,28 @@ async fn accept(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> Opt
         read_lease.resize(0);
     }
 
-    let mut connection = Connection {
-        broker: broker.clone(),
-        stream,
-        peer,
+    let keep_alive_deadline = n.silence_allowed().map(|ka| std::time::Instant::now() + ka);
+    let bound = Bound {
         expiry: n.session_expiry,
         n,
-        rbuf,
-        read_kib: READ_MIN_KIB,
-        wbuf: BytesMut::new(),
         session,
         mailbox: opened.mailbox,
+        kick: Some(opened.kick),
         slot: opened.slot,
         conn_id: opened.conn_id,
-        kick: Some(opened.kick),
-        pending_kick: None,
         aliases: None,
-        scratch: Vec::new(),
-        awaiting_resend: 0,
-        pending_acks: VecDeque::new(),
-        packet_started: coarse_clock(Instant::now()),
-        read_held: read_lease.into_held(),
-        paused: false,
-        failing: false,
-        held_back: None,
-        publishing: None,
-        keep_alive_deadline: None,
-        last_active: Instant::now(),
+        keep_alive_deadline,
     };
-    connection.keep_alive_deadline = connection.n.silence_allowed().map(|ka| Instant::now() + ka);
+    let read_held = read_lease.into_held();
+    let mut connection = Connection::new(
+        frontend,
+        stream,
+        peer,
+        bound,
+        rbuf,
+        BytesMut::new(),
+        read_held,
+    );
     let ack = handshake::accepted(&connection.n, &broker.config, opened.session_present);
     connection.send(&Packet::ConnAck(ack));
     if opened.session_present {
@@ -545,7 +581,9 @@ impl Connection {
         // A second more: the clock's readings are rounded down.
         (!self.rbuf.is_empty()).then(|| {
             from_coarse_clock(self.packet_started)
-                + Duration::from_secs(self.broker.config.incomplete_packet_timeout_secs + 1)
+                + Duration::from_secs(
+                    self.frontend.broker.config.incomplete_packet_timeout_secs + 1,
+                )
         })
     }
 
@@ -572,13 +610,13 @@ impl Connection {
         {
             return ending;
         }
-        let park_after = self.broker.config.park_idle_after();
+        let park_after = self.frontend.broker.config.park_idle_after();
         // Inline in the task, not boxed: a separate small allocation freed
         // when the connection parks would leave a hole among the sessions'
         // long-lived allocations of the same size.
         let timer = tokio::time::sleep_until(self.next_check(park_after));
         tokio::pin!(timer);
-        let shutdown = self.broker.shutdown.clone();
+        let shutdown = self.frontend.broker.shutdown.clone();
         let mailbox = self.mailbox.clone();
         loop {
             if let Err(ending) = self.flush_now() {
@@ -610,7 +648,7 @@ impl Connection {
             let read =
                 self.wbuf.len() < WRITE_STOP_READING && !held && !self.paused && !self.failing;
             let drained = match &self.held_back {
-                Some(node) => self.broker.router.forward_drained(node),
+                Some(node) => self.frontend.broker.router.forward_drained(node),
                 None => None,
             };
             // One readiness future for both directions keeps the task small.
@@ -670,7 +708,7 @@ impl Connection {
                     }
                     if self.incomplete_packet_deadline().is_some_and(|deadline| deadline <= now) {
                         debug!(peer = %self.peer, client_id = %self.n.client_id, buffered = self.rbuf.len(), "incomplete packet timeout");
-                        Metrics::inc(&self.broker.metrics.incomplete_packet_timeouts);
+                        Metrics::inc(&self.frontend.broker.metrics.incomplete_packet_timeouts);
                         return Ending::ServerClose(ReasonCode::KEEP_ALIVE_TIMEOUT);
                     }
                     if let Some(after) = park_after
@@ -714,13 +752,13 @@ impl Connection {
                 timer.as_mut().reset(deadline);
             }
         }
-        if self.broker.memory.is_high() {
+        if self.frontend.broker.memory.is_high() {
             // Above the memory watermark: pause before reading again, a
             // millisecond per KiB of the read size, which grows only for a
             // client whose reads fill it: 64 ms for a bulk publisher, 2 ms
             // for a client that sends little.
             self.paused = true;
-            Metrics::inc(&self.broker.metrics.memory_pauses);
+            Metrics::inc(&self.frontend.broker.metrics.memory_pauses);
             let until = Instant::now() + Duration::from_millis(u64::from(self.read_kib));
             if until < timer.deadline() {
                 timer.as_mut().reset(until);
@@ -781,9 +819,12 @@ impl Connection {
     /// running instead (it is busy after all, or cannot park).
     fn park(mut self) -> Option<Connection> {
         // Idle means an empty read buffer: nothing of the budget is needed.
-        self.broker.read_budget.resize(&mut self.read_held, 0);
-        let broker = self.broker.clone();
-        let Some(lot) = parking::lot_of(&broker) else {
+        self.frontend
+            .broker
+            .read_budget
+            .resize(&mut self.read_held, 0);
+        let frontend = self.frontend.clone();
+        let Some(lot) = parking::lot_of(&frontend) else {
             return Some(self.stay_awake());
         };
         let Connection {
@@ -799,27 +840,27 @@ impl Connection {
             keep_alive_deadline,
             ..
         } = self;
-        let aliases = aliases.filter(|a| !a.is_empty());
-        let keep_alive_deadline = keep_alive_deadline.map(Instant::into_std);
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(error) => {
                 warn!(client_id = %n.client_id, %error, "cannot take an idle connection's socket from the runtime; closing it");
-                hand_back_lost(&broker, &slot, conn_id, session, mailbox, expiry);
+                hand_back_lost(&frontend.broker, &slot, conn_id, session, mailbox, expiry);
                 return None;
             }
         };
         let parked = Box::new(Parked {
             stream,
-            n,
-            session,
-            mailbox,
-            kick,
-            slot,
-            conn_id,
-            expiry,
-            aliases,
-            keep_alive_deadline,
+            bound: Bound {
+                n,
+                session,
+                mailbox,
+                kick,
+                slot,
+                conn_id,
+                expiry,
+                aliases: aliases.filter(|a| !a.is_empty()),
+                keep_alive_deadline: keep_alive_deadline.map(Instant::into_std),
+            },
             generation: 0,
         });
         let (parked, kick) = match lot.park(parked) {
@@ -830,7 +871,7 @@ impl Connection {
             Err(Refusal::Busy(parked)) => (parked, None),
             Err(Refusal::Kicked(parked, reason)) => (parked, Some(reason)),
         };
-        let mut connection = Connection::unpark(broker, parked, Vec::new())?;
+        let mut connection = Connection::unpark(frontend, parked, Vec::new())?;
         connection.pending_kick = kick;
         Some(connection)
     }
@@ -845,9 +886,52 @@ impl Connection {
     /// A connection again, from a parked one: the socket goes back to the
     /// runtime. `None` if it cannot (the connection is then lost and its
     /// session handed back).
-    fn unpark(broker: Arc<Broker>, parked: Box<Parked>, owed: Vec<u8>) -> Option<Connection> {
-        let Parked {
+    fn unpark(frontend: Arc<Frontend>, parked: Box<Parked>, owed: Vec<u8>) -> Option<Connection> {
+        let Parked { stream, bound, .. } = *parked;
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(client_id = %bound.n.client_id, %error, "cannot resume a parked connection; closing it");
+                let Bound {
+                    session,
+                    mailbox,
+                    slot,
+                    conn_id,
+                    expiry,
+                    ..
+                } = bound;
+                hand_back_lost(&frontend.broker, &slot, conn_id, session, mailbox, expiry);
+                return None;
+            }
+        };
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let wbuf = BytesMut::from(&owed[..]);
+        Some(Connection::new(
+            frontend,
             stream,
+            peer,
+            bound,
+            BytesMut::new(),
+            wbuf,
+            0,
+        ))
+    }
+
+    /// The one way a connection is made: accepted (the CONNECT's leftover
+    /// bytes in `rbuf`, `read_held` of the budget) or resumed from the
+    /// parking lot (bytes it owes the client in `wbuf`).
+    fn new(
+        frontend: Arc<Frontend>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        bound: Bound,
+        rbuf: BytesMut,
+        wbuf: BytesMut,
+        read_held: u16,
+    ) -> Connection {
+        let Bound {
             n,
             session,
             mailbox,
@@ -857,27 +941,15 @@ impl Connection {
             expiry,
             aliases,
             keep_alive_deadline,
-            ..
-        } = *parked;
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(error) => {
-                warn!(client_id = %n.client_id, %error, "cannot resume a parked connection; closing it");
-                hand_back_lost(&broker, &slot, conn_id, session, mailbox, expiry);
-                return None;
-            }
-        };
-        let peer = stream
-            .peer_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        Some(Connection {
-            broker,
+        } = bound;
+        Connection {
+            frontend,
             stream,
             peer,
             n,
-            rbuf: BytesMut::new(),
+            rbuf,
             read_kib: READ_MIN_KIB,
-            wbuf: BytesMut::from(&owed[..]),
+            wbuf,
             session,
             mailbox,
             slot,
@@ -894,10 +966,10 @@ impl Connection {
             keep_alive_deadline: keep_alive_deadline.map(Instant::from_std),
             last_active: Instant::now(),
             packet_started: coarse_clock(Instant::now()),
-            read_held: 0,
+            read_held,
             paused: false,
             failing: false,
-        })
+        }
     }
 
     /// Reads what the socket has and handles every complete packet.
@@ -913,7 +985,10 @@ impl Connection {
             if self.rbuf.capacity() > 0 {
                 self.rbuf = BytesMut::new();
             }
-            self.broker.read_budget.resize(&mut self.read_held, 0);
+            self.frontend
+                .broker
+                .read_budget
+                .resize(&mut self.read_held, 0);
         }
         result
     }
@@ -926,6 +1001,7 @@ impl Connection {
             // buffer grows (a reserve may double it), settled after.
             let asked = self.rbuf.capacity().max(self.rbuf.len() + read_size);
             let granted = self
+                .frontend
                 .broker
                 .read_budget
                 .resize(&mut self.read_held, asked.saturating_sub(READ_MAX));
@@ -934,11 +1010,15 @@ impl Connection {
                 // The allocation may be larger than asked; what the budget
                 // cannot take of that rounding stays uncounted.
                 let beyond = self.rbuf.capacity().saturating_sub(READ_MAX);
-                let _ = self.broker.read_budget.resize(&mut self.read_held, beyond);
+                let _ = self
+                    .frontend
+                    .broker
+                    .read_budget
+                    .resize(&mut self.read_held, beyond);
             }
             if !granted {
                 debug!(peer = %self.peer, client_id = %self.n.client_id, buffered = self.rbuf.len(), "read buffer budget exhausted");
-                Metrics::inc(&self.broker.metrics.read_budget_exceeded);
+                Metrics::inc(&self.frontend.broker.metrics.read_budget_exceeded);
                 return Err(Ending::ServerClose(ReasonCode::SERVER_BUSY));
             }
         }
@@ -970,7 +1050,7 @@ impl Connection {
     fn handle_buffered(&mut self) -> Result<usize, Ending> {
         let handled = self.handle_packets();
         if let Some(publishing) = &mut self.publishing
-            && let Some(node) = self.broker.router.queue_gathered(publishing)
+            && let Some(node) = self.frontend.broker.router.queue_gathered(publishing)
             && self.held_back.is_none()
         {
             self.hold_back(node);
@@ -981,12 +1061,12 @@ impl Connection {
     /// A peer link `node` is full with what this client published: read
     /// nothing more until it drains.
     fn hold_back(&mut self, node: NodeId) {
-        Metrics::inc(&self.broker.metrics.forward_held_back);
+        Metrics::inc(&self.frontend.broker.metrics.forward_held_back);
         self.held_back = Some(node);
     }
 
     fn handle_packets(&mut self) -> Result<usize, Ending> {
-        let max = self.broker.config.max_packet_size as usize;
+        let max = self.frontend.broker.config.max_packet_size as usize;
         let mut handled = 0;
         while self.held_back.is_none() {
             match starling_codec::decode(&mut self.rbuf, self.n.version, max) {
@@ -996,7 +1076,7 @@ impl Connection {
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => break,
                 Err(error) => {
-                    Metrics::inc(&self.broker.metrics.protocol_errors);
+                    Metrics::inc(&self.frontend.broker.metrics.protocol_errors);
                     debug!(peer = %self.peer, client_id = %self.n.client_id, %error, "closing connection");
                     let code = match error {
                         // A CONNECT of a level we do not speak is still a
@@ -1055,6 +1135,7 @@ impl Connection {
                     reason_text(code).map(ByteString::from_static);
                 if code == ReasonCode::USE_ANOTHER_SERVER {
                     disconnect.properties.server_reference = self
+                        .frontend
                         .broker
                         .config
                         .server_reference
@@ -1064,7 +1145,10 @@ impl Connection {
                 self.send(&Packet::Disconnect(disconnect));
             }
         }
-        self.broker.read_budget.resize(&mut self.read_held, 0);
+        self.frontend
+            .broker
+            .read_budget
+            .resize(&mut self.read_held, 0);
         let mut wbuf = std::mem::take(&mut self.wbuf);
         let _ = tokio::time::timeout(CLOSE_FLUSH, write_all(&self.stream, &mut wbuf)).await;
         // The client may still be writing (PUBRELs, more PUBLISHes) when we
@@ -1087,7 +1171,7 @@ impl Connection {
             expiry: self.expiry,
         };
         lifecycle::close(
-            &self.broker,
+            &self.frontend.broker,
             &self.slot,
             self.conn_id,
             self.session,
@@ -1210,7 +1294,7 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let broker = crate::Broker::new(crate::Config::default());
         assert!(super::PendingConnect::admit(&broker));
-        let future = super::serve(broker, stream, addr);
+        let future = super::serve(super::Frontend::new(broker), stream, addr);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 1280, "connection future grew to {size} bytes");
     }

@@ -72,7 +72,7 @@ impl Connection {
     fn send_delivery(&mut self, delivery: Delivery, now: Instant) -> bool {
         let message = &delivery.message;
         if message.is_expired(now) {
-            Metrics::inc(&self.broker.metrics.dropped_expired);
+            Metrics::inc(&self.frontend.broker.metrics.dropped_expired);
             return false;
         }
         let version = self.n.version;
@@ -94,7 +94,7 @@ impl Connection {
         if !fits_client(&publish, version, self.n.client_max_packet) {
             // MQTT-3.1.2-25: too large for this client; drop it for this
             // client only, keep the connection.
-            Metrics::inc(&self.broker.metrics.dropped_too_large);
+            Metrics::inc(&self.frontend.broker.metrics.dropped_too_large);
             self.forget_alias(new_alias);
             trace!(client_id = %self.n.client_id, "message exceeds client maximum packet size");
             return false;
@@ -119,7 +119,7 @@ impl Connection {
                 awaiting_resend: false,
             });
         }
-        self.broker.metrics.messages_sent.inc();
+        self.frontend.broker.metrics.messages_sent.inc();
         true
     }
 
@@ -245,7 +245,7 @@ impl Connection {
     /// A message in flight that can no longer be sent to this client:
     /// dropped as if its delivery had completed (MQTT-3.1.2-25).
     fn drop_in_flight(&mut self, packet_id: u16) {
-        Metrics::inc(&self.broker.metrics.dropped_too_large);
+        Metrics::inc(&self.frontend.broker.metrics.dropped_too_large);
         trace!(
             client_id = %self.n.client_id,
             packet_id,

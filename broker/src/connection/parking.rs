@@ -35,17 +35,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll as MioPoll, Token};
 use parking_lot::Mutex;
 use slab::Slab;
-use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::handshake::Negotiated;
-use super::{Aliases, resume};
-use crate::broker::Broker;
+use super::{Bound, Frontend, resume};
 use crate::metrics::Metrics;
-use crate::session::mailbox::Mailbox;
-use crate::session::registry::{Kick, Slot};
-use crate::session::state::SessionState;
+use crate::session::registry::Kick;
 
 /// The poller's own token: wake-ups queued in `Shared::woken`.
 const WAKE: Token = Token(usize::MAX);
@@ -56,18 +51,7 @@ const PINGRESP: [u8; 2] = [0xD0, 0x00];
 /// Everything a connection keeps while parked: no buffer, no task.
 pub(crate) struct Parked {
     pub stream: std::net::TcpStream,
-    pub n: Negotiated,
-    pub session: SessionState,
-    pub mailbox: Arc<Mailbox>,
-    pub kick: Option<oneshot::Receiver<Kick>>,
-    pub slot: Arc<Slot>,
-    pub conn_id: u64,
-    pub expiry: u32,
-    /// Topic aliases in force (MQTT 5.0), boxed: most clients have none.
-    pub aliases: Option<Box<Aliases>>,
-    /// When the client's keep-alive runs out (1.5 × Keep Alive after its
-    /// last packet).
-    pub keep_alive_deadline: Option<Instant>,
+    pub bound: Bound,
     /// Told apart from an earlier occupant of the same slab entry; set by
     /// the lot (0 until then).
     pub generation: u32,
@@ -81,7 +65,7 @@ pub(crate) enum Refusal {
     Kicked(Box<Parked>, Kick),
 }
 
-/// The shared poller of parked connections. One per broker, started by
+/// The shared poller of parked connections. One per frontend, started by
 /// the first connection that parks.
 pub(crate) struct ParkingLot {
     shared: Arc<Shared>,
@@ -93,7 +77,7 @@ struct Shared {
     woken: Mutex<Vec<u64>>,
     registry: mio::Registry,
     waker: mio::Waker,
-    broker: Weak<Broker>,
+    frontend: Weak<Frontend>,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     tracker: TaskTracker,
@@ -140,7 +124,8 @@ fn split(token: u64) -> (usize, u32) {
 impl ParkingLot {
     /// Starts the poller thread, and a task that resumes every parked
     /// connection when the broker shuts down. Must run inside the runtime.
-    pub fn start(broker: &Arc<Broker>) -> std::io::Result<ParkingLot> {
+    pub fn start(frontend: &Arc<Frontend>) -> std::io::Result<ParkingLot> {
+        let broker = &frontend.broker;
         let poll = MioPoll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKE)?;
         let shared = Arc::new(Shared {
@@ -148,7 +133,7 @@ impl ParkingLot {
             woken: Mutex::new(Vec::new()),
             registry: poll.registry().try_clone()?,
             waker,
-            broker: Arc::downgrade(broker),
+            frontend: Arc::downgrade(frontend),
             metrics: broker.metrics.clone(),
             runtime: tokio::runtime::Handle::current(),
             tracker: broker.connections.clone(),
@@ -208,14 +193,14 @@ impl Shared {
             token,
             shared: Arc::downgrade(self),
         }));
-        if parked.mailbox.watch(&waker) {
+        if parked.bound.mailbox.watch(&waker) {
             return Err(Refusal::Busy(parked));
         }
-        if let Some(kick) = parked.kick.as_mut() {
+        if let Some(kick) = parked.bound.kick.as_mut() {
             match Pin::new(kick).poll(&mut Context::from_waker(&waker)) {
                 Poll::Ready(Ok(reason)) => return Err(Refusal::Kicked(parked, reason)),
                 // Nobody can kick it any more.
-                Poll::Ready(Err(_)) => parked.kick = None,
+                Poll::Ready(Err(_)) => parked.bound.kick = None,
                 Poll::Pending => {}
             }
         }
@@ -230,7 +215,7 @@ impl Shared {
         }
         lot.next_generation = generation.wrapping_add(1);
         parked.generation = generation;
-        if let Some(deadline) = parked.keep_alive_deadline {
+        if let Some(deadline) = parked.bound.keep_alive_deadline {
             let earliest = lot
                 .deadlines
                 .peek()
@@ -312,11 +297,11 @@ impl Shared {
         let fd = parked.stream.as_raw_fd();
         let _ = self.registry.deregister(&mut SourceFd(&fd));
         Metrics::dec(&self.metrics.connections_parked);
-        let Some(broker) = self.broker.upgrade() else {
+        let Some(frontend) = self.frontend.upgrade() else {
             return;
         };
         self.runtime
-            .spawn(self.tracker.track_future(resume(broker, parked, owed)));
+            .spawn(self.tracker.track_future(resume(frontend, parked, owed)));
     }
 
     /// Resumes connections whose keep-alive ran out; their task closes them.
@@ -328,7 +313,7 @@ impl Shared {
             lot.deadlines.pop();
             let (key, generation) = split(token);
             let current = match lot.entries.get(key) {
-                Some(parked) if parked.generation == generation => parked.keep_alive_deadline,
+                Some(parked) if parked.generation == generation => parked.bound.keep_alive_deadline,
                 _ => continue,
             };
             match current {
@@ -336,7 +321,7 @@ impl Shared {
                     lot.deadlines.push(Reverse((deadline, token)));
                 }
                 _ => {
-                    debug!(client_id = %lot.entries[key].n.client_id, "parked connection's keep-alive ran out");
+                    debug!(client_id = %lot.entries[key].bound.n.client_id, "parked connection's keep-alive ran out");
                     self.unpark(lot, token, Vec::new());
                 }
             }
@@ -373,8 +358,8 @@ fn answer_pings(parked: &mut Parked) -> Result<(), Vec<u8>> {
             }
         }
         // MQTT-3.1.2-23: any control packet restarts the keep-alive.
-        if let Some(keep_alive) = parked.n.silence_allowed() {
-            parked.keep_alive_deadline = Some(Instant::now() + keep_alive);
+        if let Some(keep_alive) = parked.bound.n.silence_allowed() {
+            parked.bound.keep_alive_deadline = Some(Instant::now() + keep_alive);
         }
         let answer: Vec<u8> = PINGRESP.repeat(n / 2);
         let written = match (&parked.stream).write(&answer) {
@@ -392,12 +377,12 @@ fn answer_pings(parked: &mut Parked) -> Result<(), Vec<u8>> {
     }
 }
 
-/// Whether parking is worth trying for this broker: the lot, started on
-/// first use. `None` when it could not start (logged once).
-pub(crate) fn lot_of(broker: &Arc<Broker>) -> Option<&ParkingLot> {
-    broker
+/// Whether parking is worth trying for these connections: the lot,
+/// started on first use. `None` when it could not start (logged once).
+pub(crate) fn lot_of(frontend: &Arc<Frontend>) -> Option<&ParkingLot> {
+    frontend
         .parking
-        .get_or_init(|| match ParkingLot::start(broker) {
+        .get_or_init(|| match ParkingLot::start(frontend) {
             Ok(lot) => Some(lot),
             Err(error) => {
                 warn!(%error, "cannot start the parking poller; idle connections keep their tasks");

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tracing::{debug, info, warn};
 
-use crate::broker::Broker;
-use crate::connection;
+use crate::connection::{self, Frontend};
 
 /// Connections the kernel queues before `accept`: a burst of connects
 /// beyond the default of 128 would have its SYNs dropped and retried a
@@ -32,7 +31,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until the broker shuts down.
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
+pub async fn serve(frontend: Arc<Frontend>, listener: TcpListener) {
+    let broker = &frontend.broker;
     let local = listener.local_addr().ok();
     info!(addr = ?local, "listening for MQTT over TCP");
     loop {
@@ -45,7 +45,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
                 // A socket that has not sent CONNECT yet costs a file and
                 // a task: only so many may wait (silent sockets used to
                 // take every file the process may open).
-                if !connection::PendingConnect::admit(&broker) {
+                if !connection::PendingConnect::admit(broker) {
                     debug!(%peer, "connection closed at accept: max_pending_connects reached");
                     continue;
                 }
@@ -54,7 +54,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
                 let _ = stream.set_nodelay(true);
                 broker
                     .connections
-                    .spawn(connection::serve(broker.clone(), stream, peer));
+                    .spawn(connection::serve(frontend.clone(), stream, peer));
             }
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.

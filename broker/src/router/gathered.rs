@@ -16,7 +16,7 @@
 use bytes::BytesMut;
 use smallvec::SmallVec;
 
-use super::store::NodeId;
+use crate::node::NodeId;
 
 /// A node's gathering is queued once it holds this many messages...
 pub const GATHER_MESSAGES: usize = 64;

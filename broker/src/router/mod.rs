@@ -23,11 +23,12 @@ use starling_codec::topic::ParsedFilter;
 
 use crate::message::{Delivery, ForwardTicket, Message, SessionId, ShareKey, Tracking};
 use crate::metrics::Metrics;
+use crate::node::NodeId;
 use crate::session::mailbox::{Mailbox, PushOutcome};
 use gathered::GatheredForwards;
 use remote_cache::RemoteRouteCache;
 use retained::RetainedStore;
-use store::{Forwarder, NodeId, RemoteRoutes, RetainedReplicator, RouteStore};
+use store::{Forwarder, RemoteRoutes, RetainedReplicator, RouteStore};
 
 /// Where a message published here goes in a cluster, besides the nodes
 /// with a matching plain route.
@@ -124,7 +125,7 @@ pub struct Router {
     forwarder: Option<Arc<dyn Forwarder>>,
     /// Cluster mode: shares retained messages with the other nodes. Set
     /// once at start-up, after the router exists.
-    replicator: std::sync::OnceLock<Arc<dyn RetainedReplicator>>,
+    replicator: Option<Arc<dyn RetainedReplicator>>,
     metrics: Arc<Metrics>,
 }
 
@@ -231,7 +232,7 @@ impl Router {
     ) -> Router {
         Router {
             forwarder,
-            replicator: std::sync::OnceLock::new(),
+            replicator: None,
             shards: (0..SHARDS).map(|_| TrieSlot::default()).collect(),
             wildcard: TrieSlot::default(),
             retained: RwLock::new(RetainedStore::default()),
@@ -249,6 +250,12 @@ impl Router {
     /// its own clients).
     pub fn with_retained_limits(mut self, max_messages: usize, max_bytes: usize) -> Router {
         self.retained_limits = (max_messages, max_bytes);
+        self
+    }
+
+    /// Cluster mode: retained messages are shared through `replicator`.
+    pub fn with_retained_replicator(mut self, replicator: Arc<dyn RetainedReplicator>) -> Router {
+        self.replicator = Some(replicator);
         self
     }
 
@@ -332,7 +339,7 @@ impl Router {
             return Retained::Refused;
         }
         let mut store_here = || self.retained.write().set(message.clone());
-        match self.replicator.get() {
+        match &self.replicator {
             Some(replicator) => {
                 Retained::Stored(replicator.replicate(&message, &mut store_here, want_ticket))
             }
@@ -363,10 +370,6 @@ impl Router {
             }
         }
         current.replace_with(store)
-    }
-
-    pub fn set_retained_replicator(&self, replicator: Arc<dyn RetainedReplicator>) {
-        let _ = self.replicator.set(replicator);
     }
 
     /// Retained messages matching a (non-shared) filter.

@@ -45,7 +45,7 @@ impl RemoteRouteCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::store::NodeId;
+    use crate::node::NodeId;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     /// Answers one node, `n2:<topic>`, for every topic and counts the

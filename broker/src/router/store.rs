@@ -11,9 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::gathered::GatheredForwards;
-
-/// A broker node's identity in the cluster (shared, cheap to clone).
-pub type NodeId = Arc<str>;
+use crate::node::NodeId;
 
 /// Which other nodes want a topic.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

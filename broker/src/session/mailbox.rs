@@ -517,7 +517,7 @@ impl Mailbox {
     /// has been told and not yet looked: no second wake-up.
     fn signal(&self) {
         if !self.mail.swap(true, Ordering::AcqRel) {
-            crate::connection::reply_order::note_mail_wake();
+            crate::reply_order::note_mail_wake();
             self.reader.wake();
         }
     }

@@ -1,8 +1,7 @@
 //! Sessions: their state, the queue that feeds them, the registry of client
-//! ids, and the lifecycle rules (takeover, expiry, will delay).
+//! ids, and the directory that says where a session lives (cluster).
 
 pub mod directory;
-pub mod lifecycle;
 pub mod mailbox;
 pub mod registry;
 pub mod state;

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::broker::Broker;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::router::store::NodeId;
+use crate::node::NodeId;
 use crate::router::trie::Subscriber;
 use crate::session::directory::MovedSession;
 use crate::session::mailbox::Mailbox;
@@ -67,7 +67,7 @@ pub async fn open(
             },
         )
     };
-    let directory = broker.directory.get();
+    let directory = broker.directory.as_ref();
     let resumed = match previous {
         Owner::Offline { state, mailbox } => Some((*state, mailbox)),
         // Not here: another node may have it (and a connection to kick,
@@ -243,7 +243,7 @@ pub async fn give_away(
         subscriptions,
     ));
     Metrics::dec(&broker.metrics.sessions);
-    if let Some(directory) = broker.directory.get() {
+    if let Some(directory) = broker.directory.as_ref() {
         directory.unregister(client_id);
     }
     debug!(client_id, "session handed to another node");
@@ -312,7 +312,7 @@ pub async fn adopt(broker: &Arc<Broker>, mut moved: MovedSession) -> bool {
                 };
                 inner.generation
             };
-            if let Some(directory) = broker.directory.get() {
+            if let Some(directory) = broker.directory.as_ref() {
                 directory.register(&client_id);
             }
             arm_timers(broker.clone(), slot.clone(), generation, will_after, expiry);
@@ -397,7 +397,7 @@ pub fn close(
         // Only if no connection took the slot meanwhile: its registration
         // is the same key.
         let vacant = matches!(slot.inner.lock().owner, Owner::Vacant);
-        if let Some(directory) = broker.directory.get().filter(|_| vacant) {
+        if let Some(directory) = broker.directory.as_ref().filter(|_| vacant) {
             directory.unregister(&slot.client_id);
         }
     }
@@ -483,7 +483,7 @@ fn arm_timers(
             Metrics::dec(&broker.metrics.sessions);
             broker.sessions.remove_if_vacant(&slot);
             let vacant = matches!(slot.inner.lock().owner, Owner::Vacant);
-            if let Some(directory) = broker.directory.get().filter(|_| vacant) {
+            if let Some(directory) = broker.directory.as_ref().filter(|_| vacant) {
                 directory.unregister(&slot.client_id);
             }
         }
