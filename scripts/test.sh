@@ -15,6 +15,9 @@ echo "== fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== module graph: one way (docs/architecture.md)"
+python3 scripts/check-modules.py
+
 echo "== build"
 cargo build --workspace --bins
 

@@ -5,9 +5,9 @@
 //!
 //!     cargo run --release --example route_index_memory -- 1000000
 
-use starling::cluster::keys::Keys;
-use starling::cluster::mirror::MirrorSink;
-use starling::cluster::route_index::RouteIndex;
+use starling::cluster::etcd::keys::Keys;
+use starling::cluster::etcd::mirror::MirrorSink;
+use starling::cluster::routes::index::RouteIndex;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -29,8 +29,8 @@ pub enum ClientDirectoryKind {
     /// nodes) keeps it in memory: no etcd write per connect, no ceiling
     /// from etcd's size.
     Home,
-    /// One etcd key per session (`clients/<id>`), as DESIGN.md first had
-    /// it: bounded by etcd's quota and write rate.
+    /// One etcd key per session (`clients/<id>`), the first design
+    /// (docs/adr/0003): bounded by etcd's quota and write rate.
     Etcd,
 }
 

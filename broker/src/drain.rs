@@ -1,4 +1,5 @@
-//! Drain: how a node leaves without losing anything (DESIGN.md).
+//! Drain: how a node leaves without losing anything (docs/architecture.md,
+//! "Cluster mode").
 //!
 //! 1. The node stops being ready, announces `draining` in etcd (other nodes
 //!    stop choosing it for sessions) and refuses new connections (MQTT 5:
@@ -20,7 +21,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::cluster::{Cluster, session_moves};
+use crate::cluster::Cluster;
+use crate::cluster::directory::moves;
 use crate::lifecycle::{self, WillOnMove};
 use crate::node::NodeState;
 use crate::session::registry::{Kick, Owner, SessionRegistry};
@@ -130,7 +132,7 @@ async fn hand_off_sessions(broker: &Arc<Broker>, cluster: &Cluster) {
             else {
                 return;
             };
-            match session_moves::hand_to(&forwarder, &to, &moved).await {
+            match moves::hand_to(&forwarder, &to, &moved).await {
                 Ok(true) => debug!(%client_id, %to, "session handed over"),
                 Ok(false) => {
                     info!(%client_id, %to, "the client already has a newer session there")

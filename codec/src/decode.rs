@@ -12,7 +12,7 @@ use bytes::{Buf, BytesMut};
 
 use crate::error::DecodeError;
 use crate::packet::{Auth, Disconnect, Packet, ProtocolVersion};
-use crate::props;
+use crate::properties::section;
 use crate::reason::ReasonCode;
 use crate::wire::{Reader, parse_vbi, vbi_len};
 
@@ -152,7 +152,7 @@ fn disconnect(mut r: Reader, version: ProtocolVersion) -> Result<Disconnect, Dec
     let properties = if r.is_empty() {
         Default::default()
     } else {
-        props::read(&mut r)?
+        section::read(&mut r)?
     };
     r.finish()?;
     Ok(Disconnect { code, properties })
@@ -169,7 +169,7 @@ fn auth(mut r: Reader) -> Result<Auth, DecodeError> {
         reasons::AUTH,
         "reason code not allowed in AUTH (MQTT-3.15.2-1)",
     )?;
-    let properties = props::read(&mut r)?;
+    let properties = section::read(&mut r)?;
     r.finish()?;
     Ok(Auth { code, properties })
 }

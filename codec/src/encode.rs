@@ -13,7 +13,7 @@ use crate::packet::{
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use crate::properties::PublishProperties;
-use crate::props::{self, Properties};
+use crate::properties::section::{self, Properties};
 use crate::reason::ReasonCode;
 use crate::wire::{MAX_VBI, prefixed_len, put_fixed_header, put_prefixed};
 
@@ -120,9 +120,9 @@ fn publish_sizes(p: &PublishRef<'_>, v5: bool) -> Result<Sizes, EncodeError> {
     if v5 {
         // None at all, the usual case: nothing to size.
         if let Some(properties) = p.properties {
-            sizes.props = props::content_len(properties)?;
+            sizes.props = section::content_len(properties)?;
         }
-        len += props::section_len(sizes.props);
+        len += section::section_len(sizes.props);
     }
     if len > MAX_VBI {
         return Err(EncodeError::TooLong("packet"));
@@ -160,8 +160,8 @@ fn size(packet: &Packet, version: ProtocolVersion) -> Result<Sizes, EncodeError>
     sizes.remaining = match packet {
         Packet::Connect(c) => connect_size(c, &mut sizes)?,
         Packet::ConnAck(c) if v5 => {
-            sizes.props = props::content_len(&c.properties)?;
-            2 + props::section_len(sizes.props)
+            sizes.props = section::content_len(&c.properties)?;
+            2 + section::section_len(sizes.props)
         }
         Packet::ConnAck(_) => 2,
         Packet::Publish(p) => {
@@ -170,7 +170,7 @@ fn size(packet: &Packet, version: ProtocolVersion) -> Result<Sizes, EncodeError>
         }
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
             if v5 {
-                sizes.props = props::content_len(&a.properties)?;
+                sizes.props = section::content_len(&a.properties)?;
             }
             2 + optional_tail(v5, a.code, sizes.props)
         }
@@ -193,16 +193,16 @@ fn size(packet: &Packet, version: ProtocolVersion) -> Result<Sizes, EncodeError>
         Packet::UnsubAck(_) => 2,
         Packet::PingReq | Packet::PingResp => 0,
         Packet::Disconnect(d) if v5 => {
-            sizes.props = props::content_len(&d.properties)?;
+            sizes.props = section::content_len(&d.properties)?;
             optional_tail(true, d.code, sizes.props)
         }
         Packet::Disconnect(_) => 0,
         Packet::Auth(a) if v5 => {
-            sizes.props = props::content_len(&a.properties)?;
+            sizes.props = section::content_len(&a.properties)?;
             if a.code == ReasonCode::SUCCESS && sizes.props == 0 {
                 0
             } else {
-                1 + props::section_len(sizes.props)
+                1 + section::section_len(sizes.props)
             }
         }
         Packet::Auth(_) => {
@@ -227,8 +227,8 @@ fn v5_section<P: Properties>(
     if !v5 {
         return Ok(0);
     }
-    sizes.props = props::content_len(properties)?;
-    Ok(props::section_len(sizes.props))
+    sizes.props = section::content_len(properties)?;
+    Ok(section::section_len(sizes.props))
 }
 
 /// The reason code and property section that end an MQTT 5 acknowledgement
@@ -240,7 +240,7 @@ fn optional_tail(v5: bool, code: ReasonCode, props_len: usize) -> usize {
         (false, _) => 0,
         (true, 0) if code == ReasonCode::SUCCESS => 0,
         (true, 0) => 1,
-        (true, n) => 1 + props::section_len(n),
+        (true, n) => 1 + section::section_len(n),
     }
 }
 
@@ -252,8 +252,8 @@ fn connect_size(c: &Connect, sizes: &mut Sizes) -> Result<usize, EncodeError> {
     len += prefixed_len(c.client_id.len(), "client identifier")?;
     if let Some(will) = &c.will {
         if v5 {
-            sizes.will_props = props::content_len(&will.properties)?;
-            len += props::section_len(sizes.will_props);
+            sizes.will_props = section::content_len(&will.properties)?;
+            len += section::section_len(sizes.will_props);
         }
         len += prefixed_len(will.topic.len(), "will topic")?;
         len += prefixed_len(will.payload.len(), "will payload")?;
@@ -305,12 +305,12 @@ fn write_connect(c: &Connect, sizes: &Sizes, buf: &mut BytesMut) {
     buf.put_u8(flags);
     buf.put_u16(c.keep_alive);
     if v5 {
-        props::write(&c.properties, sizes.props, buf);
+        section::write(&c.properties, sizes.props, buf);
     }
     put_prefixed(buf, c.client_id.as_bytes());
     if let Some(will) = &c.will {
         if v5 {
-            props::write(&will.properties, sizes.will_props, buf);
+            section::write(&will.properties, sizes.will_props, buf);
         }
         put_prefixed(buf, will.topic.as_bytes());
         put_prefixed(buf, &will.payload);
@@ -330,7 +330,7 @@ fn write_connack(c: &ConnAck, version: ProtocolVersion, sizes: &Sizes, buf: &mut
     // For 3.1/3.1.1 the caller has already mapped the code to a return code.
     buf.put_u8(c.code.0);
     if version.is_v5() {
-        props::write(&c.properties, sizes.props, buf);
+        section::write(&c.properties, sizes.props, buf);
     }
 }
 
@@ -353,7 +353,7 @@ fn write_publish(p: &PublishRef<'_>, v5: bool, sizes: &Sizes, buf: &mut BytesMut
         && sizes.props != 0
         && let Some(properties) = p.properties
     {
-        props::write(properties, sizes.props, buf);
+        section::write(properties, sizes.props, buf);
     }
     buf.put_slice(p.payload);
 }
@@ -376,14 +376,14 @@ fn write_tail<P: Properties>(
     }
     buf.put_u8(code.0);
     if props_len != 0 {
-        props::write(properties, props_len, buf);
+        section::write(properties, props_len, buf);
     }
 }
 
 fn write_subscribe(s: &Subscribe, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
     buf.put_u16(s.packet_id);
     if v5 {
-        props::write(&s.properties, sizes.props, buf);
+        section::write(&s.properties, sizes.props, buf);
     }
     for f in &s.filters {
         put_prefixed(buf, f.filter.as_bytes());
@@ -410,7 +410,7 @@ fn options_byte(o: &SubscriptionOptions, v5: bool) -> u8 {
 fn write_suback(s: &SubAck, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
     buf.put_u16(s.packet_id);
     if v5 {
-        props::write(&s.properties, sizes.props, buf);
+        section::write(&s.properties, sizes.props, buf);
     }
     // For 3.1/3.1.1 the caller has already mapped codes to return codes.
     for code in &s.codes {
@@ -421,7 +421,7 @@ fn write_suback(s: &SubAck, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
 fn write_unsubscribe(u: &Unsubscribe, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
     buf.put_u16(u.packet_id);
     if v5 {
-        props::write(&u.properties, sizes.props, buf);
+        section::write(&u.properties, sizes.props, buf);
     }
     for f in &u.filters {
         put_prefixed(buf, f.as_bytes());
@@ -431,7 +431,7 @@ fn write_unsubscribe(u: &Unsubscribe, v5: bool, sizes: &Sizes, buf: &mut BytesMu
 fn write_unsuback(u: &UnsubAck, v5: bool, sizes: &Sizes, buf: &mut BytesMut) {
     buf.put_u16(u.packet_id);
     if v5 {
-        props::write(&u.properties, sizes.props, buf);
+        section::write(&u.properties, sizes.props, buf);
         for code in &u.codes {
             buf.put_u8(code.0);
         }
@@ -447,5 +447,5 @@ fn write_auth(a: &Auth, sizes: &Sizes, buf: &mut BytesMut) {
         return;
     }
     buf.put_u8(a.code.0);
-    props::write(&a.properties, sizes.props, buf);
+    section::write(&a.properties, sizes.props, buf);
 }

@@ -21,7 +21,6 @@ mod encode;
 mod error;
 mod packet;
 mod properties;
-mod props;
 mod reason;
 pub mod topic;
 mod wire;

@@ -738,7 +738,7 @@ def pb_fields(buf: bytes) -> dict[int, list]:
 
 def decode_record(value: bytes, names: dict[int, str]) -> dict | None:
     """A NodeRecord/ClientRecord-like value as a dict of its string/int fields, from JSON or
-    protobuf (DESIGN.md lets the implementation pick); None if it is neither."""
+    protobuf (the tests do not assume which); None if it is neither."""
     try:
         v = json.loads(value)
         if isinstance(v, dict):

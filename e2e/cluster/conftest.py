@@ -168,8 +168,8 @@ def paho():
 
 @pytest.fixture
 def partition(etcd):
-    """A way to cut the peer link between two nodes: network namespaces (iproute2; DESIGN.md's
-    choice, and exact) when they can be made, else iptables (owner + connmark match);
+    """A way to cut the peer link between two nodes: network namespaces (iproute2; exact, and
+    preferred) when they can be made, else iptables (owner + connmark match);
     STARLING_TEST_PARTITION=netns|iptables forces one. Both need root. Fails with what to
     install when neither works. Use ``cluster(3, **partition.node_options())``."""
     want = os.environ.get("STARLING_TEST_PARTITION", "auto")

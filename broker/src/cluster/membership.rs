@@ -10,12 +10,13 @@ use starling_proto::v1::NodeRecord;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::forward::{PeerForwarder, PeerInfo};
-use super::keys::Keys;
-use super::lease::LeaseWatch;
-use super::mirror::{Backoff, MirrorSink};
-use super::route_index::RouteIndex;
-use super::view::{Member, SharedView, View};
+use crate::cluster::backoff::Backoff;
+use crate::cluster::directory::view::{Member, SharedView, View};
+use crate::cluster::etcd::keys::Keys;
+use crate::cluster::etcd::lease::LeaseWatch;
+use crate::cluster::etcd::mirror::MirrorSink;
+use crate::cluster::peer::links::{PeerForwarder, PeerInfo};
+use crate::cluster::routes::index::RouteIndex;
 use crate::node::{NodeId, NodeState};
 
 /// Writes this node's record whenever the lease or the record changes.

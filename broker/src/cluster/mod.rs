@@ -1,43 +1,31 @@
 //! Cluster mode: membership, routes and retained messages in etcd, and
-//! publish forwarding between nodes over gRPC (DESIGN.md).
+//! publish forwarding between nodes over gRPC (docs/architecture.md,
+//! "Cluster mode").
 //!
-//! - [`lease`]: the node's etcd lease, re-granted if lost;
+//! - [`etcd`]: the key schema, the node's lease, the keys it owns under
+//!   it, and mirrors of other nodes' keys;
 //! - [`membership`]: `nodes/<id>` and the peer set;
-//! - [`routes`] and [`route_index`]: `routes/<node>/<filter>`, written in
-//!   batches, mirrored from every node;
-//! - [`mirror`]: snapshot + watch + resync for any prefix;
-//! - [`forward`]: peer links; [`peer_service`]: the gRPC service, whose
-//!   `Forward` method `forward_service` serves;
-//! - where sessions are: [`client_directory`] and [`home_directory`] (the
-//!   client id's home node, the default) or [`sessions`] (etcd).
+//! - [`routes`]: `routes/<node>/<filter>`, written in batches, mirrored
+//!   from every node into the index each publish reads;
+//! - [`retained`]: `retained/<topic>`, shared by every node;
+//! - [`peer`]: links to the other nodes (forwarding, calls, mutual TLS,
+//!   the wire form of a message);
+//! - [`service`]: the gRPC service this node offers the others;
+//! - [`directory`]: where each client's session is (its home node, or
+//!   etcd), and moving sessions between nodes;
+//! - [`backoff`]: how long a task waits before it tries again.
 
 /// Largest HTTP/2 frame a peer may send this node (see `start`).
 const PEER_MAX_FRAME: u32 = 1 << 20;
 
-pub mod client_directory;
-pub mod convert;
-pub mod forward;
-mod forward_service;
-mod fresh_claims;
-pub mod home_directory;
-pub mod keys;
-pub mod lapses;
-pub mod lease;
-pub mod leased_keys;
-mod link_queue;
+pub mod backoff;
+pub mod directory;
+pub mod etcd;
 pub mod membership;
-pub mod mirror;
-pub mod peer_client;
-pub mod peer_service;
-pub mod peer_tls;
+pub mod peer;
 pub mod retained;
-pub mod route_aggregation;
-pub mod route_index;
-pub mod route_sync;
 pub mod routes;
-pub mod session_moves;
-pub mod sessions;
-pub mod view;
+pub mod service;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,12 +40,15 @@ use crate::config::{ClientDirectoryKind, Config};
 use crate::metrics::Metrics;
 use crate::node::NodeState;
 use crate::session::directory::SessionDirectory;
-use forward::PeerForwarder;
-use keys::Keys;
-use leased_keys::LeasedKeys;
-use peer_client::PeerCredentials;
-use route_index::RouteIndex;
-use routes::EtcdRouteStore;
+use directory::{home, owner, view};
+use etcd::keys::Keys;
+use etcd::leased_keys::LeasedKeys;
+use etcd::{lease, mirror};
+use peer::client::PeerCredentials;
+use peer::links::PeerForwarder;
+use peer::tls as peer_tls;
+use routes::index::RouteIndex;
+use routes::store::EtcdRouteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -98,7 +89,7 @@ pub struct Cluster {
     /// Where the session of each client id is.
     pub directory: Arc<dyn SessionDirectory>,
     /// The client ids this node is home to (`client_directory = "home"`).
-    pub home: Option<Arc<home_directory::HomeDirectory>>,
+    pub home: Option<Arc<home::HomeDirectory>>,
     /// The membership view, fed from `nodes/` once started.
     views: watch::Sender<view::SharedView>,
     /// How far the route index has caught up with etcd.
@@ -233,7 +224,7 @@ impl Cluster {
         let forwarder = PeerForwarder::new(&config.node_id, credentials, metrics.clone());
         let owned_routes = LeasedKeys::new(Vec::new(), false);
         let route_sync = config.route_sync.then(|| {
-            route_sync::RouteSync::new(
+            routes::sync::RouteSync::new(
                 owned_routes.clone(),
                 forwarder.clone(),
                 metrics,
@@ -266,8 +257,8 @@ impl Cluster {
         let views = watch::Sender::new(Arc::new(view::View::empty()));
         let (directory, home): (Arc<dyn SessionDirectory>, _) = match config.client_directory {
             ClientDirectoryKind::Home => {
-                let home = home_directory::HomeDirectory::new(&config.node_id);
-                let directory = client_directory::HomeClientDirectory::start(
+                let home = home::HomeDirectory::new(&config.node_id);
+                let directory = owner::HomeClientDirectory::start(
                     &config.node_id,
                     home.clone(),
                     forwarder.clone(),
@@ -276,7 +267,7 @@ impl Cluster {
                 (directory, Some(home))
             }
             ClientDirectoryKind::Etcd => {
-                let sessions = sessions::ClusterSessions::new(
+                let sessions = directory::etcd::ClusterSessions::new(
                     &config.node_id,
                     keys.clone(),
                     client.clone(),
@@ -345,7 +336,7 @@ impl Cluster {
                 source,
             })?;
         info!(addr = %config.peer_listen, "listening for peers");
-        let service = peer_service::server(
+        let service = service::server(
             broker.clone(),
             self.clone(),
             on_drain_request,

@@ -16,11 +16,12 @@ use starling_proto::v1::RetainedRecord;
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, warn};
 
-use super::convert::{Origins, from_wire, to_wire};
-use super::keys::Keys;
-use super::mirror::{Backoff, MirrorSink};
-use super::route_sync::RouteSync;
 use crate::broker::Broker;
+use crate::cluster::backoff::Backoff;
+use crate::cluster::etcd::keys::Keys;
+use crate::cluster::etcd::mirror::MirrorSink;
+use crate::cluster::peer::wire::{Origins, from_wire, to_wire};
+use crate::cluster::routes::sync::RouteSync;
 use crate::config::TopicLimits;
 use crate::message::{ForwardTicket, Message};
 use crate::router::retained::RetainedStore;

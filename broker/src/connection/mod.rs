@@ -188,7 +188,7 @@ pub(crate) struct Connection {
     /// (`ReadBudget::resize`, in its units), given back in `finish`.
     read_held: u16,
     /// Reading paused until the timer next fires: the broker is above its
-    /// memory watermark and this client sends bulk (`memory`).
+    /// memory watermark and this client sends bulk (`resources::memory`).
     paused: bool,
     /// A 3.1.1 client's publish could not reach a node it was for: no more
     /// is read, and once the acks before it went out the connection closes

@@ -2,8 +2,8 @@
 
 use crate::error::DecodeError;
 use crate::packet::{ConnAck, Connect, LastWill, Packet, ProtocolVersion, QoS};
+use crate::properties::section;
 use crate::properties::{ConnectProperties, WillProperties};
-use crate::props;
 use crate::reason::ReasonCode;
 use crate::topic::validate_topic_name;
 use crate::wire::Reader;
@@ -64,7 +64,7 @@ pub(super) fn connect(mut r: Reader) -> Result<Packet, DecodeError> {
     let keep_alive = r.u16()?;
 
     let properties: ConnectProperties = if v5 {
-        props::read(&mut r)?
+        section::read(&mut r)?
     } else {
         Default::default()
     };
@@ -78,7 +78,7 @@ pub(super) fn connect(mut r: Reader) -> Result<Packet, DecodeError> {
     let client_id = r.string()?;
     let will = if will_flag {
         let properties: WillProperties = if v5 {
-            props::read(&mut r)?
+            section::read(&mut r)?
         } else {
             Default::default()
         };
@@ -156,7 +156,7 @@ pub(super) fn connack(mut r: Reader, version: ProtocolVersion) -> Result<ConnAck
             reasons::CONNACK,
             "reason code not allowed in CONNACK (3.2.2.2)",
         )?;
-        (code, props::read(&mut r)?)
+        (code, section::read(&mut r)?)
     } else if code <= 5 {
         (ReasonCode(code), Default::default())
     } else {

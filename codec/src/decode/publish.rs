@@ -5,8 +5,8 @@ use bytestring::ByteString;
 
 use crate::error::DecodeError;
 use crate::packet::{Packet, ProtocolVersion, PubAck, Publish, QoS};
+use crate::properties::section;
 use crate::properties::{MessageProperties, PublishProperties};
-use crate::props;
 use crate::wire::Reader;
 
 use super::reasons;
@@ -40,7 +40,7 @@ pub(super) fn publish(
     // 160-byte struct to fill and find empty.
     if version.is_v5() && !r.skip_if(0) {
         let mut read = PublishProperties::default();
-        props::read_into(&mut r, &mut read)?;
+        section::read_into(&mut r, &mut read)?;
         publish.properties = read.into();
     }
     let properties = &publish.properties;
@@ -121,7 +121,7 @@ pub(super) fn ack(
     let properties = if r.is_empty() {
         Default::default()
     } else {
-        props::read(&mut r)?
+        section::read(&mut r)?
     };
     r.finish()?;
     Ok(PubAck {

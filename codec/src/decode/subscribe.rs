@@ -7,7 +7,7 @@ use crate::packet::{
     ProtocolVersion, QoS, RetainHandling, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions,
     UnsubAck, Unsubscribe,
 };
-use crate::props;
+use crate::properties::section;
 use crate::wire::Reader;
 
 use super::publish::packet_id;
@@ -16,7 +16,7 @@ use super::reasons;
 pub(super) fn subscribe(mut r: Reader, version: ProtocolVersion) -> Result<Subscribe, DecodeError> {
     let packet_id = packet_id(&mut r)?;
     let properties = if version.is_v5() {
-        props::read(&mut r)?
+        section::read(&mut r)?
     } else {
         Default::default()
     };
@@ -100,7 +100,7 @@ pub(super) fn suback(mut r: Reader, version: ProtocolVersion) -> Result<SubAck, 
     let packet_id = packet_id(&mut r)?;
     let (properties, allowed, what) = if version.is_v5() {
         (
-            props::read(&mut r)?,
+            section::read(&mut r)?,
             reasons::SUBACK,
             "reason code not allowed in SUBACK (3.9.3)",
         )
@@ -134,7 +134,7 @@ pub(super) fn unsubscribe(
 ) -> Result<Unsubscribe, DecodeError> {
     let packet_id = packet_id(&mut r)?;
     let properties = if version.is_v5() {
-        props::read(&mut r)?
+        section::read(&mut r)?
     } else {
         Default::default()
     };
@@ -163,7 +163,7 @@ pub(super) fn unsuback(mut r: Reader, version: ProtocolVersion) -> Result<UnsubA
             ..Default::default()
         });
     }
-    let properties = props::read(&mut r)?;
+    let properties = section::read(&mut r)?;
     let mut codes = Vec::with_capacity(r.remaining());
     while !r.is_empty() {
         codes.push(reasons::check(

@@ -1,4 +1,5 @@
-//! The etcd key schema (DESIGN.md): everything under `/starling/<cluster>/`.
+//! The etcd key schema (docs/architecture.md, "Cluster mode"): everything
+//! under `/starling/<cluster>/`.
 
 #[derive(Debug, Clone)]
 pub struct Keys {

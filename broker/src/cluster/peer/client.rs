@@ -1,5 +1,5 @@
 //! Opening a client of another node's `Peer` service: over mutual TLS when
-//! it is configured ([`super::peer_tls`]), with the shared token in every
+//! it is configured ([`crate::cluster::peer::tls`]), with the shared token in every
 //! request when one is set.
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 use tonic_prost::ProstDecoder;
 
-use super::peer_tls::PeerTls;
+use crate::cluster::peer::tls::PeerTls;
 
 /// How this node proves itself to its peers.
 #[derive(Clone, Default)]
@@ -122,8 +122,8 @@ fn bearer(token: Option<&str>) -> Bearer {
 
 fn client(channel: Channel, token: Option<&str>) -> Peer {
     PeerClient::with_interceptor(channel, bearer(token))
-        .max_decoding_message_size(super::peer_service::MAX_PEER_MESSAGE)
-        .max_encoding_message_size(super::peer_service::MAX_PEER_MESSAGE)
+        .max_decoding_message_size(crate::cluster::peer::MAX_PEER_MESSAGE)
+        .max_encoding_message_size(crate::cluster::peer::MAX_PEER_MESSAGE)
 }
 
 /// Connects to the peer service at `address` (`host:port`) now, for the
@@ -147,8 +147,8 @@ pub async fn connect_forward(
     let service = InterceptedService::new(channel, bearer(credentials.token.as_deref()));
     Ok(ForwardClient(
         Grpc::new(service)
-            .max_decoding_message_size(super::peer_service::MAX_PEER_MESSAGE)
-            .max_encoding_message_size(super::peer_service::MAX_PEER_MESSAGE),
+            .max_decoding_message_size(crate::cluster::peer::MAX_PEER_MESSAGE)
+            .max_encoding_message_size(crate::cluster::peer::MAX_PEER_MESSAGE),
     ))
 }
 

@@ -3,6 +3,8 @@
 //! gets a CONNECT for a client owned elsewhere asks the owner over gRPC
 //! (`TakeoverSession`) to hand the session over.
 
+mod fresh_claims;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,25 +14,25 @@ use starling_proto::v1::ClientRecord;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::forward::PeerForwarder;
-use super::fresh_claims::{self, FreshClaim};
-use super::keys::Keys;
-use super::lease::LeaseWatch;
-use super::leased_keys::LeasedKeys;
-use super::session_moves;
+use crate::cluster::directory::moves;
+use crate::cluster::etcd::keys::Keys;
+use crate::cluster::etcd::lease::LeaseWatch;
+use crate::cluster::etcd::leased_keys::LeasedKeys;
+use crate::cluster::peer::links::PeerForwarder;
 use crate::session::directory::{Claim, Located, MovedSession, SessionDirectory};
+use fresh_claims::FreshClaim;
 
 /// How many times a connect retries registering against concurrent
 /// connects of the same client id on other nodes.
 const CLAIM_ROUNDS: usize = 3;
 
 /// How long a connect waits for etcd and for the owner node.
-pub(super) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connects waiting to be registered in a batch.
 const FRESH_QUEUE: usize = 4096;
 
 /// What a registration attempt found.
-pub(super) enum Registration {
+enum Registration {
     /// This node owns the client id, registered at this revision.
     Ours(i64),
     /// Somebody else holds it (`owner`: another node, `None` for an older
@@ -83,11 +85,11 @@ impl ClusterSessions {
         sessions
     }
 
-    pub(super) fn current_lease(&self) -> Option<i64> {
+    fn current_lease(&self) -> Option<i64> {
         *self.lease.borrow()
     }
 
-    pub(super) fn etcd(&self) -> Client {
+    fn etcd(&self) -> Client {
         self.client.clone()
     }
 
@@ -154,7 +156,7 @@ impl ClusterSessions {
     /// One round trip: registers this node as the owner of `key` if the key
     /// is unchanged since `revision` (0: absent, a new client id), and
     /// otherwise reads who holds it. `None` when etcd cannot say.
-    pub(super) async fn register_or_read(
+    async fn register_or_read(
         &self,
         client_id: &str,
         key: &str,
@@ -203,7 +205,7 @@ impl ClusterSessions {
     }
 
     /// What an existing registration means for a connect here.
-    pub(super) fn registration_of(&self, kv: &KeyValue) -> Registration {
+    fn registration_of(&self, kv: &KeyValue) -> Registration {
         if kv.value() == self.registrations.value() {
             // This very process registered it already (a reconnect).
             return Registration::Ours(kv.mod_revision());
@@ -218,7 +220,7 @@ impl ClusterSessions {
         client_id: &str,
         moved: Option<MovedSession>,
     ) -> Option<MovedSession> {
-        session_moves::take_into(&self.forwarder, &self.node, owner, client_id, moved).await
+        moves::take_into(&self.forwarder, &self.node, owner, client_id, moved).await
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use super::sessions::{ClusterSessions, LOOKUP_TIMEOUT, Registration};
+use crate::cluster::directory::etcd::{ClusterSessions, LOOKUP_TIMEOUT, Registration};
 
 /// etcd's default limit of operations (and comparisons) per transaction.
 const BATCH: usize = 128;

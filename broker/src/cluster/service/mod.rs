@@ -1,5 +1,7 @@
 //! The `starling.cluster.v1.Peer` service this node offers other nodes.
 
+mod forward;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +21,14 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
-use super::client_directory::{stamp_from_wire, stamp_to_wire};
-use super::forward_service::PeerRoutes;
-use super::home_directory::{ClaimAnswer, HomeDirectory};
-use super::{Cluster, OnDrainRequest};
 use crate::broker::Broker;
+use crate::cluster::directory::home::{ClaimAnswer, HomeDirectory};
+use crate::cluster::directory::owner::{stamp_from_wire, stamp_to_wire};
+use crate::cluster::peer::MAX_PEER_MESSAGE;
+use crate::cluster::{Cluster, OnDrainRequest};
 use crate::session::directory::MovedSession;
 use crate::session::registry::{Kick, SessionRegistry};
+use forward::PeerRoutes;
 
 /// The DISCONNECT reason a `Kick` call asked for: 0 means Administrative
 /// action; otherwise one a server may send (MQTT 5.0 §3.14.2.1).
@@ -42,11 +45,6 @@ fn kick_reason(requested: u32) -> Result<ReasonCode, Status> {
         ))),
     }
 }
-
-/// Largest gRPC message between peers: a batch of at most 1 MiB of
-/// payloads, or one message up to MQTT's largest packet (256 MiB), or a
-/// session with its queue. Peers are authenticated; this only bounds them.
-pub const MAX_PEER_MESSAGE: usize = 272 * 1024 * 1024;
 
 pub struct PeerService {
     broker: Arc<Broker>,
@@ -105,7 +103,7 @@ impl Peer for PeerService {
     type ForwardStream = AckStream;
 
     /// Never called: `PeerRoutes` serves `Forward` itself, with a codec
-    /// that leaves each batch undecoded (see `forward_service`).
+    /// that leaves each batch undecoded (see `service::forward`).
     async fn forward(
         &self,
         _: Request<Streaming<ForwardBatchEntries>>,

@@ -3,6 +3,10 @@
 //! Each struct holds exactly the properties its packet may carry (MQTT 5.0
 //! section 2.2.2.2); the decoder rejects any other property identifier and
 //! any property that appears twice where the specification forbids it.
+//!
+//! How a property section is read and written: [`section`].
+
+pub(crate) mod section;
 
 use bytes::Bytes;
 use bytestring::ByteString;

@@ -10,7 +10,7 @@ use etcd_client::Client;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::mirror::Backoff;
+use crate::cluster::backoff::Backoff;
 
 /// The current lease id, `None` while there is none.
 pub type LeaseWatch = watch::Receiver<Option<i64>>;

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use super::keys::Keys;
-use super::leased_keys::LeasedKeys;
-use super::route_aggregation::{Advertise, Aggregates};
-use super::route_index::RouteIndex;
-use super::route_sync::RouteSync;
+use crate::cluster::etcd::keys::Keys;
+use crate::cluster::etcd::leased_keys::LeasedKeys;
+use crate::cluster::routes::aggregation::{Advertise, Aggregates};
+use crate::cluster::routes::index::RouteIndex;
+use crate::cluster::routes::sync::RouteSync;
 use crate::message::ForwardTicket;
 use crate::router::store::{RemoteRoutes, RouteStore};
 

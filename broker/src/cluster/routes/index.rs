@@ -16,9 +16,9 @@ use starling_codec::topic::parse_filter;
 use tokio::sync::Notify;
 use tracing::warn;
 
-use super::keys::Keys;
-use super::lapses::Lapses;
-use super::mirror::{MirrorProgress, MirrorSink};
+use crate::cluster::etcd::keys::Keys;
+use crate::cluster::etcd::mirror::{MirrorProgress, MirrorSink};
+use crate::cluster::routes::lapses::Lapses;
 use crate::config::TopicLimits;
 use crate::message::ShareKey;
 use crate::node::NodeId;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use starling_proto::v1::{AdoptRequest, SessionSnapshot, TakeoverRequest};
 use tracing::{debug, info, warn};
 
-use super::forward::PeerForwarder;
+use crate::cluster::peer::links::PeerForwarder;
 use crate::session::directory::MovedSession;
 
 const MOVE_TIMEOUT: Duration = Duration::from_secs(6);

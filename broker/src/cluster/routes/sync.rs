@@ -29,8 +29,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::forward::PeerForwarder;
-use super::leased_keys::LeasedKeys;
+use crate::cluster::etcd::leased_keys::LeasedKeys;
+use crate::cluster::peer::links::PeerForwarder;
 use crate::message::ForwardTicket;
 use crate::metrics::Metrics;
 use crate::node::NodeId;

@@ -149,7 +149,7 @@ impl Default for LinkQueue {
 
 impl LinkQueue {
     /// Queues one message: `write` appends its entry to the open batch
-    /// (see [`super::convert::put_publish_entry`]); `size` is about how
+    /// (see [`crate::cluster::peer::wire::put_publish_entry`]); `size` is about how
     /// many bytes that is. Returns how many messages are queued now, and
     /// for [`Tracking::Batch`] the batch's ticket. On refusal a message's
     /// own ticket is handed back, to be failed.
@@ -301,7 +301,7 @@ fn take(state: &mut Queued) -> Option<Batch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::convert::put_batch_entry;
+    use crate::cluster::peer::wire::put_batch_entry;
     use bytes::Bytes;
     use starling_proto::v1::ForwardedMessage;
 

@@ -13,6 +13,8 @@ use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
+use crate::cluster::backoff::Backoff;
+
 /// The etcd revision up to which a mirror holds every change of its
 /// prefix.
 #[derive(Debug, Default)]
@@ -193,31 +195,6 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     }
     // All 0xff: to the end of the keyspace.
     vec![0]
-}
-
-/// Exponential backoff from 100 ms to 5 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-}
-
-impl Backoff {
-    pub async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-    }
-
-    pub fn reset(&mut self) {
-        *self = Backoff::default();
-    }
 }
 
 #[cfg(test)]

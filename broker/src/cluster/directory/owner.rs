@@ -26,10 +26,10 @@ use tokio::sync::{Notify, RwLock, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::forward::PeerForwarder;
-use super::home_directory::{ClaimAnswer, Claimed, HomeDirectory, Stamp};
-use super::session_moves;
-use super::view::{SharedView, View};
+use crate::cluster::directory::home::{ClaimAnswer, Claimed, HomeDirectory, Stamp};
+use crate::cluster::directory::moves;
+use crate::cluster::directory::view::{SharedView, View};
+use crate::cluster::peer::links::PeerForwarder;
 use crate::node::NodeId;
 use crate::session::directory::{Claim, Located, SessionDirectory};
 
@@ -369,7 +369,7 @@ impl SessionDirectory for HomeClientDirectory {
                         self.owned.lock().insert(client_id.into(), claimed.stamp);
                         drop(gate);
                         let previous = claimed.previous_owner?;
-                        return session_moves::take_into(
+                        return moves::take_into(
                             &self.forwarder,
                             &self.node,
                             &previous,

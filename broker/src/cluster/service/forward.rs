@@ -28,9 +28,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstEncoder;
 use tracing::{debug, warn};
 
-use super::convert::{Incoming, Origins, Target, decode_entry, read_varint};
-use super::peer_service::{MAX_PEER_MESSAGE, PeerService};
 use crate::broker::Broker;
+use crate::cluster::peer::MAX_PEER_MESSAGE;
+use crate::cluster::peer::wire::{Incoming, Origins, Target, decode_entry, read_varint};
+use crate::cluster::service::PeerService;
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::router::Scope;
@@ -534,7 +535,13 @@ mod tests {
                 MessageProperties::default(),
                 None,
             );
-            super::super::convert::put_publish_entry(&message, *plain, &[], &own_node, &mut body);
+            crate::cluster::peer::wire::put_publish_entry(
+                &message,
+                *plain,
+                &[],
+                &own_node,
+                &mut body,
+            );
         }
         let Some(batch) = Batch::parse(body.freeze()) else {
             panic!("a valid batch parses");

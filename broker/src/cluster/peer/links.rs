@@ -26,10 +26,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use super::convert::{put_publish_entry, put_redirect_entry};
-use super::link_queue::{Batch, LINK_QUEUE, LinkQueue};
-use super::mirror::Backoff;
-use super::peer_client::{Peer, PeerChannels, PeerCredentials};
+use crate::cluster::backoff::Backoff;
+use crate::cluster::peer::client::{Peer, PeerChannels, PeerCredentials};
+use crate::cluster::peer::link_queue::{Batch, LINK_QUEUE, LinkQueue};
+use crate::cluster::peer::wire::{put_publish_entry, put_redirect_entry};
 use crate::message::{Delivery, ForwardTicket, Message, ShareKey, Tracking};
 use crate::metrics::Metrics;
 use crate::node::NodeId;
@@ -460,10 +460,11 @@ async fn stream_to(ends: &LinkEnds, queue: &LinkQueue) -> StreamEnd {
         up,
         ..
     } = ends;
-    let mut client = match super::peer_client::connect_forward(endpoint, credentials).await {
-        Ok(client) => client,
-        Err(error) => return failed(error),
-    };
+    let mut client =
+        match crate::cluster::peer::client::connect_forward(endpoint, credentials).await {
+            Ok(client) => client,
+            Err(error) => return failed(error),
+        };
     let (batches, outgoing) = mpsc::channel::<Bytes>(BATCHES_IN_FLIGHT);
     let mut acks = match client.forward(ReceiverStream::new(outgoing)).await {
         Ok(acks) => acks,

@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
-use super::lease::LeaseWatch;
-use super::mirror::Backoff;
+use crate::cluster::backoff::Backoff;
+use crate::cluster::etcd::lease::LeaseWatch;
 
 /// etcd's default limit of operations per transaction.
 const TXN_OPS: usize = 128;

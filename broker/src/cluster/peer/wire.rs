@@ -502,7 +502,7 @@ fn decode_usual(entry: &[u8]) -> Option<Usual> {
 
 /// A protobuf varint at `at` in `bytes`, read as prost reads it; `at`
 /// moves past it.
-pub(super) fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+pub(crate) fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *bytes.get(*at)?;

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::view::{SharedView, View};
+use crate::cluster::directory::view::{SharedView, View};
 use crate::node::NodeId;
 
 /// How long a claim waits for this home to reach the caller's view.
@@ -326,7 +326,7 @@ impl HomeDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::view::Member;
+    use crate::cluster::directory::view::Member;
 
     fn view(label: i64, nodes: &[(&str, i64)]) -> SharedView {
         Arc::new(View::new(
