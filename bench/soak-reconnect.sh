@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak (issue #22, point 2): 10,000 clients reconnect their persistent
+# Soak: 10,000 clients reconnect their persistent
 # sessions (clean start 0, expiry 7200 s) over and over for a while; the
 # broker's RSS, sessions and expiry timers are reported at the start and at
 # the end. Before the fix every reconnect left a sleeping timer task until

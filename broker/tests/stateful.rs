@@ -1,4 +1,4 @@
-//! Stateful fuzzing (issue #22, point 9): random sequences of packets from
+//! Stateful fuzzing: random sequences of packets from
 //! a few clients that share client ids — connects (both versions, clean or
 //! not, with wills), subscriptions with odd filters, publishes with topic
 //! aliases and retain, acks for packets never sent, DISCONNECTs, dropped

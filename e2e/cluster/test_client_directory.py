@@ -1,4 +1,4 @@
-"""Issue point 12 (client registry at scale) with point 6's guarantee: the home-node client
+"""The client registry at scale, keeping the takeover guarantee: the home-node client
 directory (client_directory = "home", docs/adr/0003) keeps "one session per client id in the
 cluster" while membership changes move client ids to new home nodes. Owners register their
 sessions again at the new homes; without that, the ids whose home joined or died would be

@@ -1,4 +1,4 @@
-"""Issue point 7 -- drain (POST /api/v1/node/drain, and SIGTERM): the node fails readiness,
+"""Drain (POST /api/v1/node/drain, and SIGTERM): the node fails readiness,
 disconnects its clients with 0x9C "use another server", hands their sessions over, and when it
 reports drained no message was lost (QoS 1 at least once, QoS 2 exactly once)."""
 
@@ -41,7 +41,7 @@ def _drained(node) -> str | None:
 
 
 def test_drain_moves_clients_without_loss(cluster, paho, measure):
-    """Issue point 7: 5 v5 clients with persistent sessions on n1 receive QoS 1 and QoS 2 streams
+    """5 v5 clients with persistent sessions on n1 receive QoS 1 and QoS 2 streams
     (200 messages each) published at a steady rate on n2 and n3; POST /api/v1/node/drain on n1 ->
     /readyz turns 503, nodes/n1 says draining, every client gets DISCONNECT 0x9C and reconnects to
     n2/n3 (clean start 0, session present 1); once n1 reports drained (no connection, no session
@@ -181,8 +181,8 @@ def test_drain_moves_clients_without_loss(cluster, paho, measure):
 
 
 def test_sigterm_drains_offline_sessions_to_other_nodes(cluster, paho, measure):
-    """Issue point 7 (DESIGN: drain is what SIGTERM does; persistent sessions whose clients do not
-    come back are handed to other nodes): an offline persistent session on n1 with queued QoS 1/2
+    """By design, drain is what SIGTERM does; persistent sessions whose clients do not
+    come back are handed to other nodes: an offline persistent session on n1 with queued QoS 1/2
     messages; SIGTERM n1 -> it exits 0 within the drain bound with its nodes/ and routes/ keys
     gone; the client then connects to n2 (clean start 0): session present 1, queued messages
     delivered exactly once, and new messages too."""
@@ -220,7 +220,7 @@ def test_sigterm_drains_offline_sessions_to_other_nodes(cluster, paho, measure):
 
 
 def test_drain_server_reference_and_v311_client(cluster, paho):
-    """Issue point 7 (DESIGN: DISCONNECT 0x9C "with a Server Reference when configured"): n1
+    """By design, DISCONNECT 0x9C "with a Server Reference when configured": n1
     started with --server-reference; on drain a v5 client gets DISCONNECT 0x9C carrying that
     Server Reference, and a v3.1.1 persistent client (which gets no DISCONNECT) has its
     connection closed; both resume their sessions on n2 with their subscriptions."""
@@ -284,7 +284,7 @@ def test_drain_and_status_over_grpc(cluster, paho):
 
 
 def test_kick_over_grpc(cluster, paho):
-    """DESIGN (Peer service): `Peer/Kick` disconnects one client without moving its session: with
+    """The peer service's `Peer/Kick` disconnects one client without moving its session: with
     reason 0 the v5 client gets DISCONNECT 0x98 Administrative action and KickResponse.found is
     true; with 0x89 it gets 0x89 Server busy; an unknown client id answers found false; a code a
     server may not send (0x04) is refused with INVALID_ARGUMENT and kicks nobody. The kicked

@@ -1,4 +1,4 @@
-"""Issue point 10: etcd endpoints with TLS (and client-certificate authentication).
+"""Etcd endpoints with TLS (and client-certificate authentication).
 
 A private CA, server and client certificates are made with openssl for this test; etcd serves
 https only and demands a client certificate. A node with the CA, certificate and key joins (its

@@ -1,5 +1,5 @@
-"""Issue points 1 (SIGKILL, see also test_membership.py), 8 (etcd outage) and 9 (partition of
-the peer link between two nodes)."""
+"""Failures a cluster lives through: a node killed (see also test_membership.py), etcd away,
+and the peer link between two nodes cut."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ OUTAGE_SECS = float(os.environ.get("STARLING_TEST_ETCD_OUTAGE_SECS", "10"))  # t
 
 @pytest.mark.outage
 def test_etcd_outage_under_traffic(cluster, paho, measure):
-    """Issue point 8: etcd is down for OUTAGE_SECS (10 s by default, 30 s with
+    """Etcd is down for OUTAGE_SECS (10 s by default, 30 s with
     STARLING_TEST_ETCD_OUTAGE_SECS=30) while n1 publishes QoS 1 to subscribers on n2 and n3:
     every acked message reaches both (forwarding on the last known routes), no node crashes; a
     subscription made on n2 during the outage works locally at once and becomes a route when etcd
@@ -106,7 +106,7 @@ def test_etcd_outage_under_traffic(cluster, paho, measure):
 
 @pytest.mark.partition
 def test_partition_between_two_nodes(partition, cluster, paho, measure):
-    """Issue point 9: the peer link between n1 and n2 is cut in both directions (iptables DROP on
+    """The peer link between n1 and n2 is cut in both directions (iptables DROP on
     each peer port, matched on the other node's uid so that n3 is untouched; or, without iptables,
     a blackhole route to n2 inside n1's network namespace). While cut, messages
     published on n1 for n2's subscriber are not delivered (n1's metrics printed if exposed) while
@@ -196,8 +196,8 @@ def test_partition_between_two_nodes(partition, cluster, paho, measure):
 
 @pytest.mark.outage
 def test_lost_lease_is_replaced_and_keys_rewritten(cluster, paho, measure):
-    """Issue point 8 (DESIGN: changes are written back when etcd returns, "with a new lease if
-    the old one expired"): n2's lease is revoked in etcd (what an expiry during a long outage
+    """By design, changes are written back when etcd returns, "with a new lease if
+    the old one expired": n2's lease is revoked in etcd (what an expiry during a long outage
     does) -> its nodes/, routes/ and clients/ keys vanish; n2 notices, takes a new lease and
     rewrites them (bounded: 3x TTL + 2 s), and n1 -> n2 forwarding works again."""
     c = cluster(2)
@@ -235,7 +235,7 @@ def test_lost_lease_is_replaced_and_keys_rewritten(cluster, paho, measure):
 @pytest.mark.outage
 @pytest.mark.partition
 def test_node_cut_from_etcd_expires_then_rejoins(partition, cluster, paho, measure):
-    """Issue points 1 and 8: only n1 loses etcd (the others keep it), for longer than its lease:
+    """Only n1 loses etcd (the others keep it), for longer than its lease:
     the cluster sees n1 go (nodes/n1 and routes/n1/* expire); meanwhile n1 keeps serving its
     local clients and keeps forwarding to n2 on its last known routes, and a subscription made on
     n1 meanwhile is accepted; when n1 reaches etcd again it re-registers under a new lease with

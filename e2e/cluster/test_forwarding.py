@@ -1,4 +1,4 @@
-"""Issue point 3 -- forwarding: a publish on one node reaches subscribers on other nodes over the
+"""Forwarding: a publish on one node reaches subscribers on other nodes over the
 peer stream, for every QoS and for wildcard filters, once per subscriber, and a QoS 1
 publisher's PUBACK arrives."""
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.forwarding
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_publish_on_n1_reaches_subscriber_on_n2(cluster, paho, qos):
-    """Issue point 3: publish on n1 -> subscriber on n2 for QoS 0/1/2: all 50 messages arrive, in
+    """Publish on n1 -> subscriber on n2 for QoS 0/1/2: all 50 messages arrive, in
     order (MQTT 5.0 §4.6 ordered topic), at the granted QoS, with payload and user properties
     intact; the publisher's acks (PUBACK / PUBCOMP) all arrive."""
     c = cluster(2)
@@ -39,7 +39,7 @@ def test_publish_on_n1_reaches_subscriber_on_n2(cluster, paho, qos):
 
 
 def test_wildcard_filters_across_nodes(cluster, paho):
-    """Issue point 3: `+` and `#` filters on n2 match publishes made on n1 exactly as locally
+    """`+` and `#` filters on n2 match publishes made on n1 exactly as locally
     (MQTT 5.0 §4.7): each subscriber gets exactly its matching topics."""
     c = cluster(2)
     n1, n2 = c
@@ -67,7 +67,7 @@ def test_wildcard_filters_across_nodes(cluster, paho):
 
 
 def test_overlapping_filters_one_copy_v5(cluster, paho):
-    """Issue point 3 (DESIGN: forwarded to a node at most once per publish): a v5 subscriber on
+    """By design, forwarded to a node at most once per publish: a v5 subscriber on
     n2 with two overlapping filters gets a message published on n1 once, at the higher QoS,
     carrying both Subscription Identifiers (as Starling does on one node)."""
     c = cluster(2)
@@ -88,7 +88,7 @@ def test_overlapping_filters_one_copy_v5(cluster, paho):
 
 
 def test_subscribers_on_two_nodes_both_receive(cluster, paho):
-    """Issue point 3: a topic with subscribers on n2 and n3 (and one local on n1) reaches all of
+    """A topic with subscribers on n2 and n3 (and one local on n1) reaches all of
     them, each exactly once."""
     c = cluster(3)
     n1, n2, n3 = c
@@ -106,7 +106,7 @@ def test_subscribers_on_two_nodes_both_receive(cluster, paho):
 
 
 def test_qos1_puback_and_remote_delivery(cluster, paho, measure):
-    """Issue point 3: QoS 1 publish on n1 whose only subscriber is on n2: the publisher's PUBACK
+    """QoS 1 publish on n1 whose only subscriber is on n2: the publisher's PUBACK
     arrives with a success reason (not 0x10 "no matching subscribers": there is one, remotely)
     and the remote subscriber gets the message; PUBACK latency printed."""
     c = cluster(2)
@@ -126,7 +126,7 @@ def test_qos1_puback_and_remote_delivery(cluster, paho, measure):
 
 
 def test_v5_properties_and_retain_flag_cross_node(cluster, paho):
-    """Issue point 3 (ForwardedMessage carries the v5 properties): a message published on n1
+    """ForwardedMessage carries the v5 properties: a message published on n1
     with Payload Format Indicator, Content Type, Response Topic, Correlation Data, User Properties
     and Message Expiry reaches n2's subscriber with all of them (expiry not larger than sent); a
     retained publish reaches a Retain-As-Published subscriber on n2 with RETAIN 1 and a plain one
@@ -185,7 +185,7 @@ def test_small_and_larger_messages_keep_their_order_across_nodes(cluster, paho):
 
 
 def test_large_messages_cross_node(cluster, paho):
-    """Issue point 3: messages close to the 1 MiB default maximum packet size, published back
+    """Messages close to the 1 MiB default maximum packet size, published back
     to back on n1 (so that a batch to n2 holds several of them, more than gRPC's default 4 MiB
     message limit together), all reach n2's subscriber intact."""
     c = cluster(2)
@@ -218,7 +218,7 @@ def test_large_messages_cross_node(cluster, paho):
 
 
 def test_will_message_reaches_other_nodes(cluster, paho):
-    """Issue point 3 (a Will is a publish like any other): a client on n1 whose connection
+    """A Will is a publish like any other: a client on n1 whose connection
     drops without DISCONNECT has its Will (QoS 1, with properties) delivered to subscribers on
     n2 and n3."""
     c = cluster(3)
@@ -237,7 +237,7 @@ def test_will_message_reaches_other_nodes(cluster, paho):
 
 
 def test_flood_across_nodes_is_held_back_not_dropped(cluster, tmp_path, measure):
-    """Issue point 3 (backpressure, bounded buffers): 10 starling-bench publishers on n1 send
+    """Backpressure, bounded buffers: 10 starling-bench publishers on n1 send
     200,000 QoS 0 messages as fast as they can to one wildcard subscriber on n2. The peer link
     fills faster than it drains; n1 holds the publishers back (stops reading them) instead of
     dropping what does not fit: every message arrives and n1's forward_dropped stays 0. (Before

@@ -1,4 +1,4 @@
-"""Hardening (issue #22) in a cluster: a record in etcd that breaks this node's limits is skipped
+"""Hardening in a cluster: a record in etcd that breaks this node's limits is skipped
 and logged, never fatal. Every node reads every record, so one bad key used to take the whole
 cluster down, and each restart died again on the same key."""
 
@@ -118,7 +118,7 @@ def test_a_publish_a_frozen_node_never_got_is_not_acknowledged_as_delivered(clus
 
 @pytest.mark.parametrize("qos", [1, 2])
 def test_publishes_for_a_frozen_node_are_never_acknowledged_as_delivered(cluster, qos):
-    """Issue #22 point 4: a subscriber with a persistent session on n3, a publisher on n2, n3
+    """A PUBACK 0x00 means delivered: a subscriber with a persistent session on n3, a publisher on n2, n3
     frozen (SIGSTOP) for 6 s. Its lease runs out and etcd drops its routes; they used to vanish
     from n2's index too, and every publish meanwhile was acknowledged (0x10/0x00) and lost. n2
     now keeps the routes of a node that lapsed while serving: those publishes fail (0x80).

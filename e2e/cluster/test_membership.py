@@ -1,4 +1,4 @@
-"""Issue point 1 -- membership: every running node has `nodes/<node>` under its lease; when a
+"""Membership: every running node has `nodes/<node>` under its lease; when a
 node is SIGKILLed its `nodes/` and `routes/<node>/` entries, and the client directory's entries
 for its clients, disappear by themselves within a few lease TTLs, and the other nodes stop forwarding to it."""
 
@@ -18,7 +18,7 @@ TTL = 2
 
 
 def test_node_keys_exist_while_running(cluster):
-    """Issue point 1: every node's key `nodes/<node>` exists while it runs, also after several
+    """Every node's key `nodes/<node>` exists while it runs, also after several
     lease TTLs (the lease is kept alive); health, readiness and the node API answer."""
     c = cluster(3, lease_ttl=TTL)
     assert c.rel_keys("nodes/") == ["nodes/n1", "nodes/n2", "nodes/n3"]
@@ -40,7 +40,7 @@ def test_node_keys_exist_while_running(cluster):
 
 
 def test_sigkill_expires_node_routes_and_clients(cluster, paho, measure):
-    """Issue point 1: SIGKILL of n3 -> nodes/n3, routes/n3/* and the directory entry of its client
+    """SIGKILL of n3 -> nodes/n3, routes/n3/* and the directory entry of its client
     disappear within ~3x the lease TTL (2 s). n3 died serving, so n1 keeps its routes for
     peer_lapse_grace_secs: a publish for n3's subscriber fails (0x80; it cannot reach it) while
     n2's subscriber still gets it. After the grace, publishing on n1 for a topic n3 had
@@ -106,7 +106,7 @@ def test_sigkill_expires_node_routes_and_clients(cluster, paho, measure):
 
 
 def test_lease_keeps_keys_of_idle_node(cluster, paho):
-    """Issue point 1 (lease keep-alive): an idle node's route and client keys outlive its lease
+    """Lease keep-alive: an idle node's route and client keys outlive its lease
     TTL several times over (they are tied to a kept-alive lease, not written once)."""
     c = cluster(2, lease_ttl=TTL)
     s = paho(c[1], "idle")
@@ -118,7 +118,7 @@ def test_lease_keeps_keys_of_idle_node(cluster, paho):
 
 
 def test_new_node_joins_running_cluster(cluster, paho):
-    """Issue point 1: a node added to a running cluster (scale-up) registers nodes/n3, the
+    """A node added to a running cluster (scale-up) registers nodes/n3, the
     others learn it: forwarding n1 -> n3 and n3 -> n1 works."""
     c = cluster(2, lease_ttl=TTL)
     n1 = c[0]

@@ -1,4 +1,4 @@
-"""Issue point 10 -- peers authenticate each other with mutual TLS (`peer_tls_cert_file`,
+"""Peers authenticate each other with mutual TLS (`peer_tls_cert_file`,
 `peer_tls_key_file`, `peer_tls_ca_file`): the peer port speaks only TLS and only to callers whose
 certificate the peer CA signed, and a node checks the certificate of the node it calls.
 
@@ -60,7 +60,7 @@ def _persistent():
 
 
 def test_cluster_works_over_mutual_tls(cluster, paho, pki):
-    """Issue point 10 with mTLS alone (no token): a QoS 1 message published on n1 reaches a
+    """with mTLS alone (no token): a QoS 1 message published on n1 reaches a
     subscriber on n2 (Forward stream); a persistent session on n2 is taken over from n3 with its
     subscription (unary takeover and directory calls); the directory names the new owner."""
     c = cluster(3, peer_token=None, extra_args=tls_args(pki))
@@ -83,7 +83,7 @@ def test_cluster_works_over_mutual_tls(cluster, paho, pki):
 
 
 def test_peer_port_refuses_callers_without_a_peer_certificate(cluster, pki):
-    """Issue point 10: `Peer/Status` on a TLS peer port is refused in cleartext, over TLS without
+    """`Peer/Status` on a TLS peer port is refused in cleartext, over TLS without
     a client certificate and over TLS with a certificate of another CA (no response message);
     the node logs each refused handshake with the caller's address. With a certificate of the
     peer CA the same call returns n1's StatusResponse (positive control)."""
@@ -107,7 +107,7 @@ def test_peer_port_refuses_callers_without_a_peer_certificate(cluster, pki):
 
 
 def test_node_of_another_ca_gets_no_link(cluster, paho, pki):
-    """Issue point 10: n2 holds a certificate of another CA (and trusts only that CA). It joins
+    """N2 holds a certificate of another CA (and trusts only that CA). It joins
     the membership through etcd, but neither node accepts the other on the peer port: n1 logs
     n2's refused handshake and its own failed link (unknown issuer), and a message published on
     n1 for a subscriber on n2 is not delivered while n1's own subscriber gets it."""

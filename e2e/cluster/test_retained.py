@@ -1,4 +1,4 @@
-"""Issue point 5 -- retained messages are cluster-wide (etcd `retained/<topic>`): set on one
+"""Retained messages are cluster-wide (etcd `retained/<topic>`): set on one
 node, seen by new subscriptions on every node; cleared from any node."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _retained_on(node, paho, client_id: str, topic_filter: str, *, expect: bytes
 
 
 def test_retained_set_on_n1_seen_on_n3_cleared_on_n2(cluster, paho):
-    """Issue point 5: a retained message published on n1 (acked: PUBACK) -> a subscription made
+    """A retained message published on n1 (acked: PUBACK) -> a subscription made
     afterwards on n3 receives it with RETAIN set (and its properties); `retained/<topic>` exists in
     etcd; cleared with an empty retained payload on n2 -> a new subscriber on n1 gets nothing and
     the key is gone."""
@@ -67,7 +67,7 @@ def test_retained_set_on_n1_seen_on_n3_cleared_on_n2(cluster, paho):
 
 
 def test_retained_replaced_from_another_node(cluster, paho):
-    """Issue point 5: the last retained message wins cluster-wide: set on n1, replaced on n2 ->
+    """The last retained message wins cluster-wide: set on n1, replaced on n2 ->
     new subscribers on n1 and n2 get the replacement only; a live subscriber on n2 gets the
     n1 publish as a normal (RETAIN 0) forwarded message."""
     c = cluster(2)
@@ -89,8 +89,8 @@ def test_retained_replaced_from_another_node(cluster, paho):
 
 
 def test_retained_message_expiry_cluster_wide(cluster, paho):
-    """Issue point 5 (DESIGN: retained/<topic> may carry a lease for message expiry; MQTT 5.0
-    §3.3.2.3.3): a retained message with Message Expiry Interval 2 published on n1 is delivered
+    """By design, retained/<topic> may carry a lease for message expiry; MQTT 5.0
+    §3.3.2.3.3: a retained message with Message Expiry Interval 2 published on n1 is delivered
     on n2 with a remaining expiry <= 2 while it lives; after it expired, new subscribers on n1
     and n2 get nothing."""
     c = cluster(2)
@@ -108,7 +108,7 @@ def test_retained_message_expiry_cluster_wide(cluster, paho):
 
 
 def test_many_retained_topics_seen_from_another_node(cluster, paho):
-    """Issue point 5: 200 retained messages set on n1 in a burst are all delivered (once each,
+    """200 retained messages set on n1 in a burst are all delivered (once each,
     RETAIN set) to a wildcard subscription made afterwards on n2, and all are in etcd."""
     c = cluster(2)
     n1, n2 = c
@@ -247,7 +247,7 @@ def _stale_reads(c, paho, rounds: int, prefix: str) -> list:
 
 
 def test_retained_puback_with_route_sync_is_what_every_node_serves(cluster, paho, measure):
-    """Issue #22 point 10: publish retained value k on n1 with QoS 1, wait for the PUBACK,
+    """A retained PUBACK under route sync means every node serves the value: publish retained value k on n1 with QoS 1, wait for the PUBACK,
     subscribe at once with a fresh client on n2 or n3: without route sync 78 of 100 such
     subscribers got k-1. With route_sync the PUBACK of a retained publish waits (bounded, like
     the SUBACK) until every node's retained index holds the new value: all 100 get k."""

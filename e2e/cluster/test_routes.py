@@ -1,4 +1,4 @@
-"""Issue point 2 -- routes: `routes/<node>/<filter>` exists exactly while at least one local
+"""Routes: `routes/<node>/<filter>` exists exactly while at least one local
 subscriber of that filter exists on that node; route propagation delay is bounded."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.routes
 
 
 def test_subscribe_creates_route_unsubscribe_deletes(cluster, paho):
-    """Issue point 2: SUBSCRIBE on n2 creates routes/n2/<filter> (also for wildcard filters);
+    """SUBSCRIBE on n2 creates routes/n2/<filter> (also for wildcard filters);
     UNSUBSCRIBE deletes it; nothing is written under n1's or n3's routes."""
     c = cluster(3)
     n2 = c[1]
@@ -38,7 +38,7 @@ def test_subscribe_creates_route_unsubscribe_deletes(cluster, paho):
 
 
 def test_last_subscriber_leaving_deletes_route(cluster, paho):
-    """Issue point 2: the last subscriber leaving (clean session disconnect, or a persistent
+    """The last subscriber leaving (clean session disconnect, or a persistent
     session expiring) deletes the route; an offline persistent session keeps it (its messages
     must still reach the node to be queued)."""
     c = cluster(2)
@@ -62,7 +62,7 @@ def test_last_subscriber_leaving_deletes_route(cluster, paho):
 
 
 def test_two_subscribers_one_key(cluster, paho):
-    """Issue point 2: two subscribers of one filter on one node -> one key; it stays (and
+    """Two subscribers of one filter on one node -> one key; it stays (and
     forwarding to the remaining subscriber works) when the first leaves, and is deleted only when
     both have left."""
     c = cluster(2)
@@ -86,7 +86,7 @@ def test_two_subscribers_one_key(cluster, paho):
 
 
 def test_route_propagation_delay(cluster, paho, measure):
-    """Issue point 2: time from SUBACK on n2 to the first message published on n1 (polled every
+    """Time from SUBACK on n2 to the first message published on n1 (polled every
     10 ms) reaching n2's subscriber; printed, and asserted under 2 s for each of 5 filters."""
     c = cluster(2)
     n1, n2 = c
@@ -104,8 +104,8 @@ def test_route_propagation_delay(cluster, paho, measure):
 
 
 def test_many_filters_at_once(cluster, paho, measure):
-    """Issue point 2 (DESIGN: route writes are batched into transactions; etcd refuses a
-    transaction of more than 128 operations by default): 300 filters subscribed in one
+    """By design, route writes are batched into transactions; etcd refuses a
+    transaction of more than 128 operations by default: 300 filters subscribed in one
     SUBSCRIBE on n2 all become routes/n2/ keys and all work from n1; unsubscribed in one
     UNSUBSCRIBE, all keys go."""
     c = cluster(2)
@@ -136,7 +136,7 @@ def test_many_filters_at_once(cluster, paho, measure):
 
 
 def test_route_sync_suback_means_reachable_from_every_node(cluster, paho, measure):
-    """Issue point 2 (goal beyond every peer): with route_sync on, a SUBACK on n2 is sent only
+    """Goal beyond every peer: with route_sync on, a SUBACK on n2 is sent only
     once n1's and n3's route indexes hold the route, so a QoS 1 message published on n1 and on
     n3 at once after the SUBACK reaches the subscriber (PUBACK success, not 0x10 No matching
     subscribers), for 20 fresh filters in a row, a share group, and a second subscriber of a
@@ -175,7 +175,7 @@ def test_route_sync_suback_means_reachable_from_every_node(cluster, paho, measur
 
 
 def test_route_sync_does_not_wait_forever_for_a_frozen_node(cluster, paho):
-    """Issue point 2 / 9: with route_sync on and n3 frozen (SIGSTOP: a member that cannot
+    """/ 9: with route_sync on and n3 frozen (SIGSTOP: a member that cannot
     answer), a SUBACK on n2 still comes, after route_sync_timeout_secs, counted in
     route_sync_timeouts; n1 was confirmed, so a publish there right after the SUBACK arrives."""
     c = cluster(3, route_sync=True, route_sync_timeout=1, lease_ttl=30)
@@ -196,7 +196,7 @@ def test_route_sync_does_not_wait_forever_for_a_frozen_node(cluster, paho):
 
 
 def test_route_aggregation_advertises_one_route_for_many_device_filters(cluster, paho):
-    """Issue point 12 (scale): with route_aggregates = devices/+/cmd/#, 200 per-device filters
+    """Scale: with route_aggregates = devices/+/cmd/#, 200 per-device filters
     on n2 are one route key, routes/n2/devices/+/cmd/#, not 200; a filter it does not cover keeps
     its own key. A message published on n1 reaches exactly the device it is for (QoS 1, PUBACK
     success); one for a device nobody subscribed is forwarded to n2 and delivered to nobody.

@@ -1,4 +1,4 @@
-"""Issue point 10 -- security: only nodes of the cluster may call a node's peer (gRPC) port; they
+"""Security: only nodes of the cluster may call a node's peer (gRPC) port; they
 present the shared `--peer-token` in the `authorization` metadata (peer.proto header).
 
 What is checked: raw HTTP/2 gRPC calls (the `h2` package) to `Peer/Status` and to the `Forward`
@@ -36,7 +36,7 @@ def _authorized_call(node, token: str, method: str, request: bytes, **kw):
 
 
 def test_peer_status_requires_token(cluster):
-    """Issue point 10: `Peer/Status` on n1's peer port without an authorization header, and with
+    """`Peer/Status` on n1's peer port without an authorization header, and with
     a wrong token, is refused (gRPC status not OK -- ideally 16 UNAUTHENTICATED -- or the
     connection/stream is closed) and returns no StatusResponse; with the cluster's token it
     returns n1's StatusResponse."""
@@ -61,7 +61,7 @@ def test_peer_status_requires_token(cluster):
 
 
 def test_forward_without_token_injects_nothing(cluster, paho):
-    """Issue point 10: a `Peer/Forward` stream opened without the token carrying a message for
+    """A `Peer/Forward` stream opened without the token carrying a message for
     a topic with a subscriber on n1 is refused and the subscriber gets nothing; the same batch
     with the right token is delivered (positive control: the request itself is well-formed)."""
     c = cluster(1)

@@ -1,4 +1,4 @@
-"""Issue point 4 -- shared subscriptions across nodes: a message published anywhere goes to
+"""Shared subscriptions across nodes: a message published anywhere goes to
 exactly one member of a `$share/<group>/<filter>` group across the whole cluster."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ def _payloads(msgs) -> list[bytes]:
 
 
 def test_shared_group_members_on_two_nodes(cluster, paho, measure):
-    """Issue point 4: `$share/g/sh/t` with one member on n1 and one on n2; 40 QoS 1 messages
+    """`$share/g/sh/t` with one member on n1 and one on n2; 40 QoS 1 messages
     published on n3 -> each delivered exactly once in total, and both members got some. The
-    shared subscription is a route of each member's node (DESIGN: shared subscriptions are routes
+    shared subscription is a route of each member's node (by design: shared subscriptions are routes
     too), gone when the member unsubscribes."""
     c = cluster(3)
     n1, n2, n3 = c
@@ -61,7 +61,7 @@ def test_shared_group_members_on_two_nodes(cluster, paho, measure):
 
 
 def test_shared_member_and_plain_subscriber_on_one_remote_node(cluster, paho):
-    """Issue point 4 (with DESIGN's ForwardedMessage plain/shared_groups): on n2 a plain
+    """With ForwardedMessage's plain and shared_groups fields: on n2 a plain
     subscriber and the only member of a shared group each get every message published on n1,
     exactly once; a second group's only member on n1 (local) gets every message once too."""
     c = cluster(2)

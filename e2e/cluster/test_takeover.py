@@ -1,5 +1,5 @@
-"""Issue point 6 -- takeover across nodes: connecting with a client id already connected (or
-with a session) on another node moves the session to the new node (DESIGN: Sessions)."""
+"""Takeover across nodes: connecting with a client id already connected (or
+with a session) on another node moves the session to the new node (by design: Sessions)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _persistent():
 
 @pytest.mark.parametrize("client_directory", ["home", "etcd"])
 def test_takeover_of_connected_client_across_nodes(cluster, paho, measure, client_directory):
-    """Issue point 6: "dev1" (v5, clean start 0, session expiry 300) subscribed QoS 1 on n1;
+    """"dev1" (v5, clean start 0, session expiry 300) subscribed QoS 1 on n1;
     a stream of QoS 1 messages is published on n3; dev1 connects to n2 with the same id -> the n1
     connection gets DISCONNECT 0x8E, the n2 CONNACK has session present = 1, every message
     published (also while it moved) arrives at least once, duplicates only within the QoS 1
@@ -80,7 +80,7 @@ def test_takeover_of_connected_client_across_nodes(cluster, paho, measure, clien
 
 
 def test_takeover_of_offline_session_delivers_queued(cluster, paho):
-    """Issue point 6: a persistent session left offline on n1 with messages queued for it (QoS 1
+    """A persistent session left offline on n1 with messages queued for it (QoS 1
     and QoS 2, published on n3 while it was away) is taken over by the same client id connecting
     to n2: session present = 1 and every queued message arrives exactly once, in order per topic,
     followed by new messages."""
@@ -111,7 +111,7 @@ def test_takeover_of_offline_session_delivers_queued(cluster, paho):
 
 
 def test_clean_start_elsewhere_discards_session(cluster, paho):
-    """Issue point 6 (MQTT 5.0 §3.1.2.4 across nodes): connecting to n2 with clean start 1 and a
+    """MQTT 5.0 §3.1.2.4 across nodes: connecting to n2 with clean start 1 and a
     client id whose session lives on n1 kicks the n1 connection (0x8E) and starts a new session
     (session present = 0); the old subscription does not follow."""
     c = cluster(2)
@@ -129,7 +129,7 @@ def test_clean_start_elsewhere_discards_session(cluster, paho):
 
 @pytest.mark.parametrize("client_directory", ["home", "etcd"])
 def test_concurrent_connects_with_one_client_id(cluster, paho, client_directory):
-    """Issue point 6 (a race across nodes): the same client id connects to n2 and n3 at the
+    """A race across nodes: the same client id connects to n2 and n3 at the
     same moment, 5 times over: each time exactly one connection survives (the other gets 0x8E
     or a refusal), the client directory names the survivor's node, and a message published on n1
     for the session's subscription reaches the survivor exactly once. Run with each client
@@ -191,8 +191,8 @@ def _try_deliver(pub, sub, payload: bytes) -> bool:
 
 
 def test_pending_delayed_will_cancelled_by_resuming_on_other_node(cluster, paho):
-    """Issue point 6 (DESIGN: takeover hands over the pending will; MQTT 5.0 §3.1.3.2.2: a new
-    connection to the session before the Will Delay Interval ends means no Will): a client on n1
+    """By design, takeover hands over the pending will; MQTT 5.0 §3.1.3.2.2: a new
+    connection to the session before the Will Delay Interval ends means no Will: a client on n1
     with a 2 s will delay loses its connection; it resumes the session on n2 within the delay
     -> the Will is never published (checked on n3 well after the delay); a second client whose
     connection drops and does not come back gets its Will published after the delay."""

@@ -1,4 +1,4 @@
-"""Hardening (issue #22): inputs that crashed or exhausted the broker, each driven with raw
+"""Hardening: inputs that crashed or exhausted the broker, each driven with raw
 sockets where a client library would refuse to send it. Every test here failed before its fix."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ both_versions = pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"
 pytestmark = pytest.mark.starling_only("Starling's own limits and admin API")
 
 
-# -- point 1: deep topics ---------------------------------------------------------------------
+# -- deep topics ---------------------------------------------------------------------
 
 
 @both_versions
@@ -71,7 +71,7 @@ def test_max_topic_levels_above_its_ceiling_is_a_configuration_error(broker_fact
     assert "max_topic_levels" in str(failed.value)
 
 
-# -- point 2: expiry timers of reconnecting sessions -------------------------------------------
+# -- expiry timers of reconnecting sessions -------------------------------------------
 
 
 def test_reconnecting_a_persistent_session_keeps_one_expiry_timer(broker_factory, raw):
@@ -112,7 +112,7 @@ def test_a_session_taken_over_while_connected_leaves_no_timer(broker_factory, ra
     assert b.counters()["session_timers"] == 0, b.counters()
 
 
-# -- point 6: $SYS cannot be forged ------------------------------------------------------------
+# -- $SYS cannot be forged ------------------------------------------------------------
 
 
 def _no_message(client: r.RawClient) -> None:
@@ -198,7 +198,7 @@ def test_other_dollar_topics_only_when_configured(broker_factory, raw):
     _no_message(s)
 
 
-# -- point 7: the admin API is not open ---------------------------------------------------------
+# -- the admin API is not open ---------------------------------------------------------
 
 TOKEN = "test-admin-token-0123456789"
 
@@ -320,7 +320,7 @@ def test_half_sent_requests_time_out_and_are_bounded(broker_factory):
     wait_for(lambda: _http(b, "GET", "/healthz")[0] == 200, what="the API to answer again")
 
 
-# -- point 8: a server DISCONNECT reaches the client ---------------------------------------------
+# -- a server DISCONNECT reaches the client ---------------------------------------------
 
 
 def test_a_client_still_writing_reads_the_disconnect_and_sees_no_reset(broker_factory, raw):
@@ -364,7 +364,7 @@ def test_a_client_still_writing_reads_the_disconnect_and_sees_no_reset(broker_fa
             c.close()
 
 
-# -- point 5: bounds one client cannot break ----------------------------------------------------
+# -- bounds one client cannot break ----------------------------------------------------
 
 
 def test_silent_sockets_count_against_max_pending_connects(broker_factory, raw):
@@ -492,7 +492,7 @@ def test_subscriptions_per_client_are_bounded_by_default(broker_factory, raw):
     assert b.counters()["subscriptions_refused"] == 1
 
 
-# -- point 3: every retained message is delivered -----------------------------------------------
+# -- every retained message is delivered -----------------------------------------------
 
 
 def _publish_retained(b, raw, count: int, prefix: str = "r") -> None:
