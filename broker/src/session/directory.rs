@@ -50,9 +50,13 @@ impl MovedSession {
 }
 
 pub type Claim<'a> = Pin<Box<dyn Future<Output = Option<MovedSession>> + Send + 'a>>;
+/// Why the directory cannot say where a session is (etcd or the home node
+/// did not answer); each directory has its own error type.
+pub type LookupError = Box<dyn std::error::Error + Send + Sync>;
 /// The node the directory names for a client id (`None`: no session), or
 /// why it cannot say.
-pub type Located<'a> = Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send + 'a>>;
+pub type Located<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<String>, LookupError>> + Send + 'a>>;
 
 pub trait SessionDirectory: Send + Sync + 'static {
     /// Takes the session of `client_id` from the node that has it (kicking

@@ -8,6 +8,7 @@ use starling_proto::v1::{AdoptRequest, SessionSnapshot, TakeoverRequest};
 use tracing::{debug, info, warn};
 
 use crate::cluster::peer::links::PeerForwarder;
+use crate::cluster::peer::{PeerCallError, answer_within};
 use crate::session::directory::MovedSession;
 
 const MOVE_TIMEOUT: Duration = Duration::from_secs(6);
@@ -46,22 +47,32 @@ async fn take_from(
     own_node: &str,
     owner: &str,
     client_id: &str,
-) -> Result<Option<MovedSession>, String> {
+) -> Result<Option<MovedSession>, PeerCallError> {
     let mut peer = forwarder.client_of(owner)?;
     let request = TakeoverRequest {
         client_id: client_id.to_string(),
         node: own_node.to_string(),
     };
-    let response = tokio::time::timeout(MOVE_TIMEOUT, peer.takeover_session(request))
-        .await
-        .map_err(|_| "takeover timed out".to_string())?
-        .map_err(|status| status.to_string())?;
-    match response.into_inner().session {
+    let call = "TakeoverSession";
+    let response = answer_within(call, MOVE_TIMEOUT, peer.takeover_session(request)).await?;
+    match response.session {
         None => Ok(None),
         Some(snapshot) => MovedSession::decode(&snapshot.state)
             .map(Some)
-            .map_err(|e| e.to_string()),
+            .map_err(|error| PeerCallError::BadAnswer {
+                call,
+                problem: format!("the session does not decode: {error}"),
+            }),
     }
+}
+
+/// Why a session could not be given to another node.
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError {
+    #[error(transparent)]
+    Call(#[from] PeerCallError),
+    #[error("the session does not encode: {0}")]
+    Encode(#[from] postcard::Error),
 }
 
 /// Gives a session to `node`, which adopts it (drain). False when `node`
@@ -70,18 +81,15 @@ pub async fn hand_to(
     forwarder: &PeerForwarder,
     node: &str,
     moved: &MovedSession,
-) -> Result<bool, String> {
+) -> Result<bool, HandOverError> {
     let mut peer = forwarder.client_of(node)?;
-    let state = moved.encode().map_err(|e| e.to_string())?;
+    let state = moved.encode()?;
     let request = AdoptRequest {
         session: Some(SessionSnapshot {
             client_id: moved.state.client_id.to_string(),
             state,
         }),
     };
-    let response = tokio::time::timeout(MOVE_TIMEOUT, peer.adopt_session(request))
-        .await
-        .map_err(|_| "adoption timed out".to_string())?
-        .map_err(|status| status.to_string())?;
-    Ok(response.into_inner().adopted)
+    let response = answer_within("AdoptSession", MOVE_TIMEOUT, peer.adopt_session(request)).await?;
+    Ok(response.adopted)
 }

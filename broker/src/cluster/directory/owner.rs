@@ -30,6 +30,7 @@ use crate::cluster::directory::home::{ClaimAnswer, Claimed, HomeDirectory, Stamp
 use crate::cluster::directory::moves;
 use crate::cluster::directory::view::{SharedView, View};
 use crate::cluster::peer::links::PeerForwarder;
+use crate::cluster::peer::{PeerCallError, answer_within};
 use crate::node::NodeId;
 use crate::session::directory::{Claim, Located, SessionDirectory};
 
@@ -56,7 +57,7 @@ struct RemoteClaim {
     view: (u64, i64),
     client_id: String,
     /// `Ok(None)`: the home is in another view.
-    reply: oneshot::Sender<Result<Option<Claimed>, String>>,
+    reply: oneshot::Sender<Result<Option<Claimed>, PeerCallError>>,
 }
 
 #[derive(Default)]
@@ -122,11 +123,15 @@ impl HomeClientDirectory {
 
     /// Claims `client_id` at its home in `view`. `Ok(None)`: the home is in
     /// another view.
-    async fn claim_at_home(&self, view: &View, client_id: &str) -> Result<Option<Claimed>, String> {
+    async fn claim_at_home(
+        &self,
+        view: &View,
+        client_id: &str,
+    ) -> Result<Option<Claimed>, PeerCallError> {
         let home = view
             .home_of(client_id)
             .map(|m| m.node.clone())
-            .ok_or("no serving node in the membership view")?;
+            .ok_or(PeerCallError::NoServingNode)?;
         let lease = self.own_lease(view);
         if home == self.node {
             let ids = [client_id.to_string()];
@@ -146,14 +151,19 @@ impl HomeClientDirectory {
             client_id: client_id.to_string(),
             reply,
         };
+        let call = "ClaimClients";
+        let abandoned = PeerCallError::Abandoned { call };
         self.claims
             .send(claim)
             .await
-            .map_err(|_| "the directory stopped")?;
+            .map_err(|_| abandoned.clone())?;
         tokio::time::timeout(CALL_TIMEOUT, answer)
             .await
-            .map_err(|_| "the home did not answer in time")?
-            .map_err(|_| "the claim was dropped")?
+            .map_err(|_| PeerCallError::NoAnswer {
+                call,
+                after: CALL_TIMEOUT,
+            })?
+            .map_err(|_| abandoned)?
     }
 
     /// Follows the membership: each new view's homes are told of the
@@ -242,7 +252,7 @@ impl HomeClientDirectory {
         home: &NodeId,
         lease: i64,
         registrations: &[(String, Option<Stamp>)],
-    ) -> Result<(), String> {
+    ) -> Result<(), PeerCallError> {
         let stamps = if *home == self.node {
             self.home.register(&self.node, lease, registrations).await
         } else {
@@ -258,9 +268,19 @@ impl HomeClientDirectory {
                     })
                     .collect(),
             };
-            let stamps = answer(peer.register_clients(request)).await?.stamps;
+            let call = "RegisterClients";
+            let stamps = answer_within(call, CALL_TIMEOUT, peer.register_clients(request))
+                .await?
+                .stamps;
             if stamps.len() != registrations.len() {
-                return Err("the home answered for another number of sessions".into());
+                return Err(PeerCallError::BadAnswer {
+                    call,
+                    problem: format!(
+                        "the home answered for {} sessions, not {}",
+                        stamps.len(),
+                        registrations.len()
+                    ),
+                });
             }
             stamps
                 .into_iter()
@@ -332,7 +352,11 @@ impl HomeClientDirectory {
         });
     }
 
-    async fn release_at(&self, home: &NodeId, released: &[(String, Stamp)]) -> Result<(), String> {
+    async fn release_at(
+        &self,
+        home: &NodeId,
+        released: &[(String, Stamp)],
+    ) -> Result<(), PeerCallError> {
         if *home == self.node {
             self.home.release(&self.node, released);
             return Ok(());
@@ -348,7 +372,12 @@ impl HomeClientDirectory {
                 })
                 .collect(),
         };
-        answer(peer.release_clients(request)).await?;
+        answer_within(
+            "ReleaseClients",
+            CALL_TIMEOUT,
+            peer.release_clients(request),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -421,7 +450,7 @@ impl SessionDirectory for HomeClientDirectory {
             let home = view
                 .home_of(client_id)
                 .map(|m| m.node.clone())
-                .ok_or("no serving node in the membership view")?;
+                .ok_or(PeerCallError::NoServingNode)?;
             if home == self.node {
                 return Ok(self.home.owner_of(client_id).map(|node| node.to_string()));
             }
@@ -429,7 +458,9 @@ impl SessionDirectory for HomeClientDirectory {
             let request = LocateClientRequest {
                 client_id: client_id.to_string(),
             };
-            let node = answer(peer.locate_client(request)).await?.node;
+            let node = answer_within("LocateClient", CALL_TIMEOUT, peer.locate_client(request))
+                .await?
+                .node;
             Ok((!node.is_empty()).then_some(node))
         })
     }
@@ -490,15 +521,21 @@ async fn call_claim(
     forwarder: &PeerForwarder,
     home: &str,
     request: ClaimClientsRequest,
-) -> Result<ClaimAnswer, String> {
+) -> Result<ClaimAnswer, PeerCallError> {
     let expected = request.client_ids.len();
     let mut peer = forwarder.client_of(home)?;
-    let response = answer(peer.claim_clients(request)).await?;
+    let response = answer_within("ClaimClients", CALL_TIMEOUT, peer.claim_clients(request)).await?;
     if response.retry {
         return Ok(ClaimAnswer::Retry);
     }
     if response.claims.len() != expected {
-        return Err("the home answered for another number of clients".into());
+        return Err(PeerCallError::BadAnswer {
+            call: "ClaimClients",
+            problem: format!(
+                "the home answered for {} clients, not {expected}",
+                response.claims.len()
+            ),
+        });
     }
     Ok(ClaimAnswer::Claimed(
         response
@@ -513,7 +550,7 @@ async fn call_claim(
     ))
 }
 
-fn answer_claims(claims: Vec<RemoteClaim>, answer: Result<ClaimAnswer, String>) {
+fn answer_claims(claims: Vec<RemoteClaim>, answer: Result<ClaimAnswer, PeerCallError>) {
     match answer {
         Ok(ClaimAnswer::Retry) => {
             for claim in claims {
@@ -531,17 +568,6 @@ fn answer_claims(claims: Vec<RemoteClaim>, answer: Result<ClaimAnswer, String>) 
             }
         }
     }
-}
-
-/// A peer call's answer, or why there is none (bounded by `CALL_TIMEOUT`).
-async fn answer<T>(
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, String> {
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map(tonic::Response::into_inner)
-        .map_err(|status| status.to_string())
 }
 
 /// `items` (client id first) grouped by the id's home in `view`; ids

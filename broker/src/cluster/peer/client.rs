@@ -24,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 use tonic_prost::ProstDecoder;
 
+use crate::cluster::peer::PeerCallError;
 use crate::cluster::peer::tls::PeerTls;
 
 /// How this node proves itself to its peers.
@@ -55,9 +56,9 @@ impl Interceptor for Bearer {
 
 pub type Peer = PeerClient<InterceptedService<Channel, Bearer>>;
 
-fn endpoint(address: &str) -> Result<Endpoint, String> {
+fn endpoint(address: &str) -> Result<Endpoint, PeerCallError> {
     Ok(Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?
+        .map_err(|e| PeerCallError::unreachable(address, &e))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -98,24 +99,6 @@ impl Service<Uri> for TlsPeerConnector {
     }
 }
 
-/// A transport error with its causes: tonic's own text is only
-/// "transport error", and the cause (refused, bad certificate) is what an
-/// operator needs to see.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Wrappers (io::Error around a rustls error) often repeat their cause.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn bearer(token: Option<&str>) -> Bearer {
     Bearer(token.and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok()))
 }
@@ -131,7 +114,7 @@ fn client(channel: Channel, token: Option<&str>) -> Peer {
 pub async fn connect_forward(
     address: &str,
     credentials: &PeerCredentials,
-) -> Result<ForwardClient, String> {
+) -> Result<ForwardClient, PeerCallError> {
     let endpoint = endpoint(address)?;
     let channel = match &credentials.tls {
         Some(tls) => {
@@ -143,7 +126,7 @@ pub async fn connect_forward(
         }
         None => endpoint.connect().await,
     }
-    .map_err(|e| describe(&e))?;
+    .map_err(|e| PeerCallError::unreachable(address, &e))?;
     let service = InterceptedService::new(channel, bearer(credentials.token.as_deref()));
     Ok(ForwardClient(
         Grpc::new(service)
@@ -229,7 +212,7 @@ impl PeerChannels {
     }
 
     /// A client of the peer at `address`; connects on its first call.
-    pub fn get(&self, address: &str) -> Result<Peer, String> {
+    pub fn get(&self, address: &str) -> Result<Peer, PeerCallError> {
         let mut clients = self.clients.lock();
         if let Some(peer) = clients.get(address) {
             return Ok(peer.clone());

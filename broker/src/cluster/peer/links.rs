@@ -27,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use crate::cluster::backoff::Backoff;
+use crate::cluster::peer::PeerCallError;
 use crate::cluster::peer::client::{Peer, PeerChannels, PeerCredentials};
 use crate::cluster::peer::link_queue::{Batch, LINK_QUEUE, LinkQueue};
 use crate::cluster::peer::wire::{put_publish_entry, put_redirect_entry};
@@ -162,10 +163,10 @@ impl PeerForwarder {
     }
 
     /// A client of a live member's `Peer` service for unary calls.
-    pub fn client_of(&self, node: &str) -> Result<Peer, String> {
+    pub fn client_of(&self, node: &str) -> Result<Peer, PeerCallError> {
         let endpoint = self
             .endpoint_of(node)
-            .ok_or_else(|| format!("node {node} is not a live member"))?;
+            .ok_or_else(|| PeerCallError::NotMember(NodeId::from(node)))?;
         self.channels.get(&endpoint)
     }
 

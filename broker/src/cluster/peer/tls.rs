@@ -124,12 +124,14 @@ impl PeerTls {
 
     /// The name a called node's certificate must carry: the configured one,
     /// or the host of its peer address (`host:port`, `[v6]:port`).
-    pub fn server_name_for(&self, address: &str) -> Result<ServerName<'static>, String> {
+    pub fn server_name_for(&self, address: &str) -> Result<ServerName<'static>, NoServerName> {
         if let Some(name) = &self.server_name {
             return Ok(name.clone());
         }
-        ServerName::try_from(host_of(address).to_string())
-            .map_err(|error| format!("peer address {address:?} has no usable host name: {error}"))
+        ServerName::try_from(host_of(address).to_string()).map_err(|error| NoServerName {
+            address: address.to_string(),
+            problem: error.to_string(),
+        })
     }
 
     /// Reads the files every `reload_every` and, when they changed and
@@ -176,6 +178,14 @@ impl PeerTls {
             }
         }
     }
+}
+
+/// A peer address whose host cannot be a TLS server name.
+#[derive(Debug, thiserror::Error)]
+#[error("peer address {address:?} has no usable host name: {problem}")]
+pub struct NoServerName {
+    address: String,
+    problem: String,
 }
 
 /// `host` of `host:port` or `[v6]:port`.

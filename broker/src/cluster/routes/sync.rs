@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 
 use crate::cluster::etcd::leased_keys::LeasedKeys;
 use crate::cluster::peer::links::PeerForwarder;
+use crate::cluster::peer::{PeerCallError, answer_within};
 use crate::message::ForwardTicket;
 use crate::metrics::Metrics;
 use crate::node::NodeId;
@@ -167,7 +168,7 @@ impl RouteSync {
     }
 
     /// One `AwaitRoutes` call: the revision the peer's `mirror` reached.
-    async fn ask(&self, node: &str, mirror: Mirror, revision: i64) -> Result<i64, String> {
+    async fn ask(&self, node: &str, mirror: Mirror, revision: i64) -> Result<i64, PeerCallError> {
         let mut peer = self.forwarder.client_of(node)?;
         let request = AwaitRoutesRequest {
             revision,
@@ -175,18 +176,16 @@ impl RouteSync {
             mirror: mirror.into(),
         };
         // The peer answers within `timeout_ms`; a second more covers the trip.
-        let answer = tokio::time::timeout(
-            self.timeout + Duration::from_secs(1),
-            peer.await_routes(request),
-        )
-        .await
-        .map_err(|_| "no answer in time".to_string())?
-        .map_err(|status| status.to_string())?
-        .into_inner();
+        let call = "AwaitRoutes";
+        let after = self.timeout + Duration::from_secs(1);
+        let answer = answer_within(call, after, peer.await_routes(request)).await?;
         // A peer of an older version answers for its routes whatever was
         // asked: it cannot confirm another mirror.
         if answer.mirror() != mirror {
-            return Err(format!("the peer cannot report on its {mirror:?} mirror"));
+            return Err(PeerCallError::BadAnswer {
+                call,
+                problem: format!("the peer cannot report on its {mirror:?} mirror"),
+            });
         }
         Ok(answer.applied)
     }

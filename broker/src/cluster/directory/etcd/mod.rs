@@ -28,6 +28,11 @@ const CLAIM_ROUNDS: usize = 3;
 
 /// How long a connect waits for etcd and for the owner node.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// etcd gave no answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("etcd did not answer within {0:?}")]
+struct EtcdSilent(Duration);
 /// Connects waiting to be registered in a batch.
 const FRESH_QUEUE: usize = 4096;
 
@@ -300,8 +305,7 @@ impl SessionDirectory for ClusterSessions {
                 client.get(self.keys.client(client_id), None),
             )
             .await
-            .map_err(|_| "etcd did not answer in time".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| EtcdSilent(LOOKUP_TIMEOUT))??;
             Ok(response
                 .kvs()
                 .first()
