@@ -62,16 +62,19 @@ impl Broker {
 
     fn build(config: Config, cluster: Option<ClusterParts>, metrics: Arc<Metrics>) -> Arc<Broker> {
         let read_budget =
-            crate::resources::read_budget::ReadBudget::new(config.max_read_buffer_bytes);
+            crate::resources::read_budget::ReadBudget::new(config.limits.max_read_buffer_bytes);
         let mailbox_limits = Arc::new(crate::session::mailbox::MailboxLimits {
-            max_queued: config.max_queued_messages,
-            max_queued_bytes: config.max_queued_bytes,
+            max_queued: config.sessions.max_queued_messages,
+            max_queued_bytes: config.sessions.max_queued_bytes,
             // One subscription's retained messages are at most the store's.
-            max_retained_backlog: config.max_retained_messages,
-            drop_policy: config.queue_drop_policy,
-            queue_qos0_offline: config.queue_qos0,
+            max_retained_backlog: config.limits.max_retained_messages,
+            drop_policy: config.sessions.queue_drop_policy,
+            queue_qos0_offline: config.sessions.queue_qos0,
         });
-        let limits = (config.max_retained_messages, config.max_retained_bytes);
+        let limits = (
+            config.limits.max_retained_messages,
+            config.limits.max_retained_bytes,
+        );
         let (router, directory) = match cluster {
             None => {
                 let routes = Arc::new(LocalRouteStore::default());

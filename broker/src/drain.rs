@@ -55,14 +55,14 @@ pub fn start(broker: Arc<Broker>, cluster: Option<Arc<Cluster>>, patience: Durat
 }
 
 async fn run(broker: Arc<Broker>, cluster: Option<Arc<Cluster>>, patience: Duration) {
-    info!(rate = broker.config.drain_rate, "draining");
+    info!(rate = broker.config.drain.rate, "draining");
     let started = tokio::time::Instant::now();
     if let Some(cluster) = &cluster {
         cluster.set_state(NodeState::Draining);
     }
-    let pace = Duration::from_secs_f64(1.0 / f64::from(broker.config.drain_rate));
+    let pace = Duration::from_secs_f64(1.0 / f64::from(broker.config.drain.rate));
     let mut ticker = tokio::time::interval(pace);
-    let session_wait = Duration::from_secs(broker.config.drain_session_wait_secs);
+    let session_wait = Duration::from_secs(broker.config.drain.session_wait_secs);
     let deadline = started + patience;
     let mut clients_gone_at = None;
     loop {

@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use starling::config::{Cli, Config};
+use starling::config::cli::{self, Parsed};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc rather than the system allocator: it keeps objects of one size
@@ -21,15 +20,18 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
-    let config = match Config::from_cli(Cli::parse()) {
+    let config = match cli::parse(std::env::args_os()) {
         Ok(config) => config,
-        Err(error) => {
+        // --help, --version, or a command line clap refuses: clap prints
+        // it and exits (2 for an error, 0 for help).
+        Err(Parsed::Clap(error)) => error.exit(),
+        Err(Parsed::Config(error)) => {
             eprintln!("starling: {error}");
             return ExitCode::from(2);
         }
     };
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -43,7 +43,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             .start(&broker, drain_on_request(&broker, cluster))
             .await?;
     }
-    if let Some(addr) = broker.config.admin_listen {
+    if let Some(addr) = broker.config.admin.listen {
         crate::admin::serve(addr, broker.clone(), cluster.clone())
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
@@ -52,7 +52,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     wait_for_signal().await;
     if cluster.is_some() {
         info!("signal received: draining before shutdown");
-        let patience = Duration::from_secs(broker.config.shutdown_timeout_secs);
+        let patience = Duration::from_secs(broker.config.drain.shutdown_timeout_secs);
         crate::drain::drain(broker.clone(), cluster.clone(), patience).await;
     }
     info!("shutting down");
@@ -80,7 +80,7 @@ fn drain_on_request(broker: &Arc<Broker>, cluster: &Arc<Cluster>) -> OnDrainRequ
 /// Binds every listener and spawns its accept loop.
 pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
     let mut listeners = Vec::new();
-    for addr in &broker.config.listen {
+    for addr in &broker.config.listeners.listen {
         let listener = tcp::bind(*addr).await.map_err(|source| ServerError::Bind {
             addr: *addr,
             source,
@@ -93,7 +93,7 @@ pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
     }
     spawn_housekeeping(broker);
     tokio::spawn(crate::resources::memory::watch(
-        broker.config.memory_high_watermark_bytes,
+        broker.config.limits.memory_high_watermark_bytes,
         broker.memory.clone(),
         broker.metrics.clone(),
         broker.shutdown.clone(),
@@ -105,7 +105,7 @@ pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
 pub async fn shutdown(broker: &Arc<Broker>) {
     broker.shutdown.cancel();
     broker.connections.close();
-    let timeout = Duration::from_secs(broker.config.shutdown_timeout_secs);
+    let timeout = Duration::from_secs(broker.config.drain.shutdown_timeout_secs);
     if tokio::time::timeout(timeout, broker.connections.wait())
         .await
         .is_err()

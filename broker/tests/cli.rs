@@ -59,7 +59,7 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn unknown_key_in_file_is_named() {
-    let file = config_file("max_inflihgt = 3\n");
+    let file = config_file("[sessions]\nmax_inflihgt = 3\n");
     let out = starling(&["--config", file.as_str()], &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("max_inflihgt"), "{}", stderr(&out));
@@ -67,7 +67,7 @@ fn unknown_key_in_file_is_named() {
 
 #[test]
 fn wrong_type_in_file_names_the_key() {
-    let file = config_file("max_queued_messages = \"lots\"\n");
+    let file = config_file("[sessions]\nmax_queued_messages = \"lots\"\n");
     let out = starling(&["--config", file.as_str()], &[]);
     assert!(!out.status.success());
     assert!(
@@ -109,7 +109,7 @@ fn missing_config_file_is_reported() {
 #[test]
 fn flag_beats_env_beats_file() {
     // Validation runs on the merged value. The file's 0 is invalid:
-    let file = config_file("max_topic_levels = 0\n");
+    let file = config_file("[limits]\nmax_topic_levels = 0\n");
     let out = starling(&["--config", file.as_str()], &[]);
     assert_eq!(out.status.code(), Some(2));
     // ...a good env value overrides it, so the broker starts...

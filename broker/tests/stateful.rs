@@ -401,19 +401,18 @@ fn count_panics() {
 }
 
 fn limits() -> Config {
-    Config {
-        max_subscriptions_per_client: 4,
-        max_queued_messages: 20,
-        max_queued_bytes: 64 * 1024 * 1024,
-        max_retained_messages: 5,
-        max_sessions: 4,
-        topic_alias_maximum: 3,
-        max_topic_levels: 16,
-        max_inflight: 4,
-        max_awaiting_rel: 4,
-        park_idle_after_ms: 50,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.limits.max_subscriptions_per_client = 4;
+    config.limits.max_retained_messages = 5;
+    config.limits.max_sessions = 4;
+    config.limits.max_topic_levels = 16;
+    config.sessions.max_queued_messages = 20;
+    config.sessions.max_queued_bytes = 64 * 1024 * 1024;
+    config.sessions.topic_alias_maximum = 3;
+    config.sessions.max_inflight = 4;
+    config.sessions.max_awaiting_rel = 4;
+    config.sessions.park_idle_after_ms = 50;
+    config
 }
 
 async fn run_sequence(ops: Vec<Op>) -> Result<(), String> {
@@ -456,7 +455,7 @@ async fn run_sequence(ops: Vec<Op>) -> Result<(), String> {
     if !served {
         return Err(format!("a new client was not served: {snapshot:?}"));
     }
-    if snapshot.sessions > config.max_sessions as u64 {
+    if snapshot.sessions > config.limits.max_sessions as u64 {
         return Err(format!("{} sessions", snapshot.sessions));
     }
     if snapshot.session_timers > snapshot.sessions {
@@ -466,10 +465,10 @@ async fn run_sequence(ops: Vec<Op>) -> Result<(), String> {
         ));
     }
     let filters = broker.router.filter_count();
-    if filters > CLIENT_IDS * config.max_subscriptions_per_client {
+    if filters > CLIENT_IDS * config.limits.max_subscriptions_per_client {
         return Err(format!("{filters} filters"));
     }
-    if broker.router.retained_count() > config.max_retained_messages {
+    if broker.router.retained_count() > config.limits.max_retained_messages {
         return Err(format!("{} retained", broker.router.retained_count()));
     }
     if broker.read_budget.used() != 0 {

@@ -140,7 +140,7 @@ async fn client(
         .lookup(&client_id)
         .is_some_and(|slot| !matches!(slot.inner.lock().owner, Owner::Vacant));
     let node = if here {
-        Some(admin.broker.config.node_id.clone())
+        Some(admin.broker.config.cluster.node_id.clone())
     } else if let Some(directory) = admin.broker.directory.as_ref() {
         directory.locate(&client_id).await.map_err(|why| {
             (
@@ -158,8 +158,8 @@ fn view(admin: &Admin) -> NodeView {
     let broker = &admin.broker;
     let cluster = admin.cluster.as_ref();
     NodeView {
-        node: broker.config.node_id.clone(),
-        cluster: cluster.map(|_| broker.config.cluster.clone()),
+        node: broker.config.cluster.node_id.clone(),
+        cluster: cluster.map(|_| broker.config.cluster.name.clone()),
         version: env!("CARGO_PKG_VERSION"),
         state: broker.state().as_str(),
         connections: broker.metrics.connections.load(Ordering::Relaxed),

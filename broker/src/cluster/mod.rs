@@ -112,13 +112,13 @@ fn etcd_tls(config: &Config) -> Result<Option<etcd_client::TlsOptions>, ClusterE
             source,
         })
     };
-    let Some(ca) = &config.etcd_ca_file else {
+    let Some(ca) = &config.etcd.ca_file else {
         return Ok(None);
     };
     let mut tls = etcd_client::TlsOptions::new().ca_certificate(
         etcd_client::Certificate::from_pem(read("etcd_ca_file", ca)?),
     );
-    if let (Some(cert), Some(key)) = (&config.etcd_cert_file, &config.etcd_key_file) {
+    if let (Some(cert), Some(key)) = (&config.etcd.cert_file, &config.etcd.key_file) {
         let identity = etcd_client::Identity::from_pem(
             read("etcd_cert_file", cert)?,
             read("etcd_key_file", key)?,
@@ -132,9 +132,9 @@ fn etcd_tls(config: &Config) -> Result<Option<etcd_client::TlsOptions>, ClusterE
 /// (the configuration checks that the three come together).
 fn peer_tls_of(config: &Config) -> Result<Option<Arc<peer_tls::PeerTls>>, ClusterError> {
     let (Some(cert), Some(key), Some(ca)) = (
-        &config.peer_tls_cert_file,
-        &config.peer_tls_key_file,
-        &config.peer_tls_ca_file,
+        &config.peer_tls.cert_file,
+        &config.peer_tls.key_file,
+        &config.peer_tls.ca_file,
     ) else {
         return Ok(None);
     };
@@ -145,8 +145,8 @@ fn peer_tls_of(config: &Config) -> Result<Option<Arc<peer_tls::PeerTls>>, Cluste
     };
     Ok(Some(peer_tls::PeerTls::load(
         files,
-        config.peer_tls_server_name.as_deref(),
-        Duration::from_secs(config.peer_tls_reload_secs),
+        config.peer_tls.server_name.as_deref(),
+        Duration::from_secs(config.peer_tls.reload_secs),
     )?))
 }
 
@@ -185,7 +185,7 @@ impl Cluster {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
-        if let (Some(user), Some(password)) = (&config.etcd_username, &config.etcd_password) {
+        if let (Some(user), Some(password)) = (&config.etcd.username, &config.etcd.password) {
             options = options.with_user(user.clone(), password.clone());
         }
         if let Some(tls) = etcd_tls(config)? {
@@ -193,11 +193,11 @@ impl Cluster {
         }
         let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
         let client = loop {
-            match Client::connect(config.etcd.clone(), Some(options.clone())).await {
+            match Client::connect(config.etcd.endpoints.clone(), Some(options.clone())).await {
                 Ok(client) => break client,
                 Err(source) if tokio::time::Instant::now() >= deadline => {
                     return Err(ClusterError::Etcd {
-                        endpoints: config.etcd.join(","),
+                        endpoints: config.etcd.endpoints.join(","),
                         source,
                     });
                 }
@@ -207,42 +207,43 @@ impl Cluster {
                 }
             }
         };
-        info!(endpoints = %config.etcd.join(","), cluster = %config.cluster, node = %config.node_id, "connected to etcd");
+        info!(endpoints = %config.etcd.endpoints.join(","), cluster = %config.cluster.name, node = %config.cluster.node_id, "connected to etcd");
 
-        let keys = Keys::new(&config.cluster);
-        let lease = lease::start(client.clone(), config.lease_ttl_secs);
+        let keys = Keys::new(&config.cluster.name);
+        let lease = lease::start(client.clone(), config.cluster.lease_ttl_secs);
         let index = RouteIndex::new(
-            &config.node_id,
+            &config.cluster.node_id,
             keys.clone(),
             config.topic_limits(),
-            Duration::from_secs(config.peer_lapse_grace_secs),
+            Duration::from_secs(config.cluster.peer_lapse_grace_secs),
         );
         let credentials = PeerCredentials {
-            token: config.peer_token.clone(),
+            token: config.cluster.peer_token.clone(),
             tls: peer_tls.clone(),
         };
-        let forwarder = PeerForwarder::new(&config.node_id, credentials, metrics.clone());
+        let forwarder = PeerForwarder::new(&config.cluster.node_id, credentials, metrics.clone());
         let owned_routes = LeasedKeys::new(Vec::new(), false);
-        let route_sync = config.route_sync.then(|| {
+        let route_sync = config.cluster.route_sync.then(|| {
             routes::sync::RouteSync::new(
                 owned_routes.clone(),
                 forwarder.clone(),
                 metrics,
-                Duration::from_secs(config.route_sync_timeout_secs),
+                Duration::from_secs(config.cluster.route_sync_timeout_secs),
             )
         });
         let routes = EtcdRouteStore::new(
-            &config.node_id,
+            &config.cluster.node_id,
             keys.clone(),
             index.clone(),
-            config.route_aggregates.clone(),
+            config.cluster.route_aggregates.clone(),
             owned_routes,
             route_sync.clone(),
         );
         let retained_writer = retained::RetainedWriter::new(keys.clone(), route_sync);
         let (record, _) = watch::channel(NodeRecord {
-            node: config.node_id.clone(),
+            node: config.cluster.node_id.clone(),
             mqtt_endpoint: config
+                .listeners
                 .listen
                 .first()
                 .map(|a| a.to_string())
@@ -255,34 +256,35 @@ impl Cluster {
         });
 
         let views = watch::Sender::new(Arc::new(view::View::empty()));
-        let (directory, home): (Arc<dyn SessionDirectory>, _) = match config.client_directory {
-            ClientDirectoryKind::Home => {
-                let home = home::HomeDirectory::new(&config.node_id);
-                let directory = owner::HomeClientDirectory::start(
-                    &config.node_id,
-                    home.clone(),
-                    forwarder.clone(),
-                    views.subscribe(),
-                );
-                (directory, Some(home))
-            }
-            ClientDirectoryKind::Etcd => {
-                let sessions = directory::etcd::ClusterSessions::new(
-                    &config.node_id,
-                    keys.clone(),
-                    client.clone(),
-                    forwarder.clone(),
-                    lease.clone(),
-                );
-                tokio::spawn(
-                    sessions
-                        .registrations
-                        .clone()
-                        .run(client.clone(), lease.clone()),
-                );
-                (sessions, None)
-            }
-        };
+        let (directory, home): (Arc<dyn SessionDirectory>, _) =
+            match config.cluster.client_directory {
+                ClientDirectoryKind::Home => {
+                    let home = home::HomeDirectory::new(&config.cluster.node_id);
+                    let directory = owner::HomeClientDirectory::start(
+                        &config.cluster.node_id,
+                        home.clone(),
+                        forwarder.clone(),
+                        views.subscribe(),
+                    );
+                    (directory, Some(home))
+                }
+                ClientDirectoryKind::Etcd => {
+                    let sessions = directory::etcd::ClusterSessions::new(
+                        &config.cluster.node_id,
+                        keys.clone(),
+                        client.clone(),
+                        forwarder.clone(),
+                        lease.clone(),
+                    );
+                    tokio::spawn(
+                        sessions
+                            .registrations
+                            .clone()
+                            .run(client.clone(), lease.clone()),
+                    );
+                    (sessions, None)
+                }
+            };
         tokio::spawn(routes.owned.clone().run(client.clone(), lease.clone()));
         let routes_progress = mirror::MirrorProgress::new();
         tokio::spawn(mirror::run(
@@ -329,18 +331,18 @@ impl Cluster {
         on_drain_request: OnDrainRequest,
     ) -> Result<(), ClusterError> {
         let config = &broker.config;
-        let listener = tokio::net::TcpListener::bind(config.peer_listen)
+        let listener = tokio::net::TcpListener::bind(config.cluster.peer_listen)
             .await
             .map_err(|source| ClusterError::PeerBind {
-                addr: config.peer_listen,
+                addr: config.cluster.peer_listen,
                 source,
             })?;
-        info!(addr = %config.peer_listen, "listening for peers");
+        info!(addr = %config.cluster.peer_listen, "listening for peers");
         let service = service::server(
             broker.clone(),
             self.clone(),
             on_drain_request,
-            config.peer_token.clone(),
+            config.cluster.peer_token.clone(),
         );
         let shutdown = broker.shutdown.clone();
         // HTTP/2's default largest frame is 16 KiB: a forwarded batch of
@@ -398,7 +400,7 @@ impl Cluster {
             self.record.subscribe(),
         ));
         let peers = membership::PeersSink::new(
-            &config.node_id,
+            &config.cluster.node_id,
             self.keys.clone(),
             self.forwarder.clone(),
             self.views.clone(),

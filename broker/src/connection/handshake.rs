@@ -70,14 +70,18 @@ pub async fn read_connect(
     config: &Config,
     read_lease: &mut Lease,
 ) -> Result<Option<Box<Connect>>, BadConnect> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.connect_timeout_secs);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(config.limits.connect_timeout_secs);
     loop {
         // Read before decoding, which takes the packet out of the buffer.
         let level = connect_level(rbuf);
         // Any version will do here: CONNECT carries its own.
-        let decoded =
-            starling_codec::decode(rbuf, ProtocolVersion::V5, config.max_packet_size as usize)
-                .map_err(|error| BadConnect { error, level })?;
+        let decoded = starling_codec::decode(
+            rbuf,
+            ProtocolVersion::V5,
+            config.limits.max_packet_size as usize,
+        )
+        .map_err(|error| BadConnect { error, level })?;
         if let Some(packet) = decoded {
             return match packet {
                 Packet::Connect(connect) => Ok(Some(connect)),
@@ -191,22 +195,25 @@ pub fn negotiate(
     }
 
     let (keep_alive, server_keep_alive) = if version.is_v5()
-        && (connect.keep_alive > config.max_keep_alive
-            || (connect.keep_alive == 0 && config.max_keep_alive < u16::MAX))
+        && (connect.keep_alive > config.sessions.max_keep_alive
+            || (connect.keep_alive == 0 && config.sessions.max_keep_alive < u16::MAX))
     {
-        (config.max_keep_alive, Some(config.max_keep_alive))
+        (
+            config.sessions.max_keep_alive,
+            Some(config.sessions.max_keep_alive),
+        )
     } else {
         (connect.keep_alive, None)
     };
 
     let (session_expiry, announced_expiry) = if version.is_v5() {
         let asked = props.session_expiry_interval.unwrap_or(0);
-        let granted = asked.min(config.max_session_expiry);
+        let granted = asked.min(config.sessions.max_session_expiry);
         (granted, (granted != asked).then_some(granted))
     } else if connect.clean_start {
         (0, None)
     } else {
-        (config.max_session_expiry, None)
+        (config.sessions.max_session_expiry, None)
     };
 
     Ok(Negotiated {
@@ -222,7 +229,7 @@ pub fn negotiate(
             props
                 .receive_maximum
                 .unwrap_or(u16::MAX)
-                .min(config.max_inflight),
+                .min(config.sessions.max_inflight),
         ),
         client_max_packet: props.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
         client_topic_alias_max: props.topic_alias_maximum.unwrap_or(0),
@@ -235,9 +242,9 @@ pub fn negotiate(
 pub fn accepted(n: &Negotiated, config: &Config, session_present: bool) -> ConnAck {
     let mut properties = ConnAckProperties::default();
     if n.version.is_v5() {
-        properties.receive_maximum = Some(config.max_inflight);
-        properties.maximum_packet_size = Some(config.max_packet_size);
-        properties.topic_alias_maximum = Some(config.topic_alias_maximum);
+        properties.receive_maximum = Some(config.sessions.max_inflight);
+        properties.maximum_packet_size = Some(config.limits.max_packet_size);
+        properties.topic_alias_maximum = Some(config.sessions.topic_alias_maximum);
         properties.server_keep_alive = n.server_keep_alive;
         properties.session_expiry_interval = n.announced_expiry;
         if n.assigned_client_id {

@@ -68,7 +68,8 @@ impl Connection {
                             "session expiry set at DISCONNECT after 0 at CONNECT",
                         ));
                     }
-                    self.expiry = expiry.min(self.frontend.broker.config.max_session_expiry);
+                    self.expiry =
+                        expiry.min(self.frontend.broker.config.sessions.max_session_expiry);
                 }
                 // Only a normal disconnection deletes the will
                 // (MQTT-3.1.2-8, MQTT-3.14.4-3): 0x04 asks for it, and so
@@ -109,9 +110,9 @@ impl Connection {
             }
             // Receive Maximum (MQTT-3.3.4-7) and the awaiting-PUBREL bound.
             let limit = if self.n.version.is_v5() {
-                usize::from(config.max_inflight).min(config.max_awaiting_rel)
+                usize::from(config.sessions.max_inflight).min(config.sessions.max_awaiting_rel)
             } else {
-                config.max_awaiting_rel
+                config.sessions.max_awaiting_rel
             };
             if self.session.awaiting_rel.len() >= limit {
                 return Err(Ending::ServerClose(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
@@ -163,7 +164,8 @@ impl Connection {
             // The retained store is full (counted): a v5 publisher of QoS
             // 1/2 is told and nothing happens; others cannot be told, and
             // their message still goes to those subscribed now.
-            let want_ticket = qos != QoS::AtMostOnce && self.frontend.broker.config.route_sync;
+            let want_ticket =
+                qos != QoS::AtMostOnce && self.frontend.broker.config.cluster.route_sync;
             match self
                 .frontend
                 .broker
@@ -179,7 +181,7 @@ impl Connection {
         }
         // QoS 1/2 in a cluster: the ack waits until every node the message
         // went to has it (forward_ack), so a PUBACK means "in the cluster".
-        let track = qos != QoS::AtMostOnce && self.frontend.broker.config.forward_ack;
+        let track = qos != QoS::AtMostOnce && self.frontend.broker.config.cluster.forward_ack;
         // In a cluster the router shares the message only if a subscriber
         // here gets it; alone, one always does or nobody wants it.
         let (message, publisher) = match self.frontend.broker.router.is_clustered() {
@@ -339,7 +341,7 @@ impl Connection {
         let Some(alias) = publish.properties.topic_alias else {
             return Ok(std::mem::take(&mut publish.topic));
         };
-        if alias == 0 || alias > self.frontend.broker.config.topic_alias_maximum {
+        if alias == 0 || alias > self.frontend.broker.config.sessions.topic_alias_maximum {
             return Err(Ending::ServerClose(ReasonCode::TOPIC_ALIAS_INVALID));
         }
         if publish.topic.is_empty() {
@@ -404,8 +406,8 @@ impl Connection {
             }
             let is_new = !self.session.subscriptions.contains_key(full);
             if is_new
-                && config.max_subscriptions_per_client > 0
-                && self.session.subscriptions.len() >= config.max_subscriptions_per_client
+                && config.limits.max_subscriptions_per_client > 0
+                && self.session.subscriptions.len() >= config.limits.max_subscriptions_per_client
             {
                 Metrics::inc(&self.frontend.broker.metrics.subscriptions_refused);
                 codes.push(refusal(v5, ReasonCode::QUOTA_EXCEEDED));
@@ -432,7 +434,7 @@ impl Connection {
                 },
             );
             codes.push(ReasonCode(request.options.qos.as_u8()));
-            if config.route_sync {
+            if config.cluster.route_sync {
                 routes.push(route_name(&parsed));
             }
 

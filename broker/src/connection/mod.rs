@@ -263,7 +263,7 @@ impl PendingConnect {
         let before = metrics
             .pending_connects
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if before >= broker.config.max_pending_connects as u64 {
+        if before >= broker.config.limits.max_pending_connects as u64 {
             Metrics::dec(&metrics.pending_connects);
             Metrics::inc(&metrics.pending_connects_refused);
             return false;
@@ -378,7 +378,7 @@ async fn accept(
             code,
             reason,
             problem_info,
-            broker.config.server_reference.as_deref(),
+            broker.config.drain.server_reference.as_deref(),
         ))
     };
     let refusal = if broker.shutdown.is_cancelled() {
@@ -395,7 +395,7 @@ async fn accept(
         .metrics
         .connections
         .load(std::sync::atomic::Ordering::Relaxed)
-        >= broker.config.max_connections as u64
+        >= broker.config.limits.max_connections as u64
     {
         Some(refuse(
             ReasonCode::QUOTA_EXCEEDED,
@@ -410,7 +410,7 @@ async fn accept(
         .metrics
         .sessions
         .load(std::sync::atomic::Ordering::Relaxed)
-        >= broker.config.max_sessions as u64
+        >= broker.config.limits.max_sessions as u64
         && !broker.sessions.contains(&connect.client_id)
     {
         // Resuming (or taking over) a session here makes no new one.
@@ -582,7 +582,12 @@ impl Connection {
         (!self.rbuf.is_empty()).then(|| {
             from_coarse_clock(self.packet_started)
                 + Duration::from_secs(
-                    self.frontend.broker.config.incomplete_packet_timeout_secs + 1,
+                    self.frontend
+                        .broker
+                        .config
+                        .limits
+                        .incomplete_packet_timeout_secs
+                        + 1,
                 )
         })
     }
@@ -1066,7 +1071,7 @@ impl Connection {
     }
 
     fn handle_packets(&mut self) -> Result<usize, Ending> {
-        let max = self.frontend.broker.config.max_packet_size as usize;
+        let max = self.frontend.broker.config.limits.max_packet_size as usize;
         let mut handled = 0;
         while self.held_back.is_none() {
             match starling_codec::decode(&mut self.rbuf, self.n.version, max) {
@@ -1138,6 +1143,7 @@ impl Connection {
                         .frontend
                         .broker
                         .config
+                        .drain
                         .server_reference
                         .as_deref()
                         .map(ByteString::from);

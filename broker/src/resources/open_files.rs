@@ -33,8 +33,9 @@ pub fn raise_limit(config: &Config) {
             Err(error) => warn!(%error, "cannot raise the open files limit"),
         }
     }
-    let needed =
-        config.max_connections as u64 + config.max_pending_connects as u64 + FILES_BESIDES_CLIENTS;
+    let needed = config.limits.max_connections as u64
+        + config.limits.max_pending_connects as u64
+        + FILES_BESIDES_CLIENTS;
     if let Some(soft) = soft
         && soft < needed
     {

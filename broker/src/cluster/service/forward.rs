@@ -138,7 +138,7 @@ impl Service<Request<Streaming<Bytes>>> for ForwardMethod {
 /// Delivers the batches of one stream as they come, acknowledging each
 /// once its messages are in their subscribers' queues.
 fn receive(broker: Arc<Broker>, mut inbound: Streaming<Bytes>) -> AckStream {
-    let mut origins = Origins::new(Arc::from(broker.config.node_id.as_str()));
+    let mut origins = Origins::new(Arc::from(broker.config.cluster.node_id.as_str()));
     let mut decoded = Vec::new();
     let (acks, outgoing) = mpsc::channel(16);
     tokio::spawn(async move {

@@ -291,7 +291,7 @@ impl Peer for PeerService {
     ) -> Result<Response<StatusResponse>, Status> {
         let snapshot = self.broker.metrics.snapshot();
         Ok(Response::new(StatusResponse {
-            node: self.broker.config.node_id.clone(),
+            node: self.broker.config.cluster.node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             state: self.broker.state().as_str().to_string(),
             connections: snapshot.connections,
