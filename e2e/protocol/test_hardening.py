@@ -267,7 +267,7 @@ def test_a_post_that_is_not_json_is_refused(broker_factory):
 def test_a_token_shorter_than_16_characters_is_a_configuration_error(broker_factory):
     with pytest.raises(pytest.fail.Exception) as failed:
         broker_factory(admin=True, admin_token="short")
-    assert "admin_token" in str(failed.value)
+    assert "admin.token" in str(failed.value) and "--admin-token" in str(failed.value)
 
 
 def test_half_sent_requests_time_out_and_are_bounded(broker_factory):

@@ -99,7 +99,7 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("invalid value for `{key}`: {problem}")]
+    #[error("invalid value for `{key}`{}: {problem}", also_set_by(key))]
     Invalid { key: &'static str, problem: String },
     #[error("invalid value for `{key}` (--{flag} or {env}): {problem}")]
     Flag {
@@ -108,6 +108,16 @@ pub enum ConfigError {
         env: String,
         problem: String,
     },
+}
+
+/// ` (--flag, STARLING_FLAG)` for the setting at `path` (`table.key`), so
+/// that an error names it the way it was given, whichever that was.
+fn also_set_by(path: &str) -> String {
+    all_settings()
+        .into_iter()
+        .find(|setting| setting.path() == path)
+        .map(|setting| format!(" (--{}, {})", setting.flag, setting.env()))
+        .unwrap_or_default()
 }
 
 impl Config {

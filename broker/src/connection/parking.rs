@@ -146,9 +146,15 @@ impl ParkingLot {
         // a task again (and has said goodbye).
         let closer = CloseOnDrop(shared.clone());
         let shutdown = broker.shutdown.clone();
+        // The lot only holds its frontend weakly (the frontend holds the
+        // lot); this task keeps it alive until shutdown, when every parked
+        // connection resumes with it to say goodbye, even after the
+        // listeners, which held the other references, are gone.
+        let frontend = frontend.clone();
         broker.connections.spawn(async move {
             shutdown.cancelled().await;
             drop(closer);
+            drop(frontend);
         });
         Ok(ParkingLot { shared })
     }

@@ -568,3 +568,6 @@ fn redistribute_shared(broker: &Broker, state: &mut SessionState, mailbox: &Mail
         mailbox.unpop(kept);
     }
 }
+
+#[cfg(test)]
+mod tests;
