@@ -14,6 +14,10 @@
 //! - [`directory`]: where each client's session is (its home node, or
 //!   etcd), and moving sessions between nodes;
 //! - [`backoff`]: how long a task waits before it tries again.
+//! - [`tasks`]: the cluster's background tasks, stopped together on leave.
+
+/// How long leaving waits for the cluster's tasks to end.
+const TASKS_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Largest HTTP/2 frame a peer may send this node (see `start`).
 const PEER_MAX_FRAME: u32 = 1 << 20;
@@ -26,6 +30,7 @@ pub mod peer;
 pub mod retained;
 pub mod routes;
 pub mod service;
+pub mod tasks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +85,8 @@ pub type OnDrainRequest = Arc<dyn Fn() + Send + Sync>;
 /// The cluster side of a node, created before the broker (whose router uses
 /// the route store and forwarder) and started after it.
 pub struct Cluster {
+    /// Every background task of the cluster, stopped by [`Cluster::leave`].
+    tasks: tasks::Tasks,
     pub keys: Keys,
     pub client: Client,
     pub lease: lease::LeaseWatch,
@@ -210,7 +217,8 @@ impl Cluster {
         info!(endpoints = %config.etcd.endpoints.join(","), cluster = %config.cluster.name, node = %config.cluster.node_id, "connected to etcd");
 
         let keys = Keys::new(&config.cluster.name);
-        let lease = lease::start(client.clone(), config.cluster.lease_ttl_secs);
+        let tasks = tasks::Tasks::default();
+        let lease = lease::start(client.clone(), config.cluster.lease_ttl_secs, &tasks);
         let index = RouteIndex::new(
             &config.cluster.node_id,
             keys.clone(),
@@ -221,7 +229,12 @@ impl Cluster {
             token: config.cluster.peer_token.clone(),
             tls: peer_tls.clone(),
         };
-        let forwarder = PeerForwarder::new(&config.cluster.node_id, credentials, metrics.clone());
+        let forwarder = PeerForwarder::new(
+            &config.cluster.node_id,
+            credentials,
+            metrics.clone(),
+            tasks.clone(),
+        );
         let owned_routes = LeasedKeys::new(Vec::new(), false);
         let route_sync = config.cluster.route_sync.then(|| {
             routes::sync::RouteSync::new(
@@ -265,6 +278,7 @@ impl Cluster {
                         home.clone(),
                         forwarder.clone(),
                         views.subscribe(),
+                        &tasks,
                     );
                     (directory, Some(home))
                 }
@@ -275,8 +289,9 @@ impl Cluster {
                         client.clone(),
                         forwarder.clone(),
                         lease.clone(),
+                        &tasks,
                     );
-                    tokio::spawn(
+                    tasks.spawn(
                         sessions
                             .registrations
                             .clone()
@@ -285,15 +300,16 @@ impl Cluster {
                     (sessions, None)
                 }
             };
-        tokio::spawn(routes.owned.clone().run(client.clone(), lease.clone()));
+        tasks.spawn(routes.owned.clone().run(client.clone(), lease.clone()));
         let routes_progress = mirror::MirrorProgress::new();
-        tokio::spawn(mirror::run(
+        tasks.spawn(mirror::run(
             client.clone(),
             keys.routes_prefix(),
             index.sink(),
             routes_progress.clone(),
         ));
         Ok(Cluster {
+            tasks,
             keys,
             client,
             lease,
@@ -357,9 +373,9 @@ impl Cluster {
         match self.peer_tls.clone() {
             Some(tls) => {
                 info!("peer port requires mutual TLS");
-                tokio::spawn(tls.clone().keep_fresh(shutdown.clone()));
+                self.tasks.spawn(tls.clone().keep_fresh(shutdown.clone()));
                 let incoming = peer_tls::accept(listener, tls);
-                tokio::spawn(serve_peers(server, incoming, shutdown));
+                self.tasks.spawn(serve_peers(server, incoming, shutdown));
             }
             None => {
                 // The builder's tcp_nodelay only applies to listeners it
@@ -374,26 +390,26 @@ impl Cluster {
                         })
                     },
                 );
-                tokio::spawn(serve_peers(server, incoming, shutdown));
+                self.tasks.spawn(serve_peers(server, incoming, shutdown));
             }
         }
 
         // Retained messages: share this node's, mirror everyone's.
         let writer = self.retained_writer.clone();
-        tokio::spawn(writer.clone().run(self.client.clone()));
+        self.tasks.spawn(writer.clone().run(self.client.clone()));
         let sink = retained::RetainedSink {
             broker: broker.clone(),
             keys: self.keys.clone(),
             writer: writer.clone(),
         };
-        tokio::spawn(mirror::run(
+        self.tasks.spawn(mirror::run(
             self.client.clone(),
             self.keys.retained_prefix(),
             sink,
             self.retained_progress.clone(),
         ));
 
-        tokio::spawn(membership::publish_self(
+        self.tasks.spawn(membership::publish_self(
             self.client.clone(),
             self.keys.clone(),
             self.lease.clone(),
@@ -407,20 +423,31 @@ impl Cluster {
             self.index.clone(),
         );
         let nodes_progress = mirror::MirrorProgress::new();
-        tokio::spawn(mirror::run(
+        self.tasks.spawn(mirror::run(
             self.client.clone(),
             self.keys.nodes_prefix(),
             peers,
             nodes_progress.clone(),
         ));
-        tokio::spawn(self.index.clone().resolve_lapses(nodes_progress));
+        self.tasks
+            .spawn(self.index.clone().resolve_lapses(nodes_progress));
         Ok(())
     }
 
     /// Leaves the cluster at once: revoking the lease deletes this node's
     /// record, routes and registrations without waiting for the TTL.
     pub async fn leave(&self) {
-        let Some(lease) = *self.lease.borrow() else {
+        // Mirrors, writers, links and the lease keeper stop first: nothing
+        // of this node's may run on once the cluster forgets it.
+        let lease = *self.lease.borrow();
+        let running = self.tasks.stop(TASKS_PATIENCE).await;
+        if running > 0 {
+            warn!(
+                running,
+                "cluster tasks still running after {TASKS_PATIENCE:?}"
+            );
+        }
+        let Some(lease) = lease else {
             return;
         };
         let mut client = self.client.clone();

@@ -31,6 +31,7 @@ use crate::cluster::directory::moves;
 use crate::cluster::directory::view::{SharedView, View};
 use crate::cluster::peer::links::PeerForwarder;
 use crate::cluster::peer::{PeerCallError, answer_within};
+use crate::cluster::tasks::Tasks;
 use crate::node::NodeId;
 use crate::session::directory::{Claim, Located, SessionDirectory};
 
@@ -94,6 +95,7 @@ impl HomeClientDirectory {
         home: Arc<HomeDirectory>,
         forwarder: Arc<PeerForwarder>,
         views: watch::Receiver<SharedView>,
+        tasks: &Tasks,
     ) -> Arc<HomeClientDirectory> {
         let (claims, pending) = mpsc::channel(4 * CLAIM_BATCH);
         let directory = Arc::new(HomeClientDirectory {
@@ -107,13 +109,13 @@ impl HomeClientDirectory {
             updates: Mutex::default(),
             updates_ready: Notify::new(),
         });
-        tokio::spawn(send_claims(
+        tasks.spawn(send_claims(
             directory.node.clone(),
             directory.forwarder.clone(),
             pending,
         ));
-        tokio::spawn(directory.clone().follow_views(views));
-        tokio::spawn(directory.clone().send_updates());
+        tasks.spawn(directory.clone().follow_views(views));
+        tasks.spawn(directory.clone().send_updates());
         directory
     }
 

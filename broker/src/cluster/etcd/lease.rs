@@ -11,13 +11,14 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::cluster::backoff::Backoff;
+use crate::cluster::tasks::Tasks;
 
 /// The current lease id, `None` while there is none.
 pub type LeaseWatch = watch::Receiver<Option<i64>>;
 
-pub fn start(client: Client, ttl_secs: u64) -> LeaseWatch {
+pub fn start(client: Client, ttl_secs: u64, tasks: &Tasks) -> LeaseWatch {
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(keep(client, ttl_secs, tx));
+    tasks.spawn(keep(client, ttl_secs, tx));
     rx
 }
 

@@ -31,6 +31,7 @@ use crate::cluster::peer::PeerCallError;
 use crate::cluster::peer::client::{Peer, PeerChannels, PeerCredentials};
 use crate::cluster::peer::link_queue::{Batch, LINK_QUEUE, LinkQueue};
 use crate::cluster::peer::wire::{put_publish_entry, put_redirect_entry};
+use crate::cluster::tasks::Tasks;
 use crate::message::{Delivery, ForwardTicket, Message, ShareKey, Tracking};
 use crate::metrics::Metrics;
 use crate::node::NodeId;
@@ -77,6 +78,8 @@ pub struct PeerInfo {
 }
 
 pub struct PeerForwarder {
+    /// Where its links run.
+    tasks: Tasks,
     own_node: Arc<str>,
     /// The same, as forwarded messages carry it.
     own_node_wire: Bytes,
@@ -94,8 +97,10 @@ impl PeerForwarder {
         own_node: &str,
         credentials: PeerCredentials,
         metrics: Arc<Metrics>,
+        tasks: Tasks,
     ) -> Arc<PeerForwarder> {
         Arc::new(PeerForwarder {
+            tasks,
             own_node: Arc::from(own_node),
             own_node_wire: Bytes::copy_from_slice(own_node.as_bytes()),
             links: ReadMostly::default(),
@@ -129,7 +134,7 @@ impl PeerForwarder {
             let queue = Arc::new(LinkQueue::default());
             let drained = Arc::new(Notify::new());
             let up = Arc::new(AtomicBool::new(false));
-            tokio::spawn(run_link(
+            self.tasks.spawn(run_link(
                 LinkEnds {
                     node: node.clone(),
                     endpoint: endpoint.clone(),
@@ -552,7 +557,12 @@ mod tests {
     #[test]
     fn a_message_for_a_node_without_a_link_fails_its_ticket() {
         let metrics = Arc::new(Metrics::default());
-        let forwarder = PeerForwarder::new("n1", PeerCredentials::default(), metrics.clone());
+        let forwarder = PeerForwarder::new(
+            "n1",
+            PeerCredentials::default(),
+            metrics.clone(),
+            Tasks::default(),
+        );
         let node: NodeId = Arc::from("n2");
         let message = Arc::new(Message::new(
             "t".into(),

@@ -19,6 +19,7 @@ use crate::cluster::etcd::keys::Keys;
 use crate::cluster::etcd::lease::LeaseWatch;
 use crate::cluster::etcd::leased_keys::LeasedKeys;
 use crate::cluster::peer::links::PeerForwarder;
+use crate::cluster::tasks::Tasks;
 use crate::session::directory::{Claim, Located, MovedSession, SessionDirectory};
 use fresh_claims::FreshClaim;
 
@@ -66,6 +67,7 @@ impl ClusterSessions {
         client: Client,
         forwarder: Arc<PeerForwarder>,
         lease: LeaseWatch,
+        tasks: &Tasks,
     ) -> Arc<Self> {
         // One value for every registration of this node process: the node,
         // and its start time as the epoch (a restarted node is a new owner).
@@ -86,7 +88,7 @@ impl ClusterSessions {
             registrations: LeasedKeys::new(record.encode_to_vec(), true),
             fresh,
         });
-        tokio::spawn(fresh_claims::run(Arc::downgrade(&sessions), claims));
+        tasks.spawn(fresh_claims::run(Arc::downgrade(&sessions), claims));
         sessions
     }
 
