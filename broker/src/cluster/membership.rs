@@ -58,7 +58,7 @@ pub async fn publish_self(
 /// Mirrors `nodes/` into the set of peer links and the client directory's
 /// membership view.
 pub struct PeersSink {
-    own_node: String,
+    own_node: NodeId,
     keys: Keys,
     forwarder: Arc<PeerForwarder>,
     /// Every member, this node included once its record is written.
@@ -80,7 +80,7 @@ impl PeersSink {
         index: Arc<RouteIndex>,
     ) -> PeersSink {
         PeersSink {
-            own_node: own_node.to_string(),
+            own_node: NodeId::from(own_node),
             keys,
             forwarder,
             members: BTreeMap::new(),

@@ -268,7 +268,7 @@ const LAPSE_PATIENCE: Duration = Duration::from_secs(2);
 /// (writes).
 #[derive(Debug)]
 pub struct RouteIndex {
-    own_node: String,
+    own_node: NodeId,
     keys: Keys,
     /// Routes whose filter breaks these are not indexed (see `admit`).
     limits: TopicLimits,
@@ -294,7 +294,7 @@ impl RouteIndex {
         lapse_grace: Duration,
     ) -> Arc<RouteIndex> {
         Arc::new(RouteIndex {
-            own_node: own_node.to_string(),
+            own_node: NodeId::from(own_node),
             keys,
             limits,
             trie: RwLock::new(Trie::default()),
@@ -454,7 +454,7 @@ impl IndexSink {
     /// reads every route, so one bad key must never be fatal.
     fn admit<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
         let (node, filter) = self.index.keys.parse_route(key)?;
-        if node == self.index.own_node {
+        if node == &*self.index.own_node {
             return None;
         }
         if !self.index.limits.admit(filter) || parse_filter(filter).is_err() {
@@ -496,7 +496,7 @@ impl MirrorSink for IndexSink {
 
     fn delete(&mut self, key: &str, revision: i64) {
         if let Some((node, filter)) = self.index.keys.parse_route(key)
-            && node != self.index.own_node
+            && node != &*self.index.own_node
             && self.index.limits.admit(filter)
         {
             // Not removed yet: its node may have lapsed (`cluster::lapses`).

@@ -12,10 +12,11 @@ use crate::cluster::routes::aggregation::{Advertise, Aggregates};
 use crate::cluster::routes::index::RouteIndex;
 use crate::cluster::routes::sync::RouteSync;
 use crate::message::ForwardTicket;
+use crate::node::NodeId;
 use crate::router::store::{RemoteRoutes, RouteStore};
 
 pub struct EtcdRouteStore {
-    node: String,
+    node: NodeId,
     keys: Keys,
     index: Arc<RouteIndex>,
     pub owned: Arc<LeasedKeys>,
@@ -34,7 +35,7 @@ impl EtcdRouteStore {
         route_sync: Option<Arc<RouteSync>>,
     ) -> Arc<EtcdRouteStore> {
         Arc::new(EtcdRouteStore {
-            node: node.to_string(),
+            node: NodeId::from(node),
             keys,
             index,
             owned,

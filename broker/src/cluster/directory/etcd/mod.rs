@@ -20,6 +20,7 @@ use crate::cluster::etcd::lease::LeaseWatch;
 use crate::cluster::etcd::leased_keys::LeasedKeys;
 use crate::cluster::peer::links::PeerForwarder;
 use crate::cluster::tasks::Tasks;
+use crate::node::NodeId;
 use crate::session::directory::{Claim, Located, MovedSession, SessionDirectory};
 use fresh_claims::FreshClaim;
 
@@ -50,7 +51,7 @@ enum Registration {
 }
 
 pub struct ClusterSessions {
-    node: String,
+    node: NodeId,
     keys: Keys,
     client: Client,
     forwarder: Arc<PeerForwarder>,
@@ -80,7 +81,7 @@ impl ClusterSessions {
         };
         let (fresh, claims) = mpsc::channel(FRESH_QUEUE);
         let sessions = Arc::new(ClusterSessions {
-            node: node.to_string(),
+            node: NodeId::from(node),
             keys,
             client,
             forwarder,
@@ -156,7 +157,7 @@ impl ClusterSessions {
         let owner = ClientRecord::decode(kv.value())
             .ok()
             .map(|record| record.node)
-            .filter(|node| *node != self.node);
+            .filter(|node| **node != *self.node);
         (owner, kv.mod_revision())
     }
 
