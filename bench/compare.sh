@@ -20,6 +20,9 @@
 #              (installed if missing), publishers on node 1, subscribers on
 #              node 2, connections spread over all three:
 #              --brokers "cluster starling" compares it with one node.
+#              `baseline` is the Starling binary STARLING_BASELINE_BIN (an
+#              older build): --brokers "baseline starling" is a before/after
+#              table of a change.
 # --out FILE   also write the Markdown table to FILE
 # --keep       keep the scratch directory (broker logs, JSON summaries)
 #
@@ -82,6 +85,13 @@ trap 'exit 143' TERM INT
 # Measure one binary throughout, even if a build replaces the original.
 cp "$STARLING_BIN" "$WORK/starling"
 STARLING_BIN="$WORK/starling"
+for b in "${BROKER_LIST[@]}"; do
+    if [[ "$b" == baseline ]]; then
+        cp "${STARLING_BASELINE_BIN:?set STARLING_BASELINE_BIN to the Starling binary to compare with}" "$WORK/baseline"
+        STARLING_BASELINE_BIN="$WORK/baseline"
+        log "baseline: $(sha256sum "$STARLING_BASELINE_BIN" | cut -c1-12)"
+    fi
+done
 log "starling: $(sha256sum "$STARLING_BIN" | cut -c1-12), built $(date -r "$BENCH_ROOT/target/release/starling" '+%F %T'), HEAD $(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); $("$(mosquitto_bin)" -h 2>/dev/null | head -1)"
 
 RESULTS="$WORK/results.tsv"

@@ -197,9 +197,13 @@ start_broker() {
             fi
             return 0
             ;;
-        starling)
+        starling | baseline)
+            # `baseline` is another Starling build (STARLING_BASELINE_BIN),
+            # for before/after tables of a change.
+            local bin=$STARLING_BIN
+            [[ "$name" != baseline ]] || bin=${STARLING_BASELINE_BIN:?set STARLING_BASELINE_BIN to the Starling binary to compare with}
             # shellcheck disable=SC2046
-            "$STARLING_BIN" --listen "127.0.0.1:$port" $(starling_limits) \
+            "$bin" --listen "127.0.0.1:$port" $(starling_limits) \
                 >"$dir/$name.log" 2>&1 &
             BROKER_PID=$!
             ;;
