@@ -40,7 +40,7 @@ python3 -m pytest e2e/cluster -q -p no:cacheprovider
 echo "== benchmark smoke: every scenario, tiny sizes, no message lost"
 # The bench scripts build the release binaries only when missing; build
 # them here so that a tree with old ones measures this commit.
-cargo build --release --bin starling -p starling-bench
+cargo build --release --bin starling --bin starling-bench
 bench/smoke.sh
 
 echo "== starling-bench over TLS, WebSocket and WebSocket over TLS (against Mosquitto)"
