@@ -55,38 +55,62 @@ pub fn is_sys_topic(topic: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// The configuration the broker runs with: one field per TOML table.
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    pub listeners: Listeners,
-    pub limits: Limits,
-    pub sessions: Sessions,
-    pub cluster: Cluster,
-    pub etcd: Etcd,
-    pub peer_tls: PeerTls,
-    pub drain: Drain,
-    pub admin: Admin,
-    pub log: Log,
+/// Declares [`Config`] from its tables, in file order, and what walks
+/// them all: [`all_settings`], [`table_names`], and applying flags.
+macro_rules! config_tables {
+    ($($(#[$meta:meta])* $field:ident: $table:ty),* $(,)?) => {
+        /// The configuration the broker runs with: one field per TOML table.
+        #[derive(
+            Clone,
+            Debug,
+            Default,
+            PartialEq,
+            Eq,
+            serde::Serialize,
+            serde::Deserialize,
+            schemars::JsonSchema,
+        )]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $($(#[$meta])* pub $field: $table,)*
+        }
+
+        /// Every setting, table by table, in file order.
+        pub fn all_settings() -> Vec<settings::Setting> {
+            use settings::Table;
+            [$(<$table>::settings()),*].concat()
+        }
+
+        /// The tables' names, in file order.
+        pub fn table_names() -> Vec<&'static str> {
+            use settings::Table;
+            vec![$(<$table>::TABLE),*]
+        }
+
+        impl Config {
+            /// Sets, in every table, what `given` holds.
+            fn apply_given(
+                &mut self,
+                given: &dyn Fn(&settings::Setting) -> Option<Vec<String>>,
+            ) -> Result<(), ConfigError> {
+                let settings = all_settings();
+                $(apply_table(&mut self.$field, &settings, given)?;)*
+                Ok(())
+            }
+        }
+    };
 }
 
-/// Every setting, table by table, in file order.
-pub fn all_settings() -> Vec<settings::Setting> {
-    use settings::Table;
-    [
-        Listeners::settings(),
-        Limits::settings(),
-        Sessions::settings(),
-        Cluster::settings(),
-        Etcd::settings(),
-        PeerTls::settings(),
-        Drain::settings(),
-        Admin::settings(),
-        Log::settings(),
-    ]
-    .concat()
+config_tables! {
+    listeners: Listeners,
+    limits: Limits,
+    sessions: Sessions,
+    cluster: Cluster,
+    etcd: Etcd,
+    peer_tls: PeerTls,
+    drain: Drain,
+    admin: Admin,
+    log: Log,
 }
 
 /// A configuration that cannot be used, naming the key and the problem.
@@ -165,16 +189,7 @@ impl Config {
         mut self,
         given: &dyn Fn(&settings::Setting) -> Option<Vec<String>>,
     ) -> Result<Config, ConfigError> {
-        let settings = all_settings();
-        apply_table(&mut self.listeners, &settings, given)?;
-        apply_table(&mut self.limits, &settings, given)?;
-        apply_table(&mut self.sessions, &settings, given)?;
-        apply_table(&mut self.cluster, &settings, given)?;
-        apply_table(&mut self.etcd, &settings, given)?;
-        apply_table(&mut self.peer_tls, &settings, given)?;
-        apply_table(&mut self.drain, &settings, given)?;
-        apply_table(&mut self.admin, &settings, given)?;
-        apply_table(&mut self.log, &settings, given)?;
+        self.apply_given(given)?;
         if self.cluster.node_id.is_empty() {
             self.cluster.node_id = host_name();
         }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::settings::{Setting, Table};
+use super::settings::Setting;
 use super::{Config, all_settings};
 
 /// Where the generated part of docs/configuration.md begins and ends.
@@ -209,25 +209,10 @@ fn comment(text: &str) -> String {
     out
 }
 
-/// The tables' names, in file order (for the checks below).
-pub fn table_names() -> Vec<&'static str> {
-    use super::tables::*;
-    vec![
-        Listeners::TABLE,
-        Limits::TABLE,
-        Sessions::TABLE,
-        Cluster::TABLE,
-        Etcd::TABLE,
-        PeerTls::TABLE,
-        Drain::TABLE,
-        Admin::TABLE,
-        Log::TABLE,
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::table_names;
 
     /// The repository's root, from the broker crate's.
     fn root() -> std::path::PathBuf {
