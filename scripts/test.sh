@@ -15,6 +15,9 @@ echo "== fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== rustdoc: no broken or private links"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 echo "== module graph: one way (docs/architecture.md)"
 python3 scripts/check-modules.py
 

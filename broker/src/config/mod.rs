@@ -5,7 +5,7 @@
 //! Every setting is declared once, in [`tables`] (see [`settings`] for
 //! how a declaration becomes a key, a flag, a variable, a default and its
 //! documentation); [`cli`] makes the command line from the declarations,
-//! and [`reference`] the documentation and the example file.
+//! and [`mod@reference`] the documentation and the example file.
 
 pub mod cli;
 pub mod reference;
@@ -134,6 +134,29 @@ pub enum ConfigError {
     },
 }
 
+/// Where a key of the flat layout used before tables went, if `key` at
+/// the file's root is one: a setting's old name (`max_inflight`,
+/// `etcd_username`), or a name that is now its table's (`etcd`,
+/// `cluster`, holding a value rather than a table).
+fn flat_key_hint(key: &str, value: &toml::Value) -> Option<String> {
+    let setting = all_settings()
+        .into_iter()
+        .find(|s| s.flag.replace('-', "_") == key || (s.key == key && s.table != key))?;
+    if setting.table != key {
+        Some(format!(
+            "`{key}` belongs in the [{}] table as `{}`",
+            setting.table, setting.key
+        ))
+    } else if !value.is_table() {
+        Some(format!(
+            "`{key}` is a table now: this setting is `{}` in [{}]",
+            setting.key, setting.table
+        ))
+    } else {
+        None
+    }
+}
+
 /// ` (--flag, STARLING_FLAG)` for the setting at `path` (`table.key`), so
 /// that an error names it the way it was given, whichever that was.
 fn also_set_by(path: &str) -> String {
@@ -165,15 +188,8 @@ impl Config {
             Ok(config) => Ok(config),
             Err(error) => {
                 let moved = toml::from_str::<toml::Table>(text).ok().and_then(|root| {
-                    root.keys().find_map(|key| {
-                        all_settings()
-                            .into_iter()
-                            .find(|s| s.key == key || s.flag.replace('-', "_") == *key)
-                            .filter(|s| s.table != key)
-                            .map(|s| {
-                                format!("`{key}` belongs in the [{}] table as `{}`", s.table, s.key)
-                            })
-                    })
+                    root.iter()
+                        .find_map(|(key, value)| flat_key_hint(key, value))
                 });
                 Err(match moved {
                     Some(hint) => format!("{}\n{hint}", error.to_string().trim_end()),
@@ -526,6 +542,13 @@ mod tests {
             error.contains("belongs in the [etcd] table as `username`"),
             "{error}"
         );
+        let error = load("etcd = [\"http://e:2379\"]\n").unwrap_err();
+        assert!(
+            error.contains("`etcd` is a table now: this setting is `endpoints` in [etcd]"),
+            "{error}"
+        );
+        let error = load("cluster = \"c1\"\n").unwrap_err();
+        assert!(error.contains("`name` in [cluster]"), "{error}");
     }
 
     #[test]

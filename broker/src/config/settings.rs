@@ -1,7 +1,7 @@
 //! How a setting is declared once and becomes a TOML key, a flag, a
 //! `STARLING_…` variable, a default and a documented entry.
 //!
-//! [`settings!`] declares one table of settings: a struct whose fields are
+//! `settings!` declares one table of settings: a struct whose fields are
 //! the table's keys (doc comment: the documentation, `= value`: the
 //! default). The struct derives serde (the TOML file) and `JsonSchema`
 //! (the documentation, and the operator's CRD); the macro adds its
@@ -78,7 +78,7 @@ impl Setting {
     }
 }
 
-/// One table of settings (made by [`settings!`]).
+/// One table of settings (made by `settings!`).
 pub trait Table: Default + serde::Serialize + schemars::JsonSchema {
     /// Its name in the TOML file.
     const TABLE: &'static str;

@@ -2,6 +2,10 @@
 //! runs the session's protocol flows, and writes what the session's mailbox
 //! holds. An idle connection gives its task up (`parking`).
 //!
+//! Its parts: the CONNECT and CONNACK (`handshake`), packets from the
+//! client (`inbound`) and to it (`outbound`), and the lot idle connections
+//! wait in (`parking`); a broker's connections share a [`Frontend`].
+//!
 //! The task owns its socket without splitting it: readiness for reading and
 //! writing are awaited in one `select!`, reads go through `try_read_buf` and
 //! writes through `try_write`, so an idle connection holds no read or write

@@ -17,6 +17,7 @@
 
 pub mod gathered;
 mod local;
+pub use local::LocalRun;
 mod plan;
 pub mod remote_cache;
 pub mod retained;

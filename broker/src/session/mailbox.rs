@@ -208,7 +208,7 @@ impl Mailbox {
         }
     }
 
-    /// Bounds the queue in bytes too (see [`weight`]).
+    /// Bounds the queue in bytes too (see `weight`).
     pub fn with_byte_limit(mut self, max_queued_bytes: usize) -> Mailbox {
         Arc::make_mut(&mut self.limits).max_queued_bytes = max_queued_bytes;
         self

@@ -1,5 +1,7 @@
-//! Sessions: their state, the queue that feeds them, the registry of client
-//! ids, and the directory that says where a session lives (cluster).
+//! Sessions: their state ([`state`]), the queue that feeds them
+//! ([`mailbox`]), the registry of client ids ([`registry`]), and the
+//! directory that says where a session lives in a cluster ([`directory`]).
+//! How a session begins and ends is `crate::lifecycle`.
 
 pub mod directory;
 pub mod mailbox;

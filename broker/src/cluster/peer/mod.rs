@@ -1,5 +1,5 @@
 //! The links between nodes, this node's side: a long-lived `Forward`
-//! stream to each other node ([`links`], queued by [`link_queue`]), clients
+//! stream to each other node ([`links`], queued by `link_queue`), clients
 //! for the other calls ([`client`]), mutual TLS ([`tls`]), and the wire
 //! form of a forwarded message ([`wire`]). What this node answers is
 //! `cluster::service`.

@@ -1,4 +1,7 @@
-//! The `starling.cluster.v1.Peer` service this node offers other nodes.
+//! The `starling.cluster.v1.Peer` service this node offers other nodes:
+//! membership, takeover and adoption of sessions, kicks, drains, route
+//! barriers and the home directory's calls here; its `Forward` stream, the
+//! batches of messages other nodes send, in `forward`.
 
 mod forward;
 

@@ -1,7 +1,8 @@
 //! The cluster's session directory: `clients/<client-id>` names the node
 //! that owns a client's session (on that node's lease), and a node that
 //! gets a CONNECT for a client owned elsewhere asks the owner over gRPC
-//! (`TakeoverSession`) to hand the session over.
+//! (`TakeoverSession`) to hand the session over. New client ids are
+//! registered in batches (`fresh_claims`).
 
 mod fresh_claims;
 
