@@ -27,7 +27,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "broker", 
 LAYERS = [
     # Vocabulary and plumbing that know nothing of MQTT sessions.
     ["node", "config", "metrics", "read_mostly", "reply_order"],
-    ["resources", "message"],
+    ["resources", "message", "auth"],
     ["session"],
     ["router"],
     ["broker"],

@@ -52,7 +52,13 @@ pub struct ClusterParts {
 impl Broker {
     /// A single-node broker: routes in memory, nobody to forward to.
     pub fn new(config: Config) -> Arc<Broker> {
-        Broker::build(config, None, Arc::new(Metrics::default()))
+        Broker::single(config, Arc::new(Metrics::default()))
+    }
+
+    /// A single-node broker counting in `metrics` (shared with what was
+    /// made before it, such as the authenticator).
+    pub fn single(config: Config, metrics: Arc<Metrics>) -> Arc<Broker> {
+        Broker::build(config, None, metrics)
     }
 
     /// A broker that is one node of a cluster.

@@ -2,6 +2,7 @@
 //! `starling` binary is a thin wrapper around [`run`].
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;

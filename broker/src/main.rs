@@ -20,6 +20,21 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "passwd") {
+        args.nth(1);
+        return match starling::auth::passwd_command::run(args) {
+            Ok(done) => {
+                eprintln!("{done}");
+                ExitCode::SUCCESS
+            }
+            Err(starling::auth::passwd_command::PasswdError::Usage(error)) => error.exit(),
+            Err(error) => {
+                eprintln!("starling passwd: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match cli::parse(std::env::args_os()) {
         Ok(config) => config,
         // --help, --version, or a command line clap refuses: clap prints
@@ -50,6 +65,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(starling::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A file the configuration names cannot be used: like a bad setting.
+        Err(error @ starling::server::ServerError::Auth(_)) => {
+            eprintln!("starling: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("starling: {error}");
             ExitCode::FAILURE

@@ -165,6 +165,12 @@ counters! {
     read_budget_exceeded,
     /// Wills published.
     wills_published,
+    /// CONNECTs whose credentials were accepted.
+    auth_allowed,
+    /// CONNECTs refused for their credentials (0x86, 0x87; 3.1.1: 4, 5).
+    auth_refused,
+    /// Password checks answered from the verification cache.
+    auth_cache_hits,
     /// Retained messages not stored: `max_retained_messages` or
     /// `max_retained_bytes` reached (v5 QoS 1/2: refused with 0x97).
     retained_refused,

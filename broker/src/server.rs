@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::cluster::{Cluster, OnDrainRequest};
 use crate::config::Config;
@@ -16,6 +17,8 @@ use crate::listener::tcp;
 pub enum ServerError {
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -30,13 +33,16 @@ pub enum ServerError {
 /// move to other nodes before it goes.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     crate::resources::open_files::raise_limit(&config);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    // Files first: a bad password file stops the broker before it joins
+    // a cluster or listens.
+    let auth = Authenticator::from_config(&config, metrics.clone())?;
     let (broker, cluster) = if config.cluster_mode() {
-        let metrics = Arc::new(crate::metrics::Metrics::default());
         let cluster = crate::cluster::Cluster::connect(&config, metrics.clone()).await?;
         let broker = Broker::clustered(config, cluster.parts(), metrics);
         (broker, Some(Arc::new(cluster)))
     } else {
-        (Broker::new(config), None)
+        (Broker::single(config, metrics), None)
     };
     if let Some(cluster) = &cluster {
         cluster
@@ -48,7 +54,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
     }
-    start(&broker).await?;
+    start(&broker, auth).await?;
     wait_for_signal().await;
     if cluster.is_some() {
         info!("signal received: draining before shutdown");
@@ -77,8 +83,9 @@ fn drain_on_request(broker: &Arc<Broker>, cluster: &Arc<Cluster>) -> OnDrainRequ
     })
 }
 
-/// Binds every listener and spawns its accept loop.
-pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
+/// Binds every listener and spawns its accept loop; clients are
+/// admitted by `auth`, whose files SIGHUP reads again.
+pub async fn start(broker: &Arc<Broker>, auth: Authenticator) -> Result<(), ServerError> {
     let mut listeners = Vec::new();
     for addr in &broker.config.listeners.listen {
         let listener = tcp::bind(*addr).await.map_err(|source| ServerError::Bind {
@@ -87,9 +94,13 @@ pub async fn start(broker: &Arc<Broker>) -> Result<(), ServerError> {
         })?;
         listeners.push(listener);
     }
-    let frontend = Frontend::new(broker.clone());
+    let frontend = Frontend::new(broker.clone(), auth);
     for listener in listeners {
         tokio::spawn(tcp::serve(frontend.clone(), listener));
+    }
+    #[cfg(unix)]
+    {
+        tokio::spawn(reload_on_sighup(frontend.clone()));
     }
     spawn_housekeeping(broker);
     tokio::spawn(crate::resources::memory::watch(
@@ -127,6 +138,28 @@ fn spawn_housekeeping(broker: &Arc<Broker>) {
             }
         }
     });
+}
+
+/// Reads the authentication files again on every SIGHUP, until shutdown;
+/// a file that cannot be used is logged and the loaded one kept.
+#[cfg(unix)]
+async fn reload_on_sighup(frontend: Arc<Frontend>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP: files are not reloaded");
+        return;
+    };
+    let shutdown = frontend.broker.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        info!("SIGHUP: reloading");
+        if let Err(error) = frontend.auth.reload() {
+            warn!(%error, "password file not reloaded: the loaded one stays");
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -421,8 +421,10 @@ async fn run_sequence(ops: Vec<Op>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let auth = starling::auth::Authenticator::from_config(&broker.config, broker.metrics.clone())
+        .map_err(|e| e.to_string())?;
     tokio::spawn(starling::listener::tcp::serve(
-        starling::connection::Frontend::new(broker.clone()),
+        starling::connection::Frontend::new(broker.clone(), auth),
         listener,
     ));
     let mut sockets = Vec::new();

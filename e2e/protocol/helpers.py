@@ -98,6 +98,8 @@ STARLING_FLAGS = {
     "max_retained_bytes": "--max-retained-bytes",
     "max_sessions": "--max-sessions",
     "memory_high_watermark_bytes": "--memory-high-watermark-bytes",
+    "password_file": "--password-file",
+    "allow_anonymous": "--allow-anonymous",
 }
 
 # Mosquitto equivalents. Defaults mirror Starling's defaults so that tests see
@@ -116,6 +118,8 @@ MOSQUITTO_GLOBAL = {
     "max_queued_messages": "max_queued_messages",
     "queue_qos0": "queue_qos0_messages",
     "max_keep_alive": "max_keepalive",
+    "password_file": "password_file",
+    "allow_anonymous": "allow_anonymous",
 }
 MOSQUITTO_LISTENER = {
     "max_connections": "max_connections",
@@ -133,9 +137,10 @@ class Broker:
     """One broker process listening on 127.0.0.1:port."""
 
     def __init__(self, opts: dict[str, Any], workdir: Path):
-        self.kind = BROKER_KIND
         self.host = HOST
         self.opts = dict(opts)
+        # kind="mosquitto" (or "starling"): this broker, whatever the suite runs against.
+        self.kind = self.opts.pop("kind", BROKER_KIND)
         self.workdir = workdir
         self.port = 0
         # admin=True (Starling only): an admin HTTP listener, for counters
@@ -264,6 +269,13 @@ class Broker:
             self._log_file.close()
             self._log_file = None
 
+    def log_bytes(self) -> bytes:
+        """Everything the broker logged so far."""
+        try:
+            return self.log_path.read_bytes()
+        except OSError:
+            return b""
+
     def log_tail(self, n: int = 80) -> str:
         try:
             lines = self.log_path.read_text(errors="replace").splitlines()
@@ -310,7 +322,8 @@ class PahoClient:
 
     def __init__(self, broker: Broker, client_id: str = "", version: int = 5, *, clean: bool = True,
                  keepalive: int = 30, props: Properties | None = None, will: dict | None = None,
-                 connect: bool = True, expect_success: bool = True):
+                 connect: bool = True, expect_success: bool = True,
+                 username: str | None = None, password: str | None = None):
         self.broker = broker
         self.version = version
         self.client_id = client_id
@@ -342,6 +355,8 @@ class PahoClient:
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_unsubscribe
         c.on_disconnect = self._on_disconnect
+        if username is not None:
+            c.username_pw_set(username, password)
         if will:
             c.will_set(will["topic"], will.get("payload", b""), will.get("qos", 0), will.get("retain", False),
                        properties=will.get("props"))

@@ -15,8 +15,8 @@ pub mod tables;
 use std::path::{Path, PathBuf};
 
 pub use tables::{
-    Admin, ClientDirectoryKind, Cluster, Drain, DropPolicy, Etcd, Limits, Listeners, Log, PeerTls,
-    Sessions,
+    Admin, Auth, ClientDirectoryKind, Cluster, Drain, DropPolicy, Etcd, Limits, Listeners, Log,
+    PeerTls, Sessions,
 };
 
 /// The shortest admin token accepted: one a person would type is guessable.
@@ -109,6 +109,7 @@ config_tables! {
     etcd: Etcd,
     peer_tls: PeerTls,
     drain: Drain,
+    auth: Auth,
     admin: Admin,
     log: Log,
 }

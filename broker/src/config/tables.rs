@@ -275,6 +275,29 @@ settings! {
 }
 
 settings! {
+    /// Who may connect (docs/security.md).
+    pub struct Auth in "auth" {
+        /// Let clients without a user name connect. Unset: allowed only
+        /// when no password file is configured (the broker then warns at
+        /// start that anyone may connect).
+        #[schemars(example = false)]
+        allow_anonymous: Option<bool> = None,
+        /// A password file: `user:hash` lines as Mosquitto's
+        /// `mosquitto_passwd` writes them (`$7$` PBKDF2-SHA512, `$6$`
+        /// SHA-512, `$argon2id$`) or bcrypt. `starling passwd FILE USER`
+        /// adds or changes a user. Read again on SIGHUP.
+        #[schemars(example = &"/etc/starling/passwd")]
+        password_file: Option<PathBuf> = None,
+        /// Seconds a successful password check is remembered (as a keyed
+        /// hash, never the password), so that clients reconnecting are not
+        /// hashed again. 0: never.
+        cache_ttl_secs: u64 = 600 => flag("auth-cache-ttl-secs"),
+        /// Successful password checks remembered at most.
+        cache_max_entries: usize = 100_000 => flag("auth-cache-max-entries"),
+    }
+}
+
+settings! {
     /// The admin HTTP API: `/healthz`, `/readyz`, `/api/v1/node`,
     /// `POST /api/v1/node/drain`, `GET /api/v1/clients/{id}`.
     pub struct Admin in "admin" flags "admin-" {
@@ -299,5 +322,13 @@ settings! {
         /// directive such as `info,starling::connection=debug`. `RUST_LOG`
         /// overrides it.
         level: String = "info".to_string(),
+    }
+}
+
+impl Auth {
+    /// Whether clients without a user name are admitted: as set, or, when
+    /// unset, only if no password file is configured.
+    pub fn allow_anonymous_in_effect(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
 }

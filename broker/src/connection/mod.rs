@@ -35,6 +35,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, trace, warn};
 
+use crate::auth::{Authenticator, Credentials, Decision};
 use crate::broker::Broker;
 use crate::lifecycle::{self, Closing};
 use crate::message::{Delivery, ForwardTicket};
@@ -98,19 +99,22 @@ impl Aliases {
 }
 
 /// What the client connections of one broker share beyond the broker
-/// itself: the parking lot of idle connections, started by the first one
-/// that parks. Kept out of [`Broker`], so that the broker's state does not
+/// itself: who may connect, and the parking lot of idle connections,
+/// started by the first one that parks. Kept out of [`Broker`], so that the broker's state does not
 /// depend on how connections are run.
 pub struct Frontend {
     pub broker: Arc<Broker>,
+    /// Who may connect.
+    pub auth: Authenticator,
     /// `None` inside: the lot could not start.
     parking: OnceLock<Option<ParkingLot>>,
 }
 
 impl Frontend {
-    pub fn new(broker: Arc<Broker>) -> Arc<Frontend> {
+    pub fn new(broker: Arc<Broker>, auth: Authenticator) -> Arc<Frontend> {
         Arc::new(Frontend {
             broker,
+            auth,
             parking: OnceLock::new(),
         })
     }
@@ -434,6 +438,25 @@ async fn accept(
             return None;
         }
     };
+
+    let credentials = Credentials {
+        client_id: &n.client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer,
+    };
+    let refused = match frontend.auth.authenticate(&credentials).await {
+        Decision::Allow => None,
+        Decision::BadCredentials => Some(refuse(
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "bad user name or password",
+        )),
+        Decision::NotAuthorized => Some(refuse(ReasonCode::NOT_AUTHORIZED, "not authorized")),
+    };
+    if let Some(ack) = refused {
+        write_and_close(stream, &ack, version).await;
+        return None;
+    }
 
     drop(pending);
     let opened = lifecycle::open(
@@ -1304,7 +1327,9 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let broker = crate::Broker::new(crate::Config::default());
         assert!(super::PendingConnect::admit(&broker));
-        let future = super::serve(super::Frontend::new(broker), stream, addr);
+        let auth = crate::auth::Authenticator::from_config(&broker.config, broker.metrics.clone())
+            .expect("the default configuration authenticates");
+        let future = super::serve(super::Frontend::new(broker, auth), stream, addr);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 1280, "connection future grew to {size} bytes");
     }
