@@ -110,10 +110,10 @@ pub struct CommonArgs {
     /// Session Expiry Interval in seconds (MQTT 5).
     #[arg(short = 'x', long, default_value_t = 0)]
     pub session_expiry: u32,
-    /// User name.
+    /// User name (a template: %i = client index, %c = client id).
     #[arg(short = 'u', long)]
     pub username: Option<String>,
-    /// Password.
+    /// Password (a template, like the user name).
     #[arg(short = 'P', long)]
     pub password: Option<String>,
     /// Transport: plain TCP, TLS, WebSocket or WebSocket over TLS.

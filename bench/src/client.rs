@@ -171,8 +171,14 @@ async fn setup<F: Future<Output = ()>>(
             keep_alive: args.keepalive,
             client_id: ByteString::from(client_id),
             will: None,
-            username: args.username.as_deref().map(ByteString::from),
-            password: args.password.clone().map(Bytes::from),
+            username: args
+                .username
+                .as_deref()
+                .map(|user| ByteString::from(template::expand(user, index, client_id))),
+            password: args
+                .password
+                .as_deref()
+                .map(|password| Bytes::from(template::expand(password, index, client_id))),
             properties,
         })),
         version,

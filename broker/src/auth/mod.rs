@@ -58,6 +58,9 @@ pub struct Authenticator {
     password_file: Option<(PathBuf, RwLock<Arc<PasswordFile>>)>,
     cache: VerifiedCache,
     throttle: Throttle,
+    /// Password checks running at once: one per core. More would only
+    /// add blocking threads (and their memory) without checking faster.
+    hashing: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
 }
 
@@ -96,6 +99,9 @@ impl Authenticator {
                 config.auth.cache_max_entries,
             ),
             throttle: Throttle::default(),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, usize::from),
+            ),
             metrics,
         })
     }
@@ -155,6 +161,9 @@ impl Authenticator {
             Metrics::inc(&self.metrics.auth_cache_hits);
             return Decision::Allow;
         }
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return Decision::BadCredentials;
+        };
         let (stored, password) = (stored.clone(), password.to_vec());
         let verified = tokio::task::spawn_blocking(move || stored.verify(&password))
             .await
