@@ -49,12 +49,13 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             .start(&broker, drain_on_request(&broker, cluster))
             .await?;
     }
+    let frontend = Frontend::new(broker.clone(), auth);
     if let Some(addr) = broker.config.admin.listen {
-        crate::admin::serve(addr, broker.clone(), cluster.clone())
+        crate::admin::serve(addr, frontend.clone(), cluster.clone())
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
     }
-    start(&broker, auth).await?;
+    start(&frontend).await?;
     wait_for_signal().await;
     if cluster.is_some() {
         info!("signal received: draining before shutdown");
@@ -84,8 +85,10 @@ fn drain_on_request(broker: &Arc<Broker>, cluster: &Arc<Cluster>) -> OnDrainRequ
 }
 
 /// Binds every listener and spawns its accept loop; clients are
-/// admitted by `auth`, whose files SIGHUP reads again.
-pub async fn start(broker: &Arc<Broker>, auth: Authenticator) -> Result<(), ServerError> {
+/// admitted by the frontend's authenticator, whose files SIGHUP reads
+/// again.
+pub async fn start(frontend: &Arc<Frontend>) -> Result<(), ServerError> {
+    let broker = &frontend.broker;
     let mut listeners = Vec::new();
     for addr in &broker.config.listeners.listen {
         let listener = tcp::bind(*addr).await.map_err(|source| ServerError::Bind {
@@ -94,7 +97,6 @@ pub async fn start(broker: &Arc<Broker>, auth: Authenticator) -> Result<(), Serv
         })?;
         listeners.push(listener);
     }
-    let frontend = Frontend::new(broker.clone(), auth);
     for listener in listeners {
         tokio::spawn(tcp::serve(frontend.clone(), listener));
     }

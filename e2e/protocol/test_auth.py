@@ -4,9 +4,12 @@ protocol version. Anonymous access is off as soon as a password file is configur
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -131,6 +134,34 @@ def test_sighup_reloads_the_password_file_and_a_bad_one_is_refused(broker_factor
     b.send_signal(signal.SIGHUP)
     wait_for(lambda: b"password file not reloaded" in b.log_bytes(), what="the refusal")
     raw(b, V5).connect("dave-again", username="dave", password=b"dave-secret")
+
+
+@pytest.mark.starling_only("Starling's admin API")
+def test_the_admin_api_reloads_and_reports_a_refused_file(broker_factory, raw, passwd_file):
+    token = "test-admin-token-0123456789"
+    b = broker_factory(admin=True, admin_token=token, password_file=passwd_file, allow_anonymous=False)
+
+    def reload(with_token: bool = True) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json"}
+        if with_token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(f"http://{HOST}:{b.admin_port}/api/v1/reload", data=b"{}",
+                                     method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            return e.code, json.loads(body) if body.startswith(b"{") else {}
+
+    assert reload(with_token=False)[0] == 401
+    mosquitto_passwd(passwd_file, "erin", "erin-secret")
+    assert reload() == (200, {"reloaded": True, "password_file_users": 3})
+    raw(b, V5).connect("erin", username="erin", password=b"erin-secret")
+    passwd_file.write_text(passwd_file.read_text() + "frank\n")
+    status, body = reload()
+    assert status == 422 and body["reloaded"] is False and "line 4" in body["error"], body
+    raw(b, V5).connect("erin-again", username="erin", password=b"erin-secret")
 
 
 @pytest.mark.starling_only("Starling's configuration errors")

@@ -47,7 +47,7 @@ pub async fn require_token(State(token): State<Token>, request: Request, next: N
     if token.0.is_none() {
         return (
             StatusCode::FORBIDDEN,
-            "this call needs the admin token, and none is configured: set admin_token_file or STARLING_ADMIN_TOKEN\n",
+            "this call needs the admin token, and none is configured: set admin.token_file or STARLING_ADMIN_TOKEN\n",
         )
             .into_response();
     }

@@ -6,6 +6,7 @@
 //! | `GET /readyz` | 200 while serving, 503 once draining | no |
 //! | `GET /api/v1/node` | JSON: node, state, counts, counters | no |
 //! | `POST /api/v1/node/drain` | 202: the drain started (or was running) | yes |
+//! | `POST /api/v1/reload` | 200: the authentication files were read again; 422: refused, the old ones stay | yes |
 //! | `GET /api/v1/clients/{client_id}` | JSON: the node that has the client's session (`null`: none) | yes |
 //!
 //! Calls that change state or reveal client data need the admin token
@@ -29,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::cluster::Cluster;
+use crate::connection::Frontend;
 use crate::metrics::MetricsSnapshot;
 use crate::node::NodeState;
 use crate::session::registry::Owner;
@@ -37,6 +39,8 @@ use crate::session::registry::Owner;
 struct Admin {
     broker: Arc<Broker>,
     cluster: Option<Arc<Cluster>>,
+    /// What client connections share: the authenticator, for reloads.
+    frontend: Arc<Frontend>,
 }
 
 #[derive(Serialize)]
@@ -64,16 +68,17 @@ struct NodeView {
 /// Serves the admin API on `addr` until the broker shuts down.
 pub async fn serve(
     addr: SocketAddr,
-    broker: Arc<Broker>,
+    frontend: Arc<Frontend>,
     cluster: Option<Arc<Cluster>>,
 ) -> std::io::Result<()> {
+    let broker = frontend.broker.clone();
     let token = match broker.config.admin_token() {
         Ok(token) => token,
         Err(error) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, error)),
     };
     if token.is_none() {
         warn!(
-            "no admin token (admin_token_file or STARLING_ADMIN_TOKEN): drain and client lookups over the admin API are refused"
+            "no admin token (admin.token_file or STARLING_ADMIN_TOKEN): drain, reloads and client lookups over the admin API are refused"
         );
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -81,6 +86,7 @@ pub async fn serve(
     let shutdown = broker.shutdown.clone();
     let guarded = axum::Router::new()
         .route("/api/v1/node/drain", post(start_drain))
+        .route("/api/v1/reload", post(reload))
         .route("/api/v1/clients/{client_id}", get(client))
         .route_layer(middleware::from_fn_with_state(
             access::Token::new(token),
@@ -92,7 +98,11 @@ pub async fn serve(
         .route("/api/v1/node", get(node))
         .merge(guarded)
         .layer(middleware::from_fn(access::refuse_non_json_posts))
-        .with_state(Admin { broker, cluster });
+        .with_state(Admin {
+            broker,
+            cluster,
+            frontend,
+        });
     tokio::spawn(server::serve(listener, app, shutdown));
     Ok(())
 }
@@ -119,6 +129,27 @@ async fn start_drain(State(admin): State<Admin>) -> impl IntoResponse {
         crate::drain::REQUESTED_DRAIN_PATIENCE,
     );
     (StatusCode::ACCEPTED, Json(view(&admin)))
+}
+
+/// Reads the authentication files again (as SIGHUP does): 200 with what
+/// was read, or 422 with why the files were refused (the loaded ones
+/// stay).
+async fn reload(State(admin): State<Admin>) -> impl IntoResponse {
+    match admin.frontend.auth.reload() {
+        Ok(reloaded) => (
+            StatusCode::OK,
+            Json(
+                serde_json::json!({ "reloaded": true, "password_file_users": reloaded.password_file_users }),
+            ),
+        ),
+        Err(error) => {
+            warn!(%error, "password file not reloaded: the loaded one stays");
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(serde_json::json!({ "reloaded": false, "error": error.to_string() })),
+            )
+        }
+    }
 }
 
 #[derive(Serialize)]

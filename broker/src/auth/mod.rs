@@ -64,6 +64,13 @@ pub struct Authenticator {
     metrics: Arc<Metrics>,
 }
 
+/// What a reload read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Reloaded {
+    /// Users of the password file now in force; `None` without one.
+    pub password_file_users: Option<usize>,
+}
+
 /// Why the authentication settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -107,13 +114,15 @@ impl Authenticator {
     }
 
     /// Reads the password file again; on error the loaded one stays.
-    pub fn reload(&self) -> Result<(), AuthError> {
+    pub fn reload(&self) -> Result<Reloaded, AuthError> {
+        let mut reloaded = Reloaded::default();
         if let Some((path, loaded)) = &self.password_file {
             let file = load(path)?;
             info!(path = %path.display(), users = file.len(), "password file reloaded");
+            reloaded.password_file_users = Some(file.len());
             *loaded.write() = Arc::new(file);
         }
-        Ok(())
+        Ok(reloaded)
     }
 
     /// Whether `credentials` may connect. Password hashing runs on a
