@@ -100,8 +100,8 @@ impl Aliases {
 
 /// What the client connections of one broker share beyond the broker
 /// itself: who may connect, and the parking lot of idle connections,
-/// started by the first one that parks. Kept out of [`Broker`], so that the broker's state does not
-/// depend on how connections are run.
+/// started by the first one that parks. Kept out of [`Broker`], so that
+/// the broker's state does not depend on how connections are run.
 pub struct Frontend {
     pub broker: Arc<Broker>,
     /// Who may connect.
