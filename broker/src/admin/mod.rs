@@ -142,13 +142,10 @@ async fn reload(State(admin): State<Admin>) -> impl IntoResponse {
                 serde_json::json!({ "reloaded": true, "password_file_users": reloaded.password_file_users }),
             ),
         ),
-        Err(error) => {
-            warn!(%error, "password file not reloaded: the loaded one stays");
-            (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(serde_json::json!({ "reloaded": false, "error": error.to_string() })),
-            )
-        }
+        Err(error) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({ "reloaded": false, "error": error.to_string() })),
+        ),
     }
 }
 

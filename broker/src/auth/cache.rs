@@ -101,11 +101,6 @@ impl VerifiedCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Forgets everything (a password file was reloaded).
-    pub fn clear(&self) {
-        self.entries.lock().clear();
-    }
 }
 
 #[cfg(test)]

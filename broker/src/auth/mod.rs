@@ -114,10 +114,13 @@ impl Authenticator {
     }
 
     /// Reads the password file again; on error the loaded one stays.
+    /// Either outcome is logged here, whoever asked (SIGHUP, the API).
     pub fn reload(&self) -> Result<Reloaded, AuthError> {
         let mut reloaded = Reloaded::default();
         if let Some((path, loaded)) = &self.password_file {
-            let file = load(path)?;
+            let file = load(path).inspect_err(|error| {
+                warn!(%error, "password file not reloaded: the loaded one stays");
+            })?;
             info!(path = %path.display(), users = file.len(), "password file reloaded");
             reloaded.password_file_users = Some(file.len());
             *loaded.write() = Arc::new(file);

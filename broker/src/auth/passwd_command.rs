@@ -73,8 +73,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<String, PasswdErr
             "a user name must be non-empty, without ':' or control characters".to_string(),
         ));
     }
+    let delete = matches.get_flag("delete");
     let existing = read_existing(&path)?;
-    let text = if matches.get_flag("delete") {
+    let text = if delete {
         let Some(text) = without_user(&existing, &user) else {
             return Err(PasswdError::File {
                 path,
@@ -96,11 +97,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<String, PasswdErr
     Ok(format!(
         "{}: user {user:?} {}",
         path.display(),
-        if matches.get_flag("delete") {
-            "deleted"
-        } else {
-            "set"
-        }
+        if delete { "deleted" } else { "set" }
     ))
 }
 

@@ -38,11 +38,7 @@ impl Tasks {
         self.tracker.len()
     }
 
-    /// Tasks running now.
-    pub fn len(&self) -> usize {
-        self.tracker.len()
-    }
-
+    /// No task is running.
     pub fn is_empty(&self) -> bool {
         self.tracker.is_empty()
     }
